@@ -1,0 +1,465 @@
+"""``RecipeImageDataset``: one LMDB partition as (image, token ids, recipe id, class) samples.
+
+Built by ``create_lmdb.py`` (SPEC sections 3, 8; layout in DEVELOPERS.md). Per SPEC section 4:
+
+* **Text.** A language row is chosen (training: by the ``text_aug`` choice tree over the
+  languages present in the LMDB; evaluation: the ``language`` row), CLS and the parts named by
+  ``textinputs`` are kept in title, ingr, inst order, padded with 0 to ``max_len``, and SEP is
+  written right after the last kept token (over the last token when the row is full).
+* **Choice tree** (``text_aug="english,de,ru,fr"``): English half of the time (of which the
+  original 1/2, ``de-en`` 1/4, ``ru-en`` 1/4), otherwise ``de``, ``ru`` or ``fr`` uniformly. The
+  English branch holds ``en``, ``de-en``, ``ru-en``; the foreign branch the foreign codes listed
+  in ``text_aug``. Languages absent from the LMDB are dropped and their branch's weight is
+  renormalised over what is left; a branch left empty yields to the other. ``"none"`` or ``""``
+  means English only. With 6 languages the result is ``en`` 1/4, ``de-en`` 1/8, ``ru-en`` 1/8,
+  ``de``, ``ru``, ``fr`` 1/6 each (:attr:`RecipeImageDataset.language_probs`).
+* **Masking** (item ``mask`` in ``text_aug``, training only): each kept title, ingredient or
+  instruction token (never CLS, SEP or padding) is independently replaced by the tokenizer's
+  mask id with probability :data:`MASK_PROB` (0.15).
+* **Images.** Training: one of the first ``max_imgs`` images uniformly; evaluation: the first.
+  A missing or undecodable image, or a recipe without image entries, gives a :class:`BadSample`
+  (never a blank image); :func:`collate_skip_bad` drops it and :class:`BadImageTracker` counts it.
+
+Randomness: every draw of sample ``index`` (image, transform parameters, language, mask) comes
+from ``np.random.default_rng([seed, epoch, index])`` in that order, so samples are identical for
+any number of DataLoader workers, differ per epoch, and are reproducible from ``seed``. The epoch
+lives in shared memory, so :meth:`RecipeImageDataset.set_epoch` also reaches persistent workers.
+
+The LMDB is opened lazily on the first ``__getitem__`` (never in ``__init__``, and never pickled to
+workers), read-only, ``lock=False``, ``readahead=False``, once per process and LMDB (see
+:func:`_shared_env`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from data.langs import LANGS, parse_language
+from data.lmdb_format import (
+    MANIFEST,
+    PART_CLS,
+    PART_CODES,
+    RecordError,
+    decode_record,
+    keys_file,
+    lmdb_dir,
+    open_lmdb_readonly,
+)
+from data.recipe1m import image_path, load_keys
+from data.transforms import (
+    ImageLoadError,
+    TrainParams,
+    draw_train_params,
+    eval_transform,
+    load_image,
+    train_transform,
+)
+
+logger = logging.getLogger(__name__)
+
+TEXT_AUG_ITEMS = ("english", "de", "ru", "fr", "mask")
+ENGLISH_BRANCH = (("en", 0.5), ("de-en", 0.25), ("ru-en", 0.25))
+FOREIGN_LANGS = ("de", "ru", "fr")
+MASK_PROB = 0.15
+TEXTINPUTS = ("title", "ingr", "inst")
+
+
+class Sample(NamedTuple):
+    """One good sample."""
+
+    image: torch.Tensor  # (3, S, S) float32, ImageNet-normalised
+    tokens: torch.Tensor  # (max_len,) int64, 0-padded, CLS ... SEP
+    recipe_id: str
+    cls: int  # classes1M class (0 = background)
+
+
+class BadSample(NamedTuple):
+    """A recipe whose image could not be used; ``reason`` names the file and the cause.
+
+    ``image_size`` lets :func:`collate_skip_bad` shape an all-bad batch ``(0, 3, S, S)``.
+    """
+
+    recipe_id: str
+    reason: str
+    image_size: int = 224
+
+
+class Batch(NamedTuple):
+    """What :func:`collate_skip_bad` returns; ``bad`` lists the samples left out."""
+
+    images: torch.Tensor  # (B, 3, S, S)
+    tokens: torch.Tensor  # (B, T), T = longest row of the batch
+    recipe_ids: list[str]
+    classes: torch.Tensor  # (B,) int64
+    bad: list[BadSample]
+
+
+def parse_text_aug(text_aug: str | None) -> tuple[frozenset[str], bool]:
+    """Split ``text_aug`` into its language items and the mask flag.
+
+    Returns:
+        ``(items, mask)``: ``items`` a subset of english, de, ru, fr (empty for ``none`` / ``""``).
+
+    Raises:
+        ValueError: an unknown item.
+    """
+    items = {item.strip().lower() for item in str(text_aug or "").split(",")} - {"", "none"}
+    unknown = sorted(items - set(TEXT_AUG_ITEMS))
+    if unknown:
+        raise ValueError(f"unknown text_aug item(s) {', '.join(unknown)}; use a comma-separated subset "
+                         f"of {', '.join(TEXT_AUG_ITEMS)}, or 'none'")
+    return frozenset(items - {"mask"}), "mask" in items
+
+
+def language_distribution(text_aug: str | None, present: Sequence[str]) -> dict[str, float]:
+    """Probability of each language row under the ``text_aug`` choice tree (module docstring).
+
+    Args:
+        text_aug: e.g. ``"english,de,ru,fr"``, ``"english,mask"``, ``"none"``.
+        present: the language codes stored in the LMDB.
+
+    Returns:
+        ``{code: probability}`` over languages with a non-zero probability, in row order.
+    """
+    items, _ = parse_text_aug(text_aug)
+    branches: list[dict[str, float]] = []
+    if "english" in items:
+        branches.append({code: w for code, w in ENGLISH_BRANCH if code in present})
+    branches.append({code: 1.0 for code in FOREIGN_LANGS if code in items and code in present})
+    branches = [b for b in branches if b]
+    if not branches:
+        if items:
+            logger.warning("text_aug %r: none of its languages is in the LMDB (%s); using English only",
+                           text_aug, ", ".join(present))
+        if "en" not in present:
+            raise ValueError(f"English is not in the LMDB (languages: {', '.join(present)}); "
+                             f"choose text_aug languages among them")
+        return {"en": 1.0}
+    probs: dict[str, float] = {}
+    for branch in branches:  # branches share the mass equally; within one, renormalised weights
+        total = sum(branch.values())
+        for code, weight in branch.items():
+            probs[code] = probs.get(code, 0.0) + weight / total / len(branches)
+    return {code: probs[code] for code in LANGS if code in probs}
+
+
+def parse_textinputs(textinputs: str | Sequence[str]) -> tuple[int, ...]:
+    """Part codes for ``textinputs`` (any non-empty subset of title, ingr, inst), in that order."""
+    names = textinputs.split(",") if isinstance(textinputs, str) else list(textinputs)
+    names = {name.strip().lower() for name in names} - {""}
+    unknown = sorted(names - set(TEXTINPUTS))
+    if unknown or not names:
+        raise ValueError(f"textinputs {textinputs!r}: use a non-empty comma-separated subset of "
+                         f"{', '.join(TEXTINPUTS)}")
+    return tuple(PART_CODES[name] for name in TEXTINPUTS if name in names)
+
+
+def assemble_tokens(ids: np.ndarray, parts: np.ndarray, part_codes: Sequence[int], sep_id: int,
+                    max_len: int, *, mask_id: int | None = None, rng: np.random.Generator | None = None,
+                    mask_prob: float = MASK_PROB) -> np.ndarray:
+    """CLS + the selected parts of one stored row, 0-padded to ``max_len``, then SEP.
+
+    Args:
+        ids: stored token ids ``(W,)``.
+        parts: part codes ``(W,)`` (-1 CLS, 1 title, 2 ingredients, 3 instructions, 0 padding).
+        part_codes: the part codes to keep.
+        sep_id: written right after the last kept token, or over the last token of a full row.
+        max_len: output length.
+        mask_id: when given (with ``rng``), each kept part token becomes ``mask_id`` with
+            probability ``mask_prob``.
+        rng: source of the mask draws (one uniform per kept token, CLS included).
+
+    Returns:
+        int64 ``(max_len,)``.
+    """
+    keep = (parts == PART_CLS) | np.isin(parts, np.asarray(part_codes, dtype=parts.dtype))
+    kept = ids[keep].astype(np.int64)[:max_len]  # (n,)
+    if mask_id is not None and rng is not None:
+        masked = (rng.random(kept.shape[0]) < mask_prob) & (parts[keep][:max_len] > 0)
+        kept[masked] = mask_id
+    out = np.zeros(max_len, dtype=np.int64)
+    out[:kept.shape[0]] = kept
+    out[min(kept.shape[0], max_len - 1)] = sep_id
+    return out
+
+
+def read_manifest(data_path: str | Path) -> dict:
+    """Load and check ``<data_path>/manifest.json`` (format in DEVELOPERS.md)."""
+    path = Path(data_path) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: build the LMDBs with create_lmdb.py first")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    for key in ("languages", "special_ids", "max_len"):
+        if key not in manifest:
+            raise ValueError(f"{path}: entry {key!r} missing; rebuild with create_lmdb.py")
+    bad = [code for code in manifest["languages"] if code not in LANGS]
+    if bad or not manifest["languages"]:
+        raise ValueError(f"{path}: entry 'languages' = {manifest['languages']} must list codes of "
+                         f"{', '.join(LANGS)}")
+    for key in ("cls", "sep"):
+        if not isinstance(manifest["special_ids"].get(key), int):
+            raise ValueError(f"{path}: entry 'special_ids' lacks an integer {key!r}")
+    return manifest
+
+
+# One read-only environment per LMDB and process: py-lmdb refuses to open the same files twice in
+# a process, and several datasets may read one partition. Keyed by the data file's identity, so
+# an LMDB rebuilt (swapped in) at the same path is opened afresh. A worker forked after the parent
+# opened an LMDB inherits this dict and reuses that environment: with lock=False there are no
+# locks or reader slots tied to the parent, only the read-only memory map, which fork shares.
+_ENVS: dict[tuple, object] = {}
+
+
+def _shared_env(path: Path):
+    """This process's read-only environment for the LMDB at ``path`` (opened on first request)."""
+    try:
+        stat = os.stat(Path(path) / "data.mdb")
+        key = (stat.st_dev, stat.st_ino)
+    except OSError:
+        key = (os.path.realpath(path),)  # let open_lmdb_readonly report what is wrong
+    env = _ENVS.get(key)
+    if env is None:
+        env = _ENVS[key] = open_lmdb_readonly(path)
+    return env
+
+
+class RecipeImageDataset(torch.utils.data.Dataset):
+    """One partition of the indexed Recipe1M (see the module docstring for every rule).
+
+    Args:
+        data_path: folder holding ``<partition>_lmdb/``, ``<partition>_keys.pkl``, manifest.json.
+        img_path: image root (``<img_path>/<partition>/<c1>/<c2>/<c3>/<c4>/<image id>``).
+        partition: ``train``, ``val`` or ``test``.
+        train: random image, text augmentation and train transform; else deterministic eval.
+        language: the row used at evaluation (code or number); must be in the LMDB.
+        text_aug: the training choice tree items (``english,de,ru,fr``, ``mask``, ``none``).
+        textinputs: parts kept, a subset of ``title,ingr,inst``.
+        max_imgs: training draws among the first ``max_imgs`` images of a recipe.
+        image_size: side ``S`` of the image tensors.
+        seed: with the epoch and the index, seeds every random draw of a sample.
+        max_len: length of the token rows (default: the manifest's).
+
+    Raises:
+        FileNotFoundError: manifest or keys missing. ValueError: a bad option or manifest, or a
+        ``language`` not in the LMDB (the message lists those present).
+    """
+
+    def __init__(self, data_path: str | Path, img_path: str | Path, partition: str, *, train: bool,
+                 language: str | int = "en", text_aug: str | None = "english,de,ru,fr",
+                 textinputs: str | Sequence[str] = "title,ingr,inst", max_imgs: int = 5,
+                 image_size: int = 224, seed: int = 1234, max_len: int | None = None) -> None:
+        self.data_path = Path(data_path)
+        self.img_path = Path(img_path)
+        if partition not in ("train", "val", "test"):
+            raise ValueError(f"unknown partition {partition!r}; expected train, val or test")
+        self.partition = partition
+        self.train = bool(train)
+        manifest = read_manifest(self.data_path)
+        self.languages: list[str] = list(manifest["languages"])
+        self.special_ids: dict[str, int] = dict(manifest["special_ids"])
+        self.max_len = int(max_len if max_len is not None else manifest["max_len"])
+        if self.max_len < 2:
+            raise ValueError(f"max_len {self.max_len} leaves no room for CLS and SEP")
+        if max_imgs < 1 or image_size < 1 or seed < 0:
+            raise ValueError(f"max_imgs ({max_imgs}) and image_size ({image_size}) must be >= 1 and "
+                             f"seed ({seed}) >= 0")
+        self.max_imgs, self.image_size, self.seed = int(max_imgs), int(image_size), int(seed)
+        self.language = parse_language(language)
+        if self.language not in self.languages:
+            raise ValueError(f"language {self.language!r} is not in {self.data_path / MANIFEST}; "
+                             f"languages present: {', '.join(self.languages)}")
+        self.part_codes = parse_textinputs(textinputs)
+        self.text_aug = text_aug
+        _, mask = parse_text_aug(text_aug)
+        if self.train:
+            self.language_probs = language_distribution(text_aug, self.languages)
+        else:
+            self.language_probs = {self.language: 1.0}
+        self.mask_id: int | None = None
+        if self.train and mask:
+            if not isinstance(self.special_ids.get("mask"), int):
+                raise ValueError(f"text_aug {text_aug!r} masks tokens but {self.data_path / MANIFEST} "
+                                 f"has no 'mask' in special_ids")
+            self.mask_id = self.special_ids["mask"]
+        self._lang_codes = list(self.language_probs)
+        self._lang_cdf = np.cumsum(list(self.language_probs.values()))
+        self.lmdb_path = lmdb_dir(self.data_path, partition)
+        keys = keys_file(self.data_path, partition)
+        if not keys.is_file():
+            raise FileNotFoundError(f"{keys} not found: build the LMDBs with create_lmdb.py first")
+        self.ids: list[str] = list(load_keys(keys))
+        # Shared memory: set_epoch in the main process is seen by persistent workers too.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._env = None  # opened on first __getitem__, so the dataset pickles to workers
+
+    # ---------------------------------------------------------------- epochs, pickling, LMDB
+    def set_epoch(self, epoch: int) -> None:
+        """Make the random draws those of ``epoch`` (call before iterating over each epoch)."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.item())
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_env"] = None  # never pickled: a spawned worker opens its own
+        return state
+
+    def _txn_get(self, recipe_id: str) -> bytes:
+        if self._env is None:
+            self._env = _shared_env(self.lmdb_path)  # first use in this process
+        with self._env.begin(write=False) as txn:
+            value = txn.get(recipe_id.encode("utf-8"))
+        if value is None:
+            raise ValueError(f"{self.lmdb_path}: no record for recipe {recipe_id} listed in "
+                             f"{keys_file(self.data_path, self.partition)}; rebuild with create_lmdb.py")
+        return value
+
+    # ---------------------------------------------------------------- samples
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The generator of every random draw of sample ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _draw(self, index: int) -> tuple[str, int, list[str], int, TrainParams | None, np.ndarray]:
+        """Read record ``index`` and make every random draw of the sample (no image I/O).
+
+        Returns:
+            ``(recipe_id, class, image ids, picked image, transform params, tokens (max_len,))``.
+        """
+        n = len(self.ids)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} recipes of {self.partition}")
+        index = int(index) % n
+        recipe_id = self.ids[index]
+        try:
+            record = decode_record(self._txn_get(recipe_id))
+        except RecordError as err:
+            raise ValueError(f"{self.lmdb_path}: record {recipe_id}: {err}") from None
+        if int(record.cls) < 1:
+            raise ValueError(f"{self.lmdb_path}: record {recipe_id}: stored class {record.cls} < 1 "
+                             f"(the LMDB stores class + 1)")
+        rng = self.rng(index) if self.train else None
+        # Draw order (fixed, whatever the outcome): image, transform, language, mask.
+        images = record.images[:self.max_imgs]
+        pick = int(rng.integers(len(images))) if (rng is not None and images) else 0
+        params = draw_train_params(rng, self.image_size) if rng is not None else None
+        if rng is not None:
+            u = rng.random()
+            code = self._lang_codes[min(int(np.searchsorted(self._lang_cdf, u, side="right")),
+                                        len(self._lang_codes) - 1)]
+        else:
+            code = self.language
+        if code not in record.langs:
+            raise ValueError(f"{self.lmdb_path}: record {recipe_id} has no {code!r} row "
+                             f"(rows: {', '.join(record.langs)}) although manifest.json lists it")
+        row = record.langs.index(code)
+        tokens = assemble_tokens(record.ids[row], record.parts[row], self.part_codes,
+                                 self.special_ids["sep"], self.max_len, mask_id=self.mask_id, rng=rng)
+        return recipe_id, int(record.cls) - 1, images, pick, params, tokens
+
+    def tokens(self, index: int) -> torch.Tensor:
+        """The token row ``__getitem__(index)`` gives in this epoch, without reading the image."""
+        return torch.from_numpy(self._draw(index)[-1])
+
+    def __getitem__(self, index: int) -> Sample | BadSample:
+        recipe_id, cls, images, pick, params, tokens = self._draw(index)
+        if not images:
+            return BadSample(recipe_id, "no image entry in the LMDB record", self.image_size)
+        try:
+            path = image_path(self.img_path, self.partition, images[pick])
+        except ValueError as err:  # a malformed image id in the record
+            return BadSample(recipe_id, f"{self.lmdb_path}: {err}", self.image_size)
+        try:
+            pil = load_image(path)
+        except ImageLoadError as err:
+            return BadSample(recipe_id, str(err), self.image_size)
+        if params is not None:
+            image = train_transform(pil, params, self.image_size)  # (3, S, S)
+        else:
+            image = eval_transform(pil, self.image_size)  # (3, S, S)
+        return Sample(image, torch.from_numpy(tokens), recipe_id, cls)
+
+
+def collate_skip_bad(batch: Sequence[Sample | BadSample]) -> Batch:
+    """Stack the good samples, set the bad ones aside, trim tokens to the longest row.
+
+    A batch where every sample is bad gives a Batch with zero rows: images ``(0, 3, S, S)``,
+    tokens ``(0, 0)``, classes ``(0,)``; callers skip it (and count ``bad``).
+    """
+    good = [s for s in batch if isinstance(s, Sample)]
+    bad = [s for s in batch if isinstance(s, BadSample)]
+    if len(good) + len(bad) != len(batch):
+        raise TypeError("collate_skip_bad expects Sample or BadSample items")
+    if not good:
+        size = bad[0].image_size if bad else 224
+        return Batch(torch.zeros((0, 3, size, size)), torch.zeros((0, 0), dtype=torch.long), [],
+                     torch.zeros(0, dtype=torch.long), bad)
+    images = torch.stack([s.image for s in good])  # (B, 3, S, S)
+    tokens = torch.stack([s.tokens for s in good])  # (B, L)
+    positions = torch.arange(1, tokens.shape[1] + 1) * (tokens != 0)  # (B, L)
+    longest = int(positions.amax())
+    classes = torch.tensor([s.cls for s in good], dtype=torch.long)
+    return Batch(images, tokens[:, :longest].contiguous(), [s.recipe_id for s in good], classes, bad)
+
+
+class BadImageTracker:
+    """Counts the distinct recipes of a partition whose image was unusable; stops above a fraction.
+
+    Args:
+        partition: named in the messages.
+        total: recipes in the partition.
+        max_fraction: ``--max_bad_images``; more than ``max_fraction * total`` bad recipes raises.
+    """
+
+    def __init__(self, partition: str, total: int, max_fraction: float = 0.01) -> None:
+        if not 0.0 <= max_fraction <= 1.0:
+            raise ValueError(f"--max_bad_images must be a fraction in [0, 1], got {max_fraction}")
+        self.partition, self.total, self.max_fraction = partition, int(total), float(max_fraction)
+        self.bad: dict[str, str] = {}  # recipe id -> first reason seen
+
+    @property
+    def count(self) -> int:
+        return len(self.bad)
+
+    def update(self, bad_list: Iterable[BadSample]) -> int:
+        """Record ``bad_list`` (e.g. ``Batch.bad``); log each new id once.
+
+        Returns:
+            The number of recipes not seen before.
+
+        Raises:
+            RuntimeError: more than ``max_fraction`` of the partition is bad.
+        """
+        new = 0
+        for item in bad_list:
+            if item.recipe_id in self.bad:
+                continue
+            self.bad[item.recipe_id] = item.reason
+            new += 1
+            logger.warning("%s: skipping recipe %s: %s", self.partition, item.recipe_id, item.reason)
+        if self.count > self.max_fraction * self.total:
+            first = ", ".join(list(self.bad)[:10])
+            raise RuntimeError(f"{self.count} of {self.total} images of {self.partition} unreadable, above "
+                               f"--max_bad_images {self.max_fraction:g}; first ids: {first}")
+        return new
+
+    def summary(self) -> str:
+        """One line for the logs, e.g. ``2 of 5000 images of val unreadable (skipped)``."""
+        return f"{self.count} of {self.total} images of {self.partition} unreadable (skipped)"

@@ -1,0 +1,503 @@
+"""RecipeImageDataset, collate_skip_bad, BadImageTracker and the image transforms.
+
+Everything is built here: a tiny LMDB written with ``encode_record`` (known token / part rows in
+several languages), ``manifest.json``, a keys file and real JPEG / PNG images, among them a
+grayscale, a CMYK, an RGBA, a 16-bit, an EXIF-rotated, a missing, a truncated and a garbage one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from data.dataset import (
+    BadImageTracker,
+    BadSample,
+    Batch,
+    RecipeImageDataset,
+    Sample,
+    assemble_tokens,
+    collate_skip_bad,
+    language_distribution,
+    parse_textinputs,
+)
+from data.langs import LANGS
+from data.lmdb_format import MANIFEST, Record, encode_record, keys_file, lmdb_dir
+from data.recipe1m import image_path, write_keys
+from data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageLoadError,
+    TrainParams,
+    eval_transform,
+    load_image,
+    pad_to_square,
+    resize_size,
+    train_transform,
+)
+
+SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
+MAX_LEN = 16
+S = 32  # image_size used by the dataset tests (resize 37)
+PART = "train"
+# (n_title, n_ingr, n_inst) per recipe; recipe 5 fills the 16-token row exactly (1 + 4 + 6 + 5).
+LENGTHS = [(2, 3, 2), (1, 2, 3), (2, 2, 2), (3, 1, 1), (1, 1, 1), (4, 6, 5), (2, 2, 2), (2, 2, 2),
+           (2, 2, 2), (2, 2, 2)]
+KINDS = ["rgb3", "gray", "cmyk", "rgba", "exif", "rgb", "missing", "truncated", "garbage", "none"]
+BAD = {6, 7, 8, 9}
+
+
+def rid(i: int) -> str:
+    return f"{i:02d}ab{i:06x}"
+
+
+def token(lang: int, part: int, i: int, j: int) -> int:
+    """Unique id telling language, part, recipe and position: lang = token // 100000 - 1."""
+    return 100000 * (lang + 1) + 10000 * part + 100 * i + j
+
+
+def rows(i: int, langs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.zeros((len(langs), MAX_LEN), np.int32)
+    parts = np.zeros((len(langs), MAX_LEN), np.int8)
+    for r, code in enumerate(langs):
+        lang = LANGS.index(code)
+        seq, codes = [SPECIAL["cls"]], [-1]
+        for part, n in zip((1, 2, 3), LENGTHS[i]):
+            seq += [token(lang, part, i, j) for j in range(n)]
+            codes += [part] * n
+        ids[r, :len(seq)], parts[r, :len(seq)] = seq, codes
+    return ids, parts
+
+
+def expected_tokens(i: int, lang: str, keep: tuple[int, ...], max_len: int = MAX_LEN) -> list[int]:
+    """The assembled row written out by hand: CLS, kept parts, SEP, zeros."""
+    seq = [SPECIAL["cls"]]
+    for part, n in zip((1, 2, 3), LENGTHS[i]):
+        if part in keep:
+            seq += [token(LANGS.index(lang), part, i, j) for j in range(n)]
+    seq = seq[:max_len]
+    if len(seq) == max_len:
+        seq[-1] = SPECIAL["sep"]
+    else:
+        seq.append(SPECIAL["sep"])
+    return seq + [0] * (max_len - len(seq))
+
+
+def pattern(h: int, w: int, channel: int | None = None, seed: int = 0) -> np.ndarray:
+    """A non-constant RGB image; with ``channel``, that channel dominates."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.stack([(xx * 255 // w), (yy * 255 // h), ((xx + yy) * 127 // (h + w))], -1)
+    img = (img + rng.integers(0, 40, img.shape)).clip(0, 255).astype(np.uint8)
+    if channel is not None:
+        img = (img // 4).astype(np.uint8)
+        img[..., channel] = 200 + img[..., channel] // 4
+    return img
+
+
+def jpeg_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def write_image(root: Path, image_id: str, kind: str, k: int = 0) -> None:
+    path = image_path(root, PART, image_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind in ("rgb", "rgb3"):
+        Image.fromarray(pattern(36, 48, channel=k if kind == "rgb3" else None, seed=k)).save(path, quality=95)
+    elif kind == "gray":
+        Image.fromarray(pattern(40, 30)[..., 0]).save(path)  # mode L, PNG
+    elif kind == "cmyk":
+        cmyk = np.zeros((30, 40, 4), np.uint8)
+        cmyk[:, :20, 0] = 255  # cyan left, grey right
+        cmyk[:, 20:, 3] = 128
+        Image.frombytes("CMYK", (40, 30), cmyk.tobytes()).save(path, quality=95)
+    elif kind == "rgba":
+        rgba = np.concatenate([pattern(30, 30), np.full((30, 30, 1), 60, np.uint8)], -1)
+        Image.fromarray(rgba).save(path)  # PNG, mode RGBA
+    elif kind == "exif":
+        img = Image.new("RGB", (40, 20), (255, 0, 0))
+        img.paste((0, 0, 255), (20, 0, 40, 20))  # stored: red left, blue right
+        exif = Image.Exif()
+        exif[0x0112] = 6  # display = stored rotated 90 degrees clockwise
+        img.save(path, exif=exif.tobytes(), quality=95)
+    elif kind == "truncated":
+        data = jpeg_bytes(pattern(64, 64))
+        path.write_bytes(data[: len(data) * 6 // 10])
+    elif kind == "garbage":
+        path.write_bytes(b"this is not an image at all")
+    elif kind != "missing":
+        raise AssertionError(kind)
+
+
+def build(root: Path, langs: list[str]) -> tuple[Path, Path]:
+    """Write the LMDB, keys, manifest and images of the 10 recipes; return (data_path, img_path)."""
+    data, imgs = root / "data", root / "images"
+    data.mkdir(parents=True)
+    ext = {"gray": "png", "rgba": "png"}
+    env = lmdb.open(str(lmdb_dir(data, PART)), map_size=1 << 24, subdir=True)
+    with env.begin(write=True) as txn:
+        for i, kind in enumerate(KINDS):
+            n_img = 3 if kind == "rgb3" else (0 if kind == "none" else 1)
+            images = [f"{i:02d}{k}c{i:05x}.{ext.get(kind, 'jpg')}" for k in range(n_img)]
+            for k, image_id in enumerate(images):
+                write_image(imgs, image_id, kind, k)
+            ids, parts = rows(i, langs)
+            record = Record(langs=list(langs), ids=ids, parts=parts, cls=7 * i + 1, images=images)
+            txn.put(rid(i).encode(), encode_record(record))
+    env.close()
+    write_keys(keys_file(data, PART), [rid(i) for i in range(len(KINDS))])
+    manifest = {"format_version": 1, "counts": {PART: len(KINDS)}, "languages": list(langs),
+                "tokenizer": "test", "vocab_size": 700000, "max_len": MAX_LEN, "max_imgs": 5,
+                "special_ids": SPECIAL, "dropped": {}}
+    (data / MANIFEST).write_text(json.dumps(manifest))
+    return data, imgs
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("full"), list(LANGS))
+
+
+def make(paths, **kwargs) -> RecipeImageDataset:
+    kwargs.setdefault("image_size", S)
+    return RecipeImageDataset(*paths, PART, **kwargs)
+
+
+def lang_of(tokens: torch.Tensor) -> str:
+    return LANGS[int(tokens[1]) // 100000 - 1]
+
+
+# ------------------------------------------------------------------ images and transforms
+
+def test_load_image_modes_become_rgb(full):
+    _, imgs = full
+    ids = {kind: f"{i:02d}0c{i:05x}" for i, kind in enumerate(KINDS)}
+    gray = load_image(image_path(imgs, PART, ids["gray"] + ".png"))
+    assert gray.mode == "RGB" and gray.size == (30, 40)
+    g = np.asarray(gray)
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 0] == pattern(40, 30)[..., 0]).all()
+    cmyk = np.asarray(load_image(image_path(imgs, PART, ids["cmyk"] + ".jpg"))).astype(int)
+    assert np.abs(cmyk[10, 5] - [0, 255, 255]).max() <= 3  # pure cyan
+    assert np.abs(cmyk[10, 30] - [127, 127, 127]).max() <= 3  # K = 128
+    rgba = load_image(image_path(imgs, PART, ids["rgba"] + ".png"))
+    assert rgba.mode == "RGB" and (np.asarray(rgba) == pattern(30, 30)).all()  # alpha dropped
+
+
+def test_load_image_palette_and_16bit(tmp_path):
+    pal = Image.fromarray(pattern(10, 12)).convert("P")
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "p.png", transparency=0)
+    assert load_image(tmp_path / "p.png").mode == "RGB"
+    Image.fromarray(np.array([[0, 32768], [65535, 1000]], np.uint16)).save(tmp_path / "g16.png")
+    out = np.asarray(load_image(tmp_path / "g16.png"))
+    assert out[..., 0].tolist() == [[0, 128], [255, 4]]  # scaled to 8 bits, not clipped white
+
+
+def test_exif_orientation_applied(full):
+    _, imgs = full
+    img = np.asarray(load_image(image_path(imgs, PART, "040c00004.jpg"))).astype(int)
+    assert img.shape == (40, 20, 3)  # stored 40 wide x 20 high, displayed rotated
+    assert np.abs(img[5, 10] - [255, 0, 0]).max() < 12  # stored left (red) is now on top
+    assert np.abs(img[34, 10] - [0, 0, 255]).max() < 12
+
+
+def test_load_image_errors(full, tmp_path):
+    _, imgs = full
+    for name, words in (("060c00006.jpg", "missing"), ("070c00007.jpg", "truncated"),
+                        ("080c00008.jpg", "cannot identify")):
+        path = image_path(imgs, PART, name)
+        with pytest.raises(ImageLoadError, match=words) as err:
+            load_image(path)
+        assert str(path) in str(err.value)
+
+
+def normalize_ref(arr: np.ndarray) -> torch.Tensor:
+    t = torch.from_numpy(arr.astype(np.float32) / 255).permute(2, 0, 1)
+    return (t - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+
+def test_transforms_against_slicing():
+    arr = pattern(256, 256, seed=3)
+    img = Image.fromarray(arr)
+    assert resize_size(224) == 256 and resize_size(32) == 37
+    # Eval on a 256 square: resize is the identity, centre crop starts at 16.
+    assert torch.allclose(eval_transform(img, 224), normalize_ref(arr[16:240, 16:240]), atol=1e-6)
+    # Train with no rotation and no padding: a plain crop (and flip) of the image.
+    params = TrainParams(pad_to_square=False, pad_mode="edge", angle=0.0, top=5, left=30, flip=True)
+    out = train_transform(img, params, 224)
+    assert out.shape == (3, 224, 224) and out.dtype == torch.float32
+    assert torch.allclose(out, normalize_ref(arr[5:229, 30:254][:, ::-1].copy()), atol=1e-6)
+    # Rotation fills the corners with black (normalised zeros).
+    rot = train_transform(img, TrainParams(False, "edge", 10.0, 0, 0, False), 224)
+    black = normalize_ref(np.zeros((1, 1, 3), np.uint8))[:, 0, 0]
+    assert torch.allclose(rot[:, 0, 0], black, atol=1e-6)
+
+
+def test_pad_to_square_split_and_modes():
+    arr = pattern(10, 4)
+    out = np.asarray(pad_to_square(Image.fromarray(arr), "constant"))
+    assert out.shape == (10, 10, 3)
+    assert (out[:, :3] == 0).all() and (out[:, 7:] == 0).all() and (out[:, 3:7] == arr).all()
+    edge = np.asarray(pad_to_square(Image.fromarray(arr), "edge"))
+    assert (edge[:, 0] == arr[:, 0]).all() and (edge[:, 9] == arr[:, 3]).all()
+    thin = pad_to_square(Image.fromarray(pattern(2, 50)), "reflect")  # padding > image height
+    assert thin.size == (50, 50)
+
+
+# ------------------------------------------------------------------ text
+
+def test_eval_tokens_exact_for_textinputs(full):
+    for textinputs, keep in (("title,ingr,inst", (1, 2, 3)), ("title", (1,)), ("ingr,inst", (2, 3)),
+                             ("inst,title", (1, 3))):
+        ds = make(full, train=False, textinputs=textinputs)
+        for i in (0, 1, 3):
+            sample = ds[i]
+            assert isinstance(sample, Sample)
+            assert sample.tokens.dtype == torch.int64 and sample.tokens.shape == (MAX_LEN,)
+            assert sample.tokens.tolist() == expected_tokens(i, "en", keep), (textinputs, i)
+
+
+def test_sep_overwrites_last_token_of_full_row(full):
+    tokens = make(full, train=False)[5].tokens.tolist()
+    assert 0 not in tokens and tokens[-1] == SPECIAL["sep"]
+    assert tokens == expected_tokens(5, "en", (1, 2, 3))
+    assert tokens[-2] == token(0, 3, 5, 3)  # only the last instruction token was overwritten
+    short = make(full, train=False, max_len=8)[0].tokens.tolist()  # truncation keeps the rule
+    assert short == expected_tokens(0, "en", (1, 2, 3), max_len=8)
+
+
+def test_eval_language_row_and_absent_language(full, tmp_path):
+    for lang in ("de", 3):
+        tokens = make(full, train=False, language=lang)[2].tokens
+        assert tokens.tolist() == expected_tokens(2, "de", (1, 2, 3))
+    partial = build(tmp_path, ["en", "de"])
+    with pytest.raises(ValueError, match=r"'fr'.*languages present: en, de"):
+        make(partial, train=False, language="fr")
+
+
+def test_sample_fields_and_class(full):
+    ds = make(full, train=True)
+    assert len(ds) == 10 and ds.ids == [rid(i) for i in range(10)]
+    assert ds.languages == list(LANGS) and ds.special_ids == SPECIAL
+    for i in (0, 4, 5):
+        sample = ds[i]
+        assert sample.image.shape == (3, S, S) and sample.image.dtype == torch.float32
+        assert sample.recipe_id == rid(i) and sample.cls == 7 * i  # stored 7i + 1, minus 1
+        assert sample.tokens[0] == SPECIAL["cls"] and SPECIAL["sep"] in sample.tokens.tolist()
+
+
+def test_tokens_method_matches_getitem(full):
+    for text_aug in ("english,de,ru,fr", "english,de,ru,fr,mask"):
+        ds = make(full, train=True, text_aug=text_aug, image_size=8)
+        for epoch in range(20):
+            ds.set_epoch(epoch)
+            for i in (0, 5):
+                assert torch.equal(ds[i].tokens, ds.tokens(i))
+
+
+def test_language_choice_frequencies(full):
+    ds = make(full, train=True)
+    probs = {"en": 1 / 4, "de-en": 1 / 8, "ru-en": 1 / 8, "de": 1 / 6, "ru": 1 / 6, "fr": 1 / 6}
+    assert ds.language_probs == pytest.approx(probs)
+    draws = 4000
+    counts = dict.fromkeys(LANGS, 0)
+    for n in range(draws):
+        ds.set_epoch(n // 4)
+        i = n % 4  # recipes 0..3, 1000 epochs each
+        tokens = ds.tokens(i)  # what ds[i] returns (test above), without decoding the image
+        code = lang_of(tokens)
+        counts[code] += 1
+        assert tokens.tolist() == expected_tokens(i, code, (1, 2, 3))  # the whole row is that language
+    chi2 = sum((counts[c] - draws * p) ** 2 / (draws * p) for c, p in probs.items())
+    assert chi2 < 20.5, counts  # 5 degrees of freedom, p = 0.001
+
+
+def test_branch_yields_when_languages_missing(tmp_path):
+    tree = "english,de,ru,fr"
+    assert language_distribution(tree, ["en", "de"]) == pytest.approx({"en": 0.5, "de": 0.5})
+    assert language_distribution(tree, ["en", "de-en"]) == pytest.approx({"en": 2 / 3, "de-en": 1 / 3})
+    assert language_distribution(tree, ["en", "ru-en", "fr"]) == pytest.approx(
+        {"en": 1 / 3, "ru-en": 1 / 6, "fr": 0.5})
+    assert language_distribution("english", list(LANGS)) == pytest.approx(
+        {"en": 0.5, "de-en": 0.25, "ru-en": 0.25})
+    assert language_distribution("de,fr", list(LANGS)) == pytest.approx({"de": 0.5, "fr": 0.5})
+    for none in ("none", "", None, "mask"):
+        assert language_distribution(none, list(LANGS)) == {"en": 1.0}
+    assert language_distribution("ru", ["en", "de"]) == {"en": 1.0}  # nothing left: English
+    with pytest.raises(ValueError, match="unknown text_aug"):
+        language_distribution("english,klingon", list(LANGS))
+    # Through the dataset: an LMDB with en, de-en and fr only.
+    ds = make(build(tmp_path, ["en", "de-en", "fr"]), train=True)
+    counts = dict.fromkeys(LANGS, 0)
+    for epoch in range(1200):
+        ds.set_epoch(epoch)
+        counts[lang_of(ds.tokens(0))] += 1
+    assert counts["ru-en"] == counts["de"] == counts["ru"] == 0
+    for code, p in {"en": 1 / 3, "de-en": 1 / 6, "fr": 0.5}.items():
+        assert abs(counts[code] / 1200 - p) < 0.05, counts
+
+
+def test_text_mask(full):
+    ds = make(full, train=True, text_aug="english,mask")
+    masked = kept = 0
+    for epoch in range(300):
+        ds.set_epoch(epoch)
+        tokens = ds.tokens(5).tolist()  # full row: 15 part tokens, SEP last
+        assert tokens[0] == SPECIAL["cls"] and tokens[-1] == SPECIAL["sep"]
+        masked += tokens[1:-1].count(SPECIAL["mask"])
+        kept += 14
+        unmasked = torch.tensor([t for t in tokens if t != SPECIAL["mask"]])  # CLS first
+        assert lang_of(unmasked) in ("en", "de-en", "ru-en")  # text_aug "english": English rows
+    assert abs(masked / kept - 0.15) < 0.025
+    assert SPECIAL["mask"] not in make(full, train=False, text_aug="english,mask")[5].tokens.tolist()
+
+
+def test_assemble_tokens_and_textinputs_errors():
+    ids = np.array([2, 11, 12, 21, 31, 0, 0], np.int32)
+    parts = np.array([-1, 1, 1, 2, 3, 0, 0], np.int8)
+    assert assemble_tokens(ids, parts, (2, 3), 3, 6).tolist() == [2, 21, 31, 3, 0, 0]
+    assert assemble_tokens(ids, parts, (1, 2, 3), 3, 5).tolist() == [2, 11, 12, 21, 3]
+    assert parse_textinputs("inst, title") == (1, 3)
+    for bad in ("", "title,steps"):
+        with pytest.raises(ValueError, match="textinputs"):
+            parse_textinputs(bad)
+
+
+# ------------------------------------------------------------------ randomness
+
+def test_augmentation_per_epoch_and_reproducible(full):
+    ds = make(full, train=True)
+    ds.set_epoch(3)
+    a, b = ds[0], ds[0]
+    assert torch.equal(a.image, b.image) and torch.equal(a.tokens, b.tokens)
+    again = make(full, train=True)
+    again.set_epoch(3)
+    assert torch.equal(again[0].image, a.image)
+    images = []
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        images.append(ds[0].image)
+    assert all(not torch.equal(images[0], other) for other in images[1:])
+    assert not torch.equal(make(full, train=True, seed=99)[0].image, make(full, train=True)[0].image)
+    ev = make(full, train=False)
+    ev.set_epoch(5)
+    assert torch.equal(ev[0].image, make(full, train=False)[0].image)  # eval: no randomness
+
+
+def dominant(image: torch.Tensor) -> int:
+    centre = image[:, S // 2 - 6:S // 2 + 6, S // 2 - 6:S // 2 + 6]
+    return int(centre.mean(dim=(1, 2)).argmax())
+
+
+def test_image_choice_among_first_max_imgs(full):
+    assert dominant(make(full, train=False)[0].image) == 0  # eval: the first image
+    for max_imgs, allowed in ((2, {0, 1}), (5, {0, 1, 2})):
+        ds = make(full, train=True, max_imgs=max_imgs)
+        seen = set()
+        for epoch in range(40):
+            ds.set_epoch(epoch)
+            seen.add(dominant(ds[0].image))
+        assert seen == allowed
+
+
+def batches(loader, ds, epochs):
+    out = []
+    for epoch in epochs:
+        ds.set_epoch(epoch)
+        out.append(list(loader))
+    return out
+
+
+def test_dataloader_workers_identical(full):
+    ds0 = make(full, train=True)
+    ds2 = make(full, train=True)
+    loader0 = torch.utils.data.DataLoader(ds0, batch_size=4, collate_fn=collate_skip_bad, num_workers=0)
+    loader2 = torch.utils.data.DataLoader(ds2, batch_size=4, collate_fn=collate_skip_bad, num_workers=2,
+                                          persistent_workers=True)
+    ref, got = batches(loader0, ds0, [0, 1]), batches(loader2, ds2, [0, 1])
+    for epoch_ref, epoch_got in zip(ref, got):
+        assert len(epoch_ref) == len(epoch_got) == 3
+        for a, b in zip(epoch_ref, epoch_got):
+            assert isinstance(b, Batch)
+            assert a.recipe_ids == b.recipe_ids and [x.recipe_id for x in a.bad] == [x.recipe_id for x in b.bad]
+            assert torch.equal(a.images, b.images) and torch.equal(a.tokens, b.tokens)
+            assert torch.equal(a.classes, b.classes)
+    # set_epoch reached the persistent workers: epoch 1 differs from epoch 0.
+    assert not torch.equal(got[0][0].images, got[1][0].images)
+
+
+def test_dataset_pickles_without_env(full):
+    ds = make(full, train=False)
+    first = ds[0]
+    assert ds._env is not None  # opened lazily on first access
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._env is None
+    assert torch.equal(clone[0].image, first.image)
+    fresh = make(full, train=False)
+    assert fresh._env is None  # nothing opened in __init__
+
+
+# ------------------------------------------------------------------ bad images
+
+def test_bad_images_skipped_never_blank(full):
+    for train in (False, True):
+        ds = make(full, train=train)
+        items = [ds[i] for i in range(len(ds))]
+        bad = {item.recipe_id: item.reason for item in items if isinstance(item, BadSample)}
+        assert set(bad) == {rid(i) for i in BAD}
+        assert "missing" in bad[rid(6)] and "truncated" in bad[rid(7)] and "no image" in bad[rid(9)]
+        for item in items:
+            if isinstance(item, Sample):
+                assert item.image.std() > 0.1  # a real picture, not a blank or constant fill
+        batch = collate_skip_bad(items)
+        assert batch.recipe_ids == [rid(i) for i in range(10) if i not in BAD]
+        assert batch.images.shape == (6, 3, S, S) and batch.classes.tolist() == [0, 7, 14, 21, 28, 35]
+        assert [b.recipe_id for b in batch.bad] == [rid(i) for i in sorted(BAD)]
+
+
+def test_collate_trims_and_all_bad_batch(full):
+    ds = make(full, train=False, textinputs="title")
+    batch = collate_skip_bad([ds[0], ds[3], ds[6]])  # titles of 2 and 3 tokens: CLS + 3 + SEP = 5
+    assert batch.tokens.shape == (2, 5) and batch.tokens.dtype == torch.int64
+    assert batch.tokens[0].tolist() == expected_tokens(0, "en", (1,))[:5]
+    assert batch.tokens[1].tolist() == expected_tokens(3, "en", (1,))[:5]
+    empty = collate_skip_bad([ds[6], ds[9]])
+    assert empty.images.shape == (0, 3, S, S) and empty.tokens.shape[0] == 0
+    assert empty.classes.shape == (0,) and empty.recipe_ids == [] and len(empty.bad) == 2
+
+
+def test_bad_image_tracker(caplog):
+    tracker = BadImageTracker("val", total=200, max_fraction=0.01)  # up to 2 allowed
+    one, two, three = (BadSample(f"r{i}", f"missing image file x{i}.jpg") for i in range(3))
+    with caplog.at_level(logging.WARNING, logger="data.dataset"):
+        assert tracker.update([one]) == 1
+        assert tracker.update([one, two]) == 1  # r0 counted and logged once
+    assert tracker.count == 2 and "2 of 200 images of val" in tracker.summary()
+    assert sum("r0" in rec.getMessage() for rec in caplog.records) == 1
+    with pytest.raises(RuntimeError, match=r"3 of 200 images of val unreadable, above --max_bad_images "
+                                           r"0.01; first ids: r0, r1, r2"):
+        tracker.update([three])
+
+
+def test_tracker_through_loader_stops_run(full):
+    ds = make(full, train=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, collate_fn=collate_skip_bad)
+    tracker = BadImageTracker(PART, len(ds), max_fraction=0.5)
+    for batch in loader:
+        tracker.update(batch.bad)
+    assert tracker.count == 4
+    strict = BadImageTracker(PART, len(ds), max_fraction=0.25)
+    with pytest.raises(RuntimeError, match=f"of {PART} unreadable"):
+        for batch in loader:
+            strict.update(batch.bad)
