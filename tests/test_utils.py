@@ -70,3 +70,14 @@ def test_run_dir_and_opts(tmp_path):
 def test_image_encoder_names_are_not_checkpoints():
     assert is_image_encoder_file("m/model_BEST_REC_e001_v-1.000_cr-2.0000_image_encoder.pth.tar")
     assert not is_image_encoder_file("m/model_BEST_REC_e001_v-1.000_cr-2.0000.pth.tar")
+
+
+def test_atomic_write_gives_usual_permissions(tmp_path):
+    import os
+
+    target = tmp_path / "perm.txt"
+    with atomic_write(target, "w") as handle:
+        handle.write("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)
