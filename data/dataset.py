@@ -27,14 +27,13 @@ lives in shared memory, so :meth:`RecipeImageDataset.set_epoch` also reaches per
 
 The LMDB is opened lazily on the first ``__getitem__`` (never in ``__init__``, and never pickled to
 workers), read-only, ``lock=False``, ``readahead=False``, once per process and LMDB (see
-:func:`_shared_env`).
+:func:`data.lmdb_format.shared_env`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -51,7 +50,7 @@ from data.lmdb_format import (
     decode_record,
     keys_file,
     lmdb_dir,
-    open_lmdb_readonly,
+    shared_env,
 )
 from data.recipe1m import image_path, load_keys
 from data.transforms import (
@@ -213,25 +212,6 @@ def read_manifest(data_path: str | Path) -> dict:
     return manifest
 
 
-# One read-only environment per LMDB and process: py-lmdb refuses to open the same files twice in
-# a process, and several datasets may read one partition. Keyed by the data file's identity, so
-# an LMDB rebuilt (swapped in) at the same path is opened afresh. A worker forked after the parent
-# opened an LMDB inherits this dict and reuses that environment: with lock=False there are no
-# locks or reader slots tied to the parent, only the read-only memory map, which fork shares.
-_ENVS: dict[tuple, object] = {}
-
-
-def _shared_env(path: Path):
-    """This process's read-only environment for the LMDB at ``path`` (opened on first request)."""
-    try:
-        stat = os.stat(Path(path) / "data.mdb")
-        key = (stat.st_dev, stat.st_ino)
-    except OSError:
-        key = (os.path.realpath(path),)  # let open_lmdb_readonly report what is wrong
-    env = _ENVS.get(key)
-    if env is None:
-        env = _ENVS[key] = open_lmdb_readonly(path)
-    return env
 
 
 class RecipeImageDataset(torch.utils.data.Dataset):
@@ -321,7 +301,7 @@ class RecipeImageDataset(torch.utils.data.Dataset):
 
     def _txn_get(self, recipe_id: str) -> bytes:
         if self._env is None:
-            self._env = _shared_env(self.lmdb_path)  # first use in this process
+            self._env = shared_env(self.lmdb_path)  # first use in this process
         with self._env.begin(write=False) as txn:
             value = txn.get(recipe_id.encode("utf-8"))
         if value is None:

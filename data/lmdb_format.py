@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,3 +98,24 @@ def open_lmdb_readonly(path: str | Path):
         raise FileNotFoundError(f"LMDB not found: {path} (build it with create_lmdb.py)")
     return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False,
                      max_readers=512, subdir=True)
+
+
+# One read-only environment per LMDB and process: py-lmdb refuses to open the same files twice in
+# a process, and several datasets may read one partition. Keyed by the data file's identity, so
+# an LMDB rebuilt (swapped in) at the same path is opened afresh. A worker forked after the parent
+# opened an LMDB inherits this dict and reuses that environment: with lock=False there are no
+# locks or reader slots tied to the parent, only the read-only memory map, which fork shares.
+_ENVS: dict[tuple, object] = {}
+
+
+def shared_env(path: Path):
+    """This process's read-only environment for the LMDB at ``path`` (opened on first request)."""
+    try:
+        stat = os.stat(Path(path) / "data.mdb")
+        key = (stat.st_dev, stat.st_ino)
+    except OSError:
+        key = (os.path.realpath(path),)  # let open_lmdb_readonly report what is wrong
+    env = _ENVS.get(key)
+    if env is None:
+        env = _ENVS[key] = open_lmdb_readonly(path)
+    return env
