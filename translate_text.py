@@ -1,0 +1,312 @@
+"""Translate Recipe1M's ``layer1.json`` (SPEC sections 1, 2, 7): ``python translate_text.py LANG``.
+
+``LANG`` is ``de``, ``ru`` or ``fr`` (from ``layer1.json``), or ``de-en`` / ``ru-en``
+(back-translation to English from ``layer1_de.json`` / ``layer1_ru.json``). The output
+``<r1m_path>/layer1_<LANG>.json`` holds, for each source entry in the same order, ``id``,
+``url``, ``partition``, ``title_<LANG>``, ``ingredients_<LANG>`` and ``instructions_<LANG>``
+(lists of ``{"text": ...}``) with as many texts per field as the source; empty texts stay empty.
+
+How it differs from the reference script: every sentence lands on the recipe and field it came
+from; identical sentences are translated once and batches hold sentences of similar length
+(``data/translation.py``); finished batches are appended to a crash-safe cache under
+``<r1m_path>/.translate_cache/<LANG>/<key>/``, so a killed run resumes where it stopped and ends
+with the same file as an uninterrupted one; ``--shard i/n`` or ``torchrun`` split the work.
+
+Sharding: ``--shard i/n`` translates batches ``i, i+n, ...`` of the fixed batch list. Every shard,
+when it finishes, checks the cache; the one that finds every batch present writes the output
+(or run ``--assemble`` afterwards). Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set, no
+``--shard``) the shard is ``RANK/WORLD_SIZE`` on GPU ``LOCAL_RANK``; no process group is created
+(ranks never communicate): rank 0, after its own batches, polls the cache files for up to
+``--wait`` seconds until the other ranks' batches are there, then assembles. Each shard appends
+to its own cache file: never run the same ``--shard i/n`` twice at the same time.
+
+Examples::
+
+    python translate_text.py de      # facebook/wmt19-en-de
+    python translate_text.py ru      # facebook/wmt19-en-ru
+    python translate_text.py fr      # Helsinki-NLP/opus-mt-en-fr (needs sentencepiece)
+    python translate_text.py de-en   # facebook/wmt19-de-en, reads layer1_de.json
+    python translate_text.py ru-en   # facebook/wmt19-ru-en, reads layer1_ru.json
+    torchrun --nproc_per_node 4 translate_text.py de --fp16
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import itertools
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from data.recipe1m import Recipe1MError, iter_layer1, layer1_path
+from data.translation import (
+    MissingTranslationError,
+    TranslateFn,
+    TranslationCache,
+    collect_unique,
+    corpus_digest,
+    missing_message,
+    num_batches,
+    parse_shard,
+    shard_batches,
+    translate_batches,
+    translation_table,
+    write_layer1,
+)
+
+TARGETS = ("de", "ru", "fr", "de-en", "ru-en")
+SOURCE_LANG = {"de": "en", "ru": "en", "fr": "en", "de-en": "de", "ru-en": "ru"}
+DEFAULT_MODELS = {
+    "de": "facebook/wmt19-en-de",
+    "ru": "facebook/wmt19-en-ru",
+    "fr": "Helsinki-NLP/opus-mt-en-fr",
+    "de-en": "facebook/wmt19-de-en",
+    "ru-en": "facebook/wmt19-ru-en",
+}
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        description="Translate Recipe1M's layer1.json into layer1_<LANG>.json (de, ru, fr) or "
+                    "back-translate layer1_de.json / layer1_ru.json to English (de-en, ru-en).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("lang", choices=TARGETS,
+                        help="target: de, ru, fr (from layer1.json) or de-en, ru-en (from layer1_de.json / "
+                             "layer1_ru.json)")
+    parser.add_argument("--r1m_path", default="data/Recipe1M", help="folder holding the Recipe1M layer1 files")
+    parser.add_argument("--out", default=None, help="output file; None: <r1m_path>/layer1_<LANG>.json")
+    parser.add_argument("--model", default=None,
+                        help="Hugging Face name or local folder of a seq2seq translation model, loaded with "
+                             "AutoTokenizer / AutoModelForSeq2SeqLM; None: the model for LANG ("
+                             + ", ".join(f"{k}: {v}" for k, v in DEFAULT_MODELS.items()) + ")")
+    parser.add_argument("--beam", type=int, default=5, help="beam size")
+    parser.add_argument("--max_length", type=int, default=200,
+                        help="maximum translation length in target tokens (generate's max_length)")
+    parser.add_argument("--batch_size", type=int, default=128,
+                        help="sentences per batch (unique sentences, sorted by length); part of the cache "
+                             "key, since beam search depends on a batch's padding")
+    parser.add_argument("--no_cuda", action="store_true", help="run on CPU even when a GPU is available")
+    parser.add_argument("--fp16", action="store_true", help="half precision on GPU (ignored on CPU)")
+    parser.add_argument("--limit", type=int, default=None, help="translate only the first N recipes (trials)")
+    parser.add_argument("--shard", default=None,
+                        help="i/n: translate batches i, i+n, ... only; None: torchrun's RANK/WORLD_SIZE, "
+                             "else 0/1")
+    parser.add_argument("--assemble", action="store_true",
+                        help="translate nothing: write the output from the cache, or list the missing shards")
+    parser.add_argument("--cache_dir", default=None,
+                        help="cache root; None: <r1m_path>/.translate_cache (safe to delete after the run)")
+    parser.add_argument("--wait", type=float, default=600.0,
+                        help="under torchrun: seconds rank 0 waits for the other ranks' batches before "
+                             "giving up on assembling")
+    return parser
+
+
+def model_identity(name: str) -> str:
+    """What keys the cache for ``--model``: ``hub:<name>``, or a content hash of a local folder.
+
+    A local folder is identified by the SHA-256 of its files (names and bytes), so moving it
+    keeps the cache and retraining into it invalidates the cache.
+
+    Raises:
+        SystemExit: ``name`` looks like a path (absolute, ``./``, ``~``) but is no folder.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        hasher = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            rel = file.relative_to(path).as_posix()
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue  # .cache/, .git/ and similar are not part of the model
+            hasher.update(f"{rel}\0{file.stat().st_size}\0".encode())
+            with open(file, "rb") as handle:
+                for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
+                    hasher.update(chunk)
+        return f"local:{hasher.hexdigest()}"
+    if path.is_absolute() or name.startswith(("./", "../", "~", ".\\")) or path.exists():
+        raise SystemExit(f"--model {name}: no such model folder (give a local folder holding config.json "
+                         f"and the tokenizer files, or a Hugging Face model name)")
+    return f"hub:{name}"
+
+
+class HFTranslator:
+    """A seq2seq model of the Hub or a local folder as a ``list[str] -> list[str]`` function.
+
+    Args:
+        name: ``--model``.
+        device: where to run.
+        fp16: half precision (GPU only).
+        beam: beam size.
+        max_length: maximum target length (``generate``'s ``max_length``).
+    """
+
+    def __init__(self, name: str, device: Any, fp16: bool, beam: int, max_length: int):
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.torch = torch
+        local = Path(name).expanduser().is_dir()
+        if local and not (Path(name).expanduser() / "config.json").is_file():
+            raise SystemExit(f"--model {name}: not a model folder (no config.json); give a local path "
+                             f"written by save_pretrained, or a Hugging Face model name")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForSeq2SeqLM.from_pretrained(name)
+        except Exception as err:  # any loading failure gets the same advice
+            hints = [f"could not load --model {name!r}: {type(err).__name__}: {err}".strip()]
+            if "sentencepiece" in str(err).lower() and importlib.util.find_spec("sentencepiece") is None:
+                hints.append("Marian (Helsinki-NLP/opus-mt-*) tokenizers need `pip install sentencepiece`.")
+            if not local:
+                hints.append(f"Without network access, download the model on a connected machine (for "
+                             f"instance `hf download {name} --local-dir DIR`) and pass --model DIR, a local path.")
+            raise SystemExit("\n".join(hints)) from None
+        self.model = model.half() if fp16 else model
+        self.model.to(device).eval()
+        self.device = device
+        self.beam = beam
+        self.max_length = max_length
+        # Long Recipe1M instructions are cut to what the encoder's positions allow.
+        limits = [getattr(model.config, "max_position_embeddings", None), self.tokenizer.model_max_length]
+        self.max_source = min(int(n) for n in limits if isinstance(n, int) and 0 < n < 1_000_000)
+
+    def __call__(self, sentences: list[str]) -> list[str]:
+        enc = self.tokenizer(sentences, return_tensors="pt", padding=True, truncation=True,
+                             max_length=self.max_source).to(self.device)  # (B, L)
+        with self.torch.inference_mode():
+            out = self.model.generate(**enc, num_beams=self.beam, max_length=self.max_length,
+                                      do_sample=False, num_return_sequences=1)  # (B, T)
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def _distributed() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` under torchrun, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for flag in ("beam", "max_length", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"--{flag} must be at least 1, got {getattr(args, flag)}")
+    if args.limit is not None and args.limit < 0:
+        raise SystemExit(f"--limit must be >= 0, got {args.limit}")
+
+
+def main(argv: Sequence[str] | None = None, translate_fn: TranslateFn | None = None) -> dict[str, Any]:
+    """Run the translation; returns a summary (counts, batches, output path or None).
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+        translate_fn: translate with this function instead of loading ``--model`` (tests,
+            benches); ``--model`` still names the cache key.
+    """
+    from tqdm import tqdm
+
+    args = get_parser().parse_args(argv)
+    _check_args(args)
+    lang, src_lang = args.lang, SOURCE_LANG[args.lang]
+    source = layer1_path(args.r1m_path, src_lang)
+    if not source.is_file():
+        hint = f" (run `python translate_text.py {src_lang}` first)" if src_lang != "en" else ""
+        raise SystemExit(f"{source}: source file not found{hint}")
+    out_path = Path(args.out) if args.out else layer1_path(args.r1m_path, lang)
+    model_name = args.model or DEFAULT_MODELS[lang]
+
+    dist = _distributed()
+    if args.shard is not None:
+        try:
+            shard, num_shards = parse_shard(args.shard)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+    else:
+        shard, num_shards = (dist[0], dist[1]) if dist else (0, 1)
+    rank_tag = f"[shard {shard}/{num_shards}] " if num_shards > 1 else ""
+
+    from utils.cli import resolve_device
+
+    device = resolve_device(args.no_cuda, local_rank=dist[2] if dist else None)
+    fp16 = args.fp16 and device.type == "cuda"
+    if args.fp16 and not fp16:
+        print("warning: --fp16 needs a GPU; translating in fp32", file=sys.stderr)
+
+    def recipes():
+        return itertools.islice(iter_layer1(source, src_lang), args.limit)
+
+    identity = model_identity(model_name)
+    try:
+        unique, stats = collect_unique(tqdm(recipes(), desc=f"{rank_tag}reading {source.name}",
+                                            unit=" recipes", mininterval=2.0))
+    except Recipe1MError as err:
+        raise SystemExit(str(err)) from None
+    print(f"{rank_tag}{source}: {stats.summary()}", flush=True)
+
+    settings = {"lang": lang, "source": src_lang, "model": identity, "beam": args.beam,
+                # --assemble may run on a machine without the GPU that translated in fp16.
+                "max_length": args.max_length, "precision": "fp16" if fp16 or (args.assemble and args.fp16)
+                else "fp32",
+                "batch_size": args.batch_size, "unique": len(unique), "corpus": corpus_digest(unique)}
+    cache_root = Path(args.cache_dir) if args.cache_dir else Path(args.r1m_path) / ".translate_cache"
+    cache = TranslationCache(cache_root / lang, settings)
+    total = num_batches(len(unique), args.batch_size)
+    done = cache.load(unique, args.batch_size)
+    result: dict[str, Any] = {"stats": stats.to_dict(), "batches": total, "cached_batches": len(done),
+                              "translated_batches": 0, "cache_dir": str(cache.dir), "output": None}
+
+    if not args.assemble:
+        todo = [b for b in shard_batches(total, shard, num_shards) if b not in done]
+        print(f"{rank_tag}{total} batches of up to {args.batch_size} sentences; {len(done)} already in "
+              f"{cache.dir}; {len(todo)} to translate here", flush=True)
+        if todo:
+            fn = translate_fn or HFTranslator(model_name, device, fp16, args.beam, args.max_length)
+            cache.prepare()
+            n_sent = sum(min(args.batch_size, len(unique) - b * args.batch_size) for b in todo)
+            start = time.perf_counter()
+            with cache.writer(shard, num_shards) as writer, \
+                    tqdm(total=n_sent, desc=f"{rank_tag}translating to {lang}", unit=" sent") as bar:
+                translate_batches(unique, args.batch_size, todo, fn, writer, bar.update)
+            took = time.perf_counter() - start
+            print(f"{rank_tag}translated {n_sent} unique sentences in {took:.1f}s "
+                  f"({n_sent / max(took, 1e-9):.1f} sentences/s)", flush=True)
+            result["translated_batches"] = len(todo)
+        done = cache.load(unique, args.batch_size)
+
+    if dist and args.shard is None and not args.assemble:
+        if dist[0] != 0:
+            print(f"{rank_tag}done; rank 0 writes {out_path}", flush=True)
+            return result
+        deadline = time.monotonic() + args.wait
+        while len(done) < total and time.monotonic() < deadline:
+            time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
+            done = cache.load(unique, args.batch_size)
+
+    missing = [b for b in range(total) if b not in done]
+    if missing:
+        message = f"{rank_tag}{missing_message(missing, total, cache.shard_files())}"
+        if args.assemble or (dist and args.shard is None):
+            raise SystemExit(f"{message} Then run `translate_text.py {lang} --assemble` with the same "
+                             f"--model, --beam, --max_length, --batch_size, --fp16 and --limit.")
+        print(f"{message} The shard that finishes last writes {out_path} (or run --assemble).", flush=True)
+        return result
+
+    table = translation_table(unique, args.batch_size, done)
+    del done, unique  # the table holds what assembly needs
+    try:
+        count = write_layer1(out_path, tqdm(recipes(), desc=f"writing {out_path.name}", unit=" recipes",
+                                            mininterval=2.0), lang, table, source)
+    except (Recipe1MError, MissingTranslationError) as err:
+        raise SystemExit(str(err)) from None
+    print(f"{rank_tag}wrote {out_path}: {count} recipes ({stats.sentences} sentences, {stats.unique} "
+          f"unique translations)", flush=True)
+    result["output"] = str(out_path)
+    return result
+
+
+if __name__ == "__main__":
+    main()
