@@ -1,0 +1,684 @@
+"""Index Recipe1M into LMDBs of token rows (SPEC sections 3 and 8).
+
+``python create_lmdb.py --r1m_path data/Recipe1M --data_path data/loader_data`` writes into
+``--data_path``: ``{train,val,test}_lmdb/`` (records of ``data/lmdb_format.py``, key = recipe id),
+``{train,val,test}_keys.pkl``, ``tokenizer/`` and ``manifest.json`` (layout in DEVELOPERS.md).
+
+What is indexed: the recipes listed in ``<r1m_path>/{split}_keys.pkl`` that have at least one image
+in ``layer2.json`` and an entry in ``layer1.json``; the others are dropped and counted by reason
+(``no_image``, ``not_in_layer1``, ``duplicate`` for an id listed twice). A split whose keys file is
+missing falls back to every ``layer1.json`` recipe of that partition with an image. The output
+``{split}_keys.pkl`` lists the indexed ids in ``layer2.json`` order, as the reference's keys
+(test.py's evaluation bags depend on that order). ``class`` is the classes1M class + 1; a recipe
+missing from ``classes1M.pkl`` is stored as 1, so the loader's value (stored - 1) is 0, the
+background class whose weight in the class loss is 0.
+
+Token rows (SPEC section 3): ``[CLS] + tok(title + '. ') + tok(ingredients + '. ') +
+tok(instructions)``, the non-empty lines of a part joined by ``'. '`` and ``'..'`` replaced by ``'.'``
+in each part, truncated / padded with id 0 to ``--max_len``; the part row marks -1 CLS, 1 title,
+2 ingredients, 3 instructions, 0 padding. A record holds one row per indexed language, in
+``data.langs.LANGS`` order. A language is indexed when its ``layer1_<lang>.json`` covers every
+indexed recipe (otherwise it is skipped with a warning, or, when asked for with
+``--languages``, the run stops naming the file and the missing id).
+
+Memory: each layer1 file is streamed once per pass (``data.recipe1m.iter_layer1``); the token
+rows go straight to a staging file per language on disk (int32 ids plus, in memory, an offset and
+three part lengths per recipe), and the records are assembled from those files. Only the ids,
+image lists and classes of the indexed recipes are held as Python objects.
+
+Speed: parts are tokenised without special tokens by the fast tokenizer, in batches, on a
+background thread (the Rust tokenizer releases the GIL, so JSON parsing continues meanwhile) and
+in parallel inside each batch; each distinct space-separated chunk is tokenised once and cached
+(``data.tokenizer.ChunkEncoder``; exact for BERT tokenizers). ``--workers N`` sets the tokenizers
+library's thread pool (``RAYON_NUM_THREADS``, read when the pool starts, at the first parallel
+batch of a process; 0 = every core, 1 = no parallelism inside a batch).
+
+Safety: everything is built in ``<data_path>/.tmp_build_<pid>/`` and then swapped in: each old
+output is moved aside into ``.old_<pid>/`` (``manifest.json`` first), the new one renamed in
+(``manifest.json`` last), then the old ones deleted. A journal (``.swap_journal.json``) written
+before the first move lets the next start roll a cut-short swap back, so a run killed at any
+point leaves the previous output (restored at the next start if the kill hit the swap); stale
+build folders are removed at start, under a lock file (``.create_lmdb.lock``) that also keeps two
+runs off one ``--data_path``. Test-only hook: ``XMRS_TEST_CRASH=records:N`` (or ``swap:N``) makes
+the process exit abruptly after writing the N-th record (or after the N-th rename of the swap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data.langs import LANGS, parse_language
+from data.lmdb_format import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PART_CLS,
+    PART_INGR,
+    PART_INST,
+    PART_TITLE,
+    TOKENIZER_DIR,
+    Record,
+    encode_record,
+    keys_file,
+    lmdb_dir,
+)
+from data.recipe1m import (
+    PARTITIONS,
+    Recipe1MError,
+    iter_layer1,
+    layer1_path,
+    load_classes,
+    load_keys,
+    load_layer2,
+    write_keys,
+)
+from data.tokenizer import (
+    ChunkEncoder,
+    TokenizerError,
+    WordCounter,
+    load_tokenizer,
+    save_tokenizer,
+    special_ids,
+    train_wordpiece_from_counts,
+)
+from utils.io import atomic_write_json
+
+BUILD_PREFIX, OLD_PREFIX = ".tmp_build_", ".old_"
+JOURNAL, LOCK = ".swap_journal.json", ".create_lmdb.lock"
+BATCH = 512  # recipes per tokenizer batch
+COMMIT_BYTES = 8 << 20  # record bytes per LMDB write transaction (its dirty pages stay in memory)
+
+
+class CreateLmdbError(ValueError):
+    """Bad input or options; the message names the file and the entry."""
+
+
+def output_names() -> list[str]:
+    """The outputs in ``--data_path``, ``manifest.json`` first (moved out first, in last)."""
+    return ([MANIFEST] + [lmdb_dir("", p).name for p in PARTITIONS]
+            + [keys_file("", p).name for p in PARTITIONS] + [TOKENIZER_DIR])
+
+
+def part_texts(title: str, ingredients: list[str], instructions: list[str]) -> tuple[str, str, str]:
+    """The three texts tokenised for a recipe: title, ingredients, instructions (SPEC section 3).
+
+    Empty (whitespace-only) lines are skipped; the title is always kept; ``'..'`` becomes ``'.'``
+    in each part, as in the reference (whose extra whitespace makes no WordPiece token).
+    """
+    ingr = ". ".join(t for t in ingredients if t.strip())
+    inst = ". ".join(t for t in instructions if t.strip())
+    return ((title + ". ").replace("..", "."), (ingr + ". ").replace("..", "."), inst.replace("..", "."))
+
+
+def _crash_hook(stage: str, count: int) -> None:
+    """Test-only: exit at once (no cleanup, as a kill) when XMRS_TEST_CRASH == '<stage>:<count>'."""
+    if os.environ.get("XMRS_TEST_CRASH") == f"{stage}:{count}":
+        sys.stdout.flush()
+        os._exit(1)
+
+
+# --------------------------------------------------------------------------- staging of token rows
+
+class Stager:
+    """Tokenises one language's recipes in batches and appends their rows to a staging file.
+
+    The file holds, per recipe, the ids of its truncated title, ingredient and instruction parts
+    (no CLS, no padding), as native int32; ``offsets[i]`` (in ids, -1 = not seen) and ``lens[i]``
+    (the three part lengths) locate recipe ``i``. Batches are tokenised on the executor's thread
+    while the caller parses the next ones.
+    """
+
+    def __init__(self, path: Path, encoder: ChunkEncoder, max_len: int, executor: ThreadPoolExecutor,
+                 size: int = 1024):
+        self.path = path
+        self._file = open(path, "wb")  # closed by finish() or discard()
+        self._encoder = encoder
+        self._budget = 4 * (max_len - 1)  # bytes of ids after CLS
+        self._executor = executor
+        self.offsets = np.full(size, -1, dtype=np.int64)
+        self.lens = np.zeros((size, 3), dtype=np.int32)
+        self._cursor = 0
+        self._pending: list[tuple[int, tuple[str, str, str]]] = []
+        self._inflight = None  # (future, indices) of the batch being tokenised
+
+    def add(self, index: int, texts: tuple[str, str, str]) -> None:
+        """Queue recipe ``index``'s three part texts."""
+        if index >= len(self.offsets):
+            self._reserve(max(index + 1, 2 * len(self.offsets)))
+        self._pending.append((index, texts))
+        if len(self._pending) >= BATCH:
+            self._submit()
+
+    def _reserve(self, size: int) -> None:
+        if size > len(self.offsets):
+            self.offsets = np.concatenate([self.offsets, np.full(size - len(self.offsets), -1, np.int64)])
+            self.lens = np.concatenate([self.lens, np.zeros((size - len(self.lens), 3), np.int32)])
+
+    def _submit(self) -> None:
+        batch, self._pending = self._pending, []
+        texts = [t for _, triple in batch for t in triple]
+        future = self._executor.submit(self._encoder, texts)
+        self._drain()  # write the previous batch while this one is tokenised
+        self._inflight = (future, [index for index, _ in batch])
+
+    def _drain(self) -> None:
+        if self._inflight is None:
+            return
+        future, indices = self._inflight
+        self._inflight = None
+        blobs = future.result()
+        out: list[bytes] = []
+        for k, index in enumerate(indices):
+            budget = self._budget
+            lengths = []
+            for blob in blobs[3 * k:3 * k + 3]:  # title, ingredients, instructions
+                blob = blob[:budget]
+                budget -= len(blob)
+                lengths.append(len(blob) // 4)
+                out.append(blob)
+            self.offsets[index] = self._cursor
+            self.lens[index] = lengths
+            self._cursor += sum(lengths)
+        self._file.write(b"".join(out))
+
+    def finish(self, n: int) -> StagedRows:
+        """Flush everything; the rows of recipes ``0..n-1``."""
+        if self._pending:
+            self._submit()
+        self._drain()
+        self._file.close()
+        self._reserve(n)
+        return StagedRows(self.path, self.offsets[:n].copy(), self.lens[:n].copy())
+
+    def discard(self) -> None:
+        """Stop and delete the staging file (a language that is not indexed)."""
+        if self._inflight is not None:
+            self._inflight[0].result()
+            self._inflight = None
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class StagedRows:
+    """Random access to the staged rows of one language."""
+
+    def __init__(self, path: Path, offsets: np.ndarray, lens: np.ndarray):
+        self.path, self.offsets, self.lens = path, offsets, lens
+        self._fd: int | None = None
+
+    def fill(self, index: int, ids_row: np.ndarray, parts_row: np.ndarray, cls_id: int) -> None:
+        """Write recipe ``index``'s row into ``ids_row`` / ``parts_row`` (both zero, length max_len)."""
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        lt, li, ls = (int(v) for v in self.lens[index])
+        n = lt + li + ls
+        tokens = np.frombuffer(os.pread(self._fd, 4 * n, 4 * int(self.offsets[index])), dtype=np.int32)
+        ids_row[0] = cls_id
+        ids_row[1:1 + n] = tokens
+        parts_row[0] = PART_CLS
+        parts_row[1:1 + lt] = PART_TITLE
+        parts_row[1 + lt:1 + lt + li] = PART_INGR
+        parts_row[1 + lt + li:1 + n] = PART_INST
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+# --------------------------------------------------------------------------- the passes over layer1
+
+class Index:
+    """The recipes being indexed, numbered in the order layer1.json lists them."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.of: dict[str, int] = {}
+        self.partition: list[int] = []  # index into PARTITIONS
+
+    def add(self, rid: str, partition: int) -> int:
+        index = self.of[rid] = len(self.ids)
+        self.ids.append(rid)
+        self.partition.append(partition)
+        return index
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def select_candidates(r1m: Path, layer2: dict[str, list[str]], dropped: dict[str, Counter]):
+    """Read the keys files: ``(wanted id -> partition number, ids listed anywhere, fallback splits)``."""
+    wanted: dict[str, int] = {}
+    listed: set[str] = set()
+    fallback: set[str] = set()
+    for p, partition in enumerate(PARTITIONS):
+        path = keys_file(r1m, partition)
+        if not path.is_file():
+            fallback.add(partition)
+            print(f"warning: {path} not found: indexing every {partition} recipe of layer1.json "
+                  f"that has an image", file=sys.stderr)
+            continue
+        for rid in load_keys(path):
+            if rid in listed:
+                dropped[partition]["duplicate"] += 1
+            elif not layer2.get(rid):
+                dropped[partition]["no_image"] += 1
+            else:
+                wanted[rid] = p
+            listed.add(rid)
+    return wanted, listed, fallback
+
+
+def scan_english(path: Path, layer2, wanted, listed, fallback, dropped, *, stager, counter) -> tuple[Index, int]:
+    """Stream ``layer1.json``: choose the indexed recipes, stage and/or count their texts."""
+    index, seen = Index(), 0
+    for recipe in tqdm(iter_layer1(path, "en"), desc="layer1.json", unit=" recipes", mininterval=1):
+        seen += 1
+        p = wanted.get(recipe.id)
+        if p is None:
+            if recipe.partition not in fallback or recipe.id in listed:
+                continue
+            if not layer2.get(recipe.id):
+                dropped[recipe.partition]["no_image"] += 1
+                listed.add(recipe.id)
+                continue
+            p = PARTITIONS.index(recipe.partition)
+        if recipe.id in index.of:
+            raise Recipe1MError(f"{path}: recipe {recipe.id!r} appears twice")
+        i = index.add(recipe.id, p)
+        texts = part_texts(recipe.title, recipe.ingredients, recipe.instructions)
+        if stager is not None:
+            stager.add(i, texts)
+        if counter is not None and p == 0:
+            for text in texts:
+                counter.add(text)
+    return index, seen
+
+
+def scan_language(path: Path, lang: str, index: Index, total: int, *, stager, counter) -> np.ndarray:
+    """Stream a translated layer1 file; stage and/or count the indexed recipes' texts.
+
+    Returns:
+        The indices of the indexed recipes the file lacks.
+    """
+    found = np.zeros(len(index), dtype=bool)
+    for recipe in tqdm(iter_layer1(path, lang), desc=path.name, total=total, unit=" recipes", mininterval=1):
+        i = index.of.get(recipe.id)
+        if i is None:
+            continue
+        if found[i]:
+            raise Recipe1MError(f"{path}: recipe {recipe.id!r} appears twice")
+        found[i] = True
+        texts = part_texts(recipe.title, recipe.ingredients, recipe.instructions)
+        if stager is not None:
+            stager.add(i, texts)
+        if counter is not None and index.partition[i] == 0:
+            for text in texts:
+                counter.add(text)
+    return np.flatnonzero(~found)
+
+
+# --------------------------------------------------------------------------- records
+
+def write_partition(out: Path, rows: list[int], index: Index, staged: list[tuple[str, StagedRows]],
+                    images: list[list[str]], classes: np.ndarray, cls_id: int, max_len: int,
+                    written: list[int]) -> None:
+    """Write the LMDB of one partition: one record per index in ``rows``, in key order.
+
+    ``staged`` holds ``(language, rows)`` in row order; ``written`` counts records over all calls.
+    """
+    import lmdb
+
+    langs = [lang for lang, _ in staged]
+    n_langs = len(staged)
+    record_bytes = n_langs * max_len * 5 + 4096  # ids int32 + parts int8 + header
+    env = lmdb.open(str(out), map_size=len(rows) * 2 * (record_bytes + 8192) + (64 << 20),
+                    subdir=True, sync=False, metasync=False, map_async=False, readahead=False)
+    try:
+        txn, pending = env.begin(write=True), 0
+        for i in tqdm(sorted(rows, key=index.ids.__getitem__), desc=out.name, unit=" recipes", mininterval=1):
+            ids = np.zeros((n_langs, max_len), dtype=np.int32)  # (L, max_len)
+            parts = np.zeros((n_langs, max_len), dtype=np.int8)  # (L, max_len)
+            for row, (_, rows_of_lang) in enumerate(staged):
+                rows_of_lang.fill(i, ids[row], parts[row], cls_id)
+            value = encode_record(Record(langs=langs, ids=ids, parts=parts, cls=int(classes[i]),
+                                         images=images[i]))
+            txn.put(index.ids[i].encode("utf-8"), value, append=True)
+            written[0] += 1
+            _crash_hook("records", written[0])
+            pending += len(value)
+            if pending >= COMMIT_BYTES:
+                txn.commit()
+                txn, pending = env.begin(write=True), 0
+        txn.commit()
+        env.sync(True)
+    finally:
+        env.close()
+
+
+# --------------------------------------------------------------------------- the swap
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _exists(path: Path) -> bool:
+    return os.path.lexists(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif _exists(path):
+        path.unlink()
+
+
+def recover(data_path: Path) -> bool:
+    """Roll back a swap cut short (per the journal) and remove stale build folders.
+
+    Call it holding the lock. Returns True when a swap was rolled back.
+    """
+    journal = data_path / JOURNAL
+    rolled_back = False
+    if journal.is_file():
+        info = json.loads(journal.read_text(encoding="utf-8"))
+        build, old = data_path / info["build"], data_path / info["old"]
+        for name in info["names"]:
+            current, previous, new = data_path / name, old / name, build / name
+            if _exists(previous):  # moved aside: put it back
+                if _exists(current):
+                    _remove(current)
+                os.rename(previous, current)
+            elif _exists(current) and not _exists(new):  # moved in from the build, nothing was there before
+                _remove(current)
+        _fsync_dir(data_path)
+        journal.unlink()
+        _fsync_dir(data_path)
+        rolled_back = True
+    for stale in sorted(data_path.iterdir()):
+        if stale.name.startswith((BUILD_PREFIX, OLD_PREFIX)) and stale.is_dir():
+            shutil.rmtree(stale)
+    return rolled_back
+
+
+def swap_in(build: Path, data_path: Path) -> None:
+    """Replace the outputs in ``data_path`` by those in ``build`` (see the module docstring)."""
+    names = output_names()
+    old = data_path / f"{OLD_PREFIX}{os.getpid()}"
+    old.mkdir()
+    atomic_write_json(data_path / JOURNAL, {"build": build.name, "old": old.name, "names": names})
+    _fsync_dir(data_path)
+    moves = 0
+    for name in names:  # manifest.json first: a folder without it is visibly incomplete
+        if _exists(data_path / name):
+            os.rename(data_path / name, old / name)
+            moves += 1
+            _crash_hook("swap", moves)
+    for name in reversed(names):  # manifest.json last
+        os.rename(build / name, data_path / name)
+        moves += 1
+        _crash_hook("swap", moves)
+    _fsync_dir(data_path)
+    (data_path / JOURNAL).unlink()  # the commit point
+    _fsync_dir(data_path)
+    shutil.rmtree(old)
+    shutil.rmtree(build)
+
+
+@contextlib.contextmanager
+def locked(data_path: Path):
+    """Hold ``<data_path>/.create_lmdb.lock`` (one run per output folder)."""
+    import fcntl
+
+    fd = os.open(data_path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CreateLmdbError(f"{data_path}: another create_lmdb.py is writing here "
+                                  f"({data_path / LOCK} is locked)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def tokenizer_threads(workers: int):
+    """Set the tokenizers library's parallelism for the duration of the run (see module docstring)."""
+    saved = {key: os.environ.get(key) for key in ("RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM")}
+    if workers > 0:
+        os.environ["RAYON_NUM_THREADS"] = str(workers)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false" if workers == 1 else "true"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# --------------------------------------------------------------------------- the run
+
+def parse_languages(value: str | None) -> list[str] | None:
+    """``--languages``: comma-separated codes or numbers, English included; None = automatic."""
+    if value is None:
+        return None
+    try:
+        asked = {parse_language(v) for v in value.replace(" ", "").split(",") if v}
+    except ValueError as err:
+        raise CreateLmdbError(f"--languages {value!r}: {err}") from None
+    if "en" not in asked:
+        raise CreateLmdbError(f"--languages {value!r}: English (en) is required")
+    return [lang for lang in LANGS if lang in asked]
+
+
+def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
+    """Write every output into the folder ``build``; returns the manifest and the classless count."""
+    r1m = Path(args.r1m_path)
+    for path in (layer1_path(r1m, "en"), r1m / "layer2.json", r1m / "classes1M.pkl"):
+        if not path.is_file():
+            raise CreateLmdbError(f"{path} not found (--r1m_path {r1m})")
+    asked = parse_languages(args.languages)
+    for lang in asked or []:
+        if not layer1_path(r1m, lang).is_file():
+            raise CreateLmdbError(f"{layer1_path(r1m, lang)} not found, but --languages asks for {lang}")
+    candidates = [lang for lang in (asked or LANGS) if lang != "en" and layer1_path(r1m, lang).is_file()]
+    training = args.tokenizer == "train"
+    tokenizer = None if training else load_tokenizer(args.tokenizer)  # fail before the long work
+
+    dropped = {p: Counter() for p in PARTITIONS}
+    layer2 = load_layer2(r1m / "layer2.json")
+    wanted, listed, fallback = select_candidates(r1m, layer2, dropped)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+    stage = {lang: build / f".stage_{lang}.i32" for lang in LANGS}
+    staged: dict[str, StagedRows] = {}
+    try:
+        encoder = None if training else ChunkEncoder(tokenizer)
+        stager = None if training else Stager(stage["en"], encoder, args.max_len, executor)
+        counts = WordCounter() if training else None
+        index, n_layer1 = scan_english(layer1_path(r1m, "en"), layer2, wanted, listed, fallback, dropped,
+                                       stager=stager, counter=counts)
+        for rid, p in wanted.items():
+            if rid not in index.of:
+                dropped[PARTITIONS[p]]["not_in_layer1"] += 1
+        del wanted, listed
+        if not len(index):
+            raise CreateLmdbError(f"no recipe to index in {r1m}: none of the listed recipes has both an "
+                                  f"image in layer2.json and an entry in layer1.json")
+        if stager is not None:
+            staged["en"] = stager.finish(len(index))
+        # The keys in layer2.json order; only the indexed recipes' first images are kept.
+        keys: dict[str, list[str]] = {p: [] for p in PARTITIONS}
+        images: list[list[str]] = [[] for _ in range(len(index))]
+        for rid, image_ids in layer2.items():
+            i = index.of.get(rid)
+            if i is not None:
+                keys[PARTITIONS[index.partition[i]]].append(rid)
+                images[i] = image_ids[:args.maxImgs]
+        del layer2
+        id2class, _ = load_classes(r1m / "classes1M.pkl")
+        classes = np.fromiter((id2class.get(rid, 0) + 1 for rid in index.ids), dtype=np.int64, count=len(index))
+        classless = sum(rid not in id2class for rid in index.ids)
+        del id2class
+
+        languages = ["en"]
+        word_counts = counts.counts() if training else None
+        for lang in candidates:
+            path = layer1_path(r1m, lang)
+            stager = None if training else Stager(stage[lang], encoder, args.max_len, executor)
+            lang_counts = WordCounter() if training else None
+            missing = scan_language(path, lang, index, n_layer1, stager=stager, counter=lang_counts)
+            if missing.size:
+                if stager is not None:
+                    stager.discard()
+                message = (f"{path} lacks {missing.size} of the {len(index)} indexed recipes "
+                           f"(first: id {index.ids[missing[0]]!r})")
+                if asked:
+                    raise CreateLmdbError(f"{message}; --languages asks for {lang}")
+                print(f"warning: {message}: language {lang} is not indexed", file=sys.stderr)
+                continue
+            languages.append(lang)
+            if stager is not None:
+                staged[lang] = stager.finish(len(index))
+            if lang_counts is not None:
+                word_counts.update(lang_counts.counts())
+
+        if training:
+            if not word_counts:
+                raise CreateLmdbError("--tokenizer train: the train split has no text to learn a vocabulary from")
+            print(f"learning a WordPiece vocabulary of {args.vocab_size} tokens from {len(word_counts)} "
+                  f"distinct words ({', '.join(languages)})", file=sys.stderr)
+            tokenizer = train_wordpiece_from_counts(word_counts, args.vocab_size)
+            del word_counts
+            encoder = ChunkEncoder(tokenizer)
+            for lang in languages:
+                stager = Stager(stage[lang], encoder, args.max_len, executor)
+                scan_language(layer1_path(r1m, lang), lang, index, n_layer1, stager=stager, counter=None)
+                staged[lang] = stager.finish(len(index))
+        ids = special_ids(tokenizer)
+
+        written = [0]
+        rows_in_order = [(lang, staged[lang]) for lang in languages]
+        for p, partition in enumerate(PARTITIONS):
+            rows = [i for i in range(len(index)) if index.partition[i] == p]
+            write_partition(lmdb_dir(build, partition), rows, index, rows_in_order, images, classes,
+                            ids["cls"], args.max_len, written)
+            write_keys(keys_file(build, partition), keys[partition])
+    finally:
+        executor.shutdown(wait=True)
+        for rows in staged.values():
+            rows.close()
+        for path in stage.values():
+            path.unlink(missing_ok=True)
+    save_tokenizer(tokenizer, build / TOKENIZER_DIR)
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "counts": {p: len(keys[p]) for p in PARTITIONS},
+        "languages": languages,
+        "tokenizer": args.tokenizer,
+        "vocab_size": len(tokenizer),
+        "max_len": args.max_len,
+        "max_imgs": args.maxImgs,
+        "special_ids": ids,
+        "dropped": {p: dict(sorted(dropped[p].items())) for p in PARTITIONS},
+    }
+    atomic_write_json(build / MANIFEST, manifest, indent=2, sort_keys=True)
+    return manifest, classless
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The command-line options of ``create_lmdb.py``."""
+    parser = argparse.ArgumentParser(
+        description="Index Recipe1M into LMDBs of token rows, keys files, a tokenizer and manifest.json "
+                    "(SPEC sections 3 and 8).")
+    parser.add_argument("--r1m_path", default="data/Recipe1M",
+                        help="folder of layer1.json, layer1_<lang>.json, layer2.json, classes1M.pkl and "
+                             "{train,val,test}_keys.pkl (default: data/Recipe1M)")
+    parser.add_argument("--data_path", default="data/loader_data",
+                        help="output folder for {train,val,test}_lmdb/, {train,val,test}_keys.pkl, "
+                             "tokenizer/ and manifest.json (default: data/loader_data)")
+    parser.add_argument("--tokenizer", default="bert-base-multilingual-cased",
+                        help="a Hugging Face hub name or a local tokenizer folder, or 'train' to learn a "
+                             "cased WordPiece vocabulary, deterministically, from the train split in every "
+                             "indexed language (default: bert-base-multilingual-cased)")
+    parser.add_argument("--vocab_size", type=int, default=32000,
+                        help="vocabulary size learnt with --tokenizer train, special tokens included "
+                             "(default: 32000)")
+    parser.add_argument("--languages", default=None,
+                        help="comma-separated language codes or numbers to index, en required "
+                             "(0 en, 1 de-en, 2 ru-en, 3 de, 4 ru, 5 fr); each must cover every indexed "
+                             "recipe (default: every language whose layer1 file exists and does)")
+    parser.add_argument("--max_len", type=int, default=512, help="length of the token rows (default: 512)")
+    parser.add_argument("--maxImgs", type=int, default=5, help="image ids kept per recipe (default: 5)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="tokenizer threads (the tokenizers library's pool, set at its first use in "
+                             "the process); 0 = every core, 1 = none in parallel (default: 0)")
+    return parser
+
+
+def _summary(manifest: dict, classless: int, data_path: Path, seconds: float) -> str:
+    counts = ", ".join(f"{p} {manifest['counts'][p]}" for p in PARTITIONS)
+    dropped = "; ".join(
+        f"{p} " + (", ".join(f"{reason} {n}" for reason, n in manifest["dropped"][p].items()) or "none")
+        for p in PARTITIONS)
+    return (f"create_lmdb: indexed {counts} recipes in {', '.join(manifest['languages'])} "
+            f"(tokenizer {manifest['tokenizer']}, vocabulary {manifest['vocab_size']}, max_len "
+            f"{manifest['max_len']}); dropped: {dropped}; {classless} without a classes1M class "
+            f"(stored as background); wrote {data_path} in {seconds:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Build the outputs and swap them into ``--data_path``; returns the manifest."""
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    for flag, value, low in (("--max_len", args.max_len, 2), ("--maxImgs", args.maxImgs, 1),
+                             ("--vocab_size", args.vocab_size, 16), ("--workers", args.workers, 0)):
+        if value < low:
+            parser.error(f"{flag} must be at least {low}, got {value}")
+    start = time.perf_counter()
+    data_path = Path(args.data_path)
+    try:
+        if data_path.exists() and not data_path.is_dir():
+            raise CreateLmdbError(f"--data_path {data_path} is not a folder")
+        data_path.mkdir(parents=True, exist_ok=True)
+        with locked(data_path):
+            if recover(data_path):
+                print(f"warning: {data_path}: a swap cut short by an earlier run was rolled back",
+                      file=sys.stderr)
+            build = data_path / f"{BUILD_PREFIX}{os.getpid()}"
+            build.mkdir()
+            try:
+                with tokenizer_threads(args.workers):
+                    manifest, classless = build_outputs(args, build)
+                swap_in(build, data_path)
+            except BaseException:
+                if (data_path / JOURNAL).exists():
+                    recover(data_path)  # an error inside the swap: put the previous output back
+                else:
+                    shutil.rmtree(build, ignore_errors=True)
+                raise
+    except (CreateLmdbError, Recipe1MError, TokenizerError) as err:
+        raise SystemExit(f"create_lmdb.py: {err}") from None
+    print(_summary(manifest, classless, data_path, time.perf_counter() - start))
+    return manifest
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""End-to-end tests of create_lmdb.py on a small synthetic Recipe1M (SPEC sections 3 and 8)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import create_lmdb
+from data.langs import LANGS
+from data.lmdb_format import decode_record, keys_file, lmdb_dir, open_lmdb_readonly
+from data.recipe1m import PARTITIONS, load_classes, load_keys, write_keys
+from data.synthetic import generate
+from data.tokenizer import ChunkEncoder, load_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LEN = 48  # short rows: most recipes are truncated
+BASE_ARGS = ["--max_len", str(MAX_LEN), "--maxImgs", "2", "--workers", "1"]
+DROPPED: dict[str, str] = {}  # reason -> the recipe id dropped for it (filled by the fixture)
+
+
+def _read_lmdb(path: Path) -> dict[bytes, bytes]:
+    env = open_lmdb_readonly(path)
+    try:
+        with env.begin() as txn:
+            return {bytes(k): bytes(v) for k, v in txn.cursor()}
+    finally:
+        env.close()
+
+
+def _snapshot(data_path: Path) -> dict:
+    """Every output's content: records of the three LMDBs and the bytes of the other files."""
+    snap = {f"{p}_lmdb": _read_lmdb(lmdb_dir(data_path, p)) for p in PARTITIONS}
+    for path in sorted(data_path.rglob("*")):
+        if path.is_file() and "_lmdb" not in path.parent.name and not path.name.startswith("."):
+            snap[str(path.relative_to(data_path))] = path.read_bytes()
+    return snap
+
+
+@pytest.fixture(scope="module")
+def r1m(tmp_path_factory) -> Path:
+    """A synthetic Recipe1M (no images needed here), its train keys extended with recipes to drop."""
+    full = tmp_path_factory.mktemp("synthetic")
+    generate(full, recipes=70, seed=3, image_size=32, progress=False)
+    out = tmp_path_factory.mktemp("r1m")
+    for path in full.iterdir():
+        if path.is_file():
+            shutil.copy(path, out / path.name)
+    layer1 = json.loads((out / "layer1.json").read_text(encoding="utf-8"))
+    with_images = {e["id"] for e in json.loads((out / "layer2.json").read_text(encoding="utf-8"))}
+    train = load_keys(out / "train_keys.pkl")
+    # One recipe without an image, one missing from layer1.json (not from the translations), one
+    # listed twice.
+    DROPPED["no_image"] = next(e["id"] for e in layer1 if e["id"] not in with_images)
+    DROPPED["not_in_layer1"] = train[2]
+    (out / "layer1.json").write_text(json.dumps([e for e in layer1 if e["id"] != train[2]]), encoding="utf-8")
+    write_keys(out / "train_keys.pkl", [train[0], DROPPED["no_image"], *train[1:], train[3]])
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(r1m, tmp_path_factory) -> tuple[Path, dict]:
+    data_path = tmp_path_factory.mktemp("built") / "loader_data"
+    manifest = create_lmdb.main(["--r1m_path", str(r1m), "--data_path", str(data_path), "--tokenizer", "train",
+                                 "--vocab_size", "300", *BASE_ARGS])
+    return data_path, manifest
+
+
+def _expected_rows(tokenizer, entry: dict, lang: str) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force: SPEC section 3's row of one recipe, one text at a time."""
+    suffix = "" if lang == "en" else f"_{lang}"
+    title = entry[f"title{suffix}"]
+    ingrs = [i["text"] for i in entry[f"ingredients{suffix}"] if i["text"].strip()]
+    insts = [i["text"] for i in entry[f"instructions{suffix}"] if i["text"].strip()]
+    texts = [title + ". ", ". ".join(ingrs) + ". ", ". ".join(insts)]
+    ids, parts = [tokenizer.cls_token_id], [-1]
+    for code, text in zip((1, 2, 3), texts):
+        tokens = tokenizer.backend_tokenizer.encode(text.replace("..", "."), add_special_tokens=False).ids
+        ids += tokens
+        parts += [code] * len(tokens)
+    ids, parts = ids[:MAX_LEN], parts[:MAX_LEN]
+    pad = MAX_LEN - len(ids)
+    return np.array(ids + [0] * pad, dtype=np.int32), np.array(parts + [0] * pad, dtype=np.int8)
+
+
+def test_part_texts_rules():
+    title, ingr, inst = create_lmdb.part_texts("Pie.", ["1 egg.", "", "  ", "flour"], ["Mix..", "", "Bake"])
+    assert (title, ingr, inst) == ("Pie. ", "1 egg. flour. ", "Mix.. Bake")  # str.replace, as the reference
+    assert create_lmdb.part_texts("", [], []) == (". ", ". ", "")
+
+
+TRICKY = ["Crème  brûlée.. ", "  lead and trail  ", "tab\tand\nnewline", "a\u00a0b c\x00d e\x1cf",
+          "中文混合 text", "[SEP] inside [CLS]x", "x" * 150 + " long", "emoji 🍰, ok...", "", " ", "1/2 cup (sifted)"]
+
+
+def test_chunk_encoder_equals_whole_text_tokenisation(built):
+    from tokenizers import pre_tokenizers
+
+    tokenizer = load_tokenizer(built[0] / "tokenizer")
+    expected = [tokenizer.backend_tokenizer.encode(t, add_special_tokens=False).ids for t in TRICKY]
+    encoder = ChunkEncoder(tokenizer, max_entries=6)  # a tiny cache: emptied repeatedly
+    assert encoder.chunked
+    for _ in range(2):  # cold, then warm cache
+        got = [np.frombuffer(b, dtype=np.int32).tolist() for b in encoder(TRICKY)]
+        assert got == expected
+    other = load_tokenizer(built[0] / "tokenizer")
+    other.backend_tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()  # spaces no longer split alone
+    fallback = ChunkEncoder(other)
+    assert not fallback.chunked
+    assert [np.frombuffer(b, dtype=np.int32).tolist() for b in fallback(TRICKY)] == [
+        other.backend_tokenizer.encode(t, add_special_tokens=False).ids for t in TRICKY]
+
+
+def test_counts_keys_and_dropped(built, r1m):
+    data_path, manifest = built
+    original = {p: load_keys(r1m / f"{p}_keys.pkl") for p in PARTITIONS}
+    layer2_order = [e["id"] for e in json.loads((r1m / "layer2.json").read_text(encoding="utf-8"))]
+    listed = set(original["train"]) - set(DROPPED.values())
+    expected_train = [rid for rid in layer2_order if rid in listed]
+    assert load_keys(keys_file(data_path, "train")) == expected_train
+    assert len(expected_train) == len(original["train"]) - 3  # 3 drops, each listed once
+    for p in ("val", "test"):  # the synthetic keys are already in layer2.json order
+        assert load_keys(keys_file(data_path, p)) == original[p]
+    assert manifest["counts"] == {p: len(load_keys(keys_file(data_path, p))) for p in PARTITIONS}
+    assert manifest["dropped"] == {"train": {"duplicate": 1, "no_image": 1, "not_in_layer1": 1},
+                                   "val": {}, "test": {}}
+    assert manifest["languages"] == list(LANGS)
+    assert manifest["special_ids"]["pad"] == 0 and manifest["vocab_size"] == 300
+    assert (manifest["max_len"], manifest["max_imgs"], manifest["format_version"]) == (MAX_LEN, 2, 1)
+    assert json.loads((data_path / "manifest.json").read_text(encoding="utf-8")) == manifest
+    for p in PARTITIONS:
+        records = _read_lmdb(lmdb_dir(data_path, p))
+        assert sorted(records) == sorted(k.encode() for k in load_keys(keys_file(data_path, p)))
+    leftovers = [x.name for x in data_path.iterdir() if x.name.startswith((".tmp_build_", ".old_", ".swap"))]
+    assert leftovers == []
+
+
+def test_records_match_brute_force(built, r1m):
+    data_path, _ = built
+    tokenizer = load_tokenizer(data_path / "tokenizer")
+    files = {lang: {e["id"]: e for e in json.loads((r1m / (
+        "layer1.json" if lang == "en" else f"layer1_{lang}.json")).read_text(encoding="utf-8"))} for lang in LANGS}
+    layer2 = {e["id"]: [i["id"] for i in e["images"]]
+              for e in json.loads((r1m / "layer2.json").read_text(encoding="utf-8"))}
+    id2class, _ = load_classes(r1m / "classes1M.pkl")
+    truncated = 0
+    for p in PARTITIONS:
+        for key, value in _read_lmdb(lmdb_dir(data_path, p)).items():
+            rid = key.decode()
+            record = decode_record(value)
+            assert record.langs == list(LANGS)
+            assert record.ids.dtype == np.int32 and record.ids.shape == (len(LANGS), MAX_LEN)
+            assert record.cls == id2class.get(rid, 0) + 1
+            assert record.images == layer2[rid][:2]
+            for row, lang in enumerate(LANGS):
+                ids, parts = _expected_rows(tokenizer, files[lang][rid], lang)
+                np.testing.assert_array_equal(record.ids[row], ids, err_msg=f"{rid} {lang}")
+                np.testing.assert_array_equal(record.parts[row], parts, err_msg=f"{rid} {lang}")
+                assert tokenizer.unk_token_id not in record.ids[row]
+                truncated += bool(ids[-1])
+    assert truncated > 0  # the truncation path was exercised
+    assert any(rid not in id2class for rid in files["en"])  # some recipes take the background class
+
+
+def test_rerun_is_byte_identical(built, r1m, tmp_path):
+    data_path, manifest = built
+    again = create_lmdb.main(["--r1m_path", str(r1m), "--data_path", str(tmp_path / "again"),
+                              "--tokenizer", "train", "--vocab_size", "300", *BASE_ARGS])
+    assert again == manifest
+    assert _snapshot(tmp_path / "again") == _snapshot(data_path)
+
+
+def test_given_tokenizer_and_languages(built, r1m, tmp_path):
+    data_path, _ = built
+    manifest = create_lmdb.main(["--r1m_path", str(r1m), "--data_path", str(tmp_path / "enfr"), "--tokenizer",
+                                 str(data_path / "tokenizer"), "--languages", "fr,0", *BASE_ARGS])
+    assert manifest["languages"] == ["en", "fr"]
+    assert manifest["tokenizer"] == str(data_path / "tokenizer")
+    for p in PARTITIONS:
+        full = _read_lmdb(lmdb_dir(data_path, p))
+        part = _read_lmdb(lmdb_dir(tmp_path / "enfr", p))
+        assert sorted(part) == sorted(full)
+        for key, value in part.items():
+            a, b = decode_record(value), decode_record(full[key])
+            rows = [LANGS.index("en"), LANGS.index("fr")]
+            np.testing.assert_array_equal(a.ids, b.ids[rows])
+            np.testing.assert_array_equal(a.parts, b.parts[rows])
+            assert (a.cls, a.images) == (b.cls, b.images)
+
+
+def test_incomplete_language_is_skipped_or_refused(r1m, built, tmp_path, capsys):
+    data_path, _ = built
+    broken = tmp_path / "r1m"
+    shutil.copytree(r1m, broken)
+    val = load_keys(broken / "val_keys.pkl")
+    entries = json.loads((broken / "layer1_de.json").read_text(encoding="utf-8"))
+    (broken / "layer1_de.json").write_text(json.dumps([e for e in entries if e["id"] != val[0]]), encoding="utf-8")
+    args = ["--r1m_path", str(broken), "--tokenizer", str(data_path / "tokenizer"), *BASE_ARGS]
+    manifest = create_lmdb.main([*args, "--data_path", str(tmp_path / "auto")])
+    assert manifest["languages"] == [lang for lang in LANGS if lang != "de"]
+    assert "layer1_de.json lacks 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        create_lmdb.main([*args, "--data_path", str(tmp_path / "asked"), "--languages", "en,de"])
+    assert "layer1_de.json" in str(err.value) and val[0] in str(err.value)
+    assert not (tmp_path / "asked" / "manifest.json").exists()
+
+
+def test_bad_input_stops_with_a_message(r1m, tmp_path):
+    broken = tmp_path / "r1m"
+    shutil.copytree(r1m, broken)
+    (broken / "layer2.json").unlink()
+    with pytest.raises(SystemExit, match="layer2.json not found"):
+        create_lmdb.main(["--r1m_path", str(broken), "--data_path", str(tmp_path / "out"), *BASE_ARGS])
+    with pytest.raises(SystemExit, match="--tokenizer train"):
+        create_lmdb.main(["--r1m_path", str(r1m), "--data_path", str(tmp_path / "out"),
+                          "--tokenizer", "xmrs-tests/no-such-tokenizer", *BASE_ARGS])
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == [".create_lmdb.lock"]
+
+
+def _args(r1m: Path, data_path: Path, tokenizer: Path) -> list[str]:
+    return ["--r1m_path", str(r1m), "--data_path", str(data_path), "--tokenizer", str(tokenizer),
+            "--max_len", "40", "--maxImgs", "2", "--workers", "1"]
+
+
+def _crash(r1m: Path, data_path: Path, tokenizer: Path, crash: str) -> None:
+    """Run create_lmdb.py in a subprocess that exits abruptly at the point ``crash``."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), XMRS_TEST_CRASH=crash)
+    cmd = [sys.executable, str(ROOT / "create_lmdb.py"), *_args(r1m, data_path, tokenizer)]
+    result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+
+
+def test_killed_run_keeps_previous_output(built, r1m, tmp_path, capsys):
+    source, _ = built
+    tokenizer = tmp_path / "tokenizer"
+    shutil.copytree(source / "tokenizer", tokenizer)
+    data_path = tmp_path / "loader_data"
+    shutil.copytree(source, data_path)  # the previous output (max_len 48)
+    before = _snapshot(data_path)
+
+    # Killed while writing records: the build folder is left behind, the output is untouched.
+    _crash(r1m, data_path, tokenizer, "records:5")
+    assert _snapshot(data_path) == before
+    assert any(x.name.startswith(".tmp_build_") for x in data_path.iterdir())
+
+    # Killed in the middle of the swap (after the old outputs moved aside, during the move-in).
+    _crash(r1m, data_path, tokenizer, f"swap:{len(create_lmdb.output_names()) + 3}")
+    assert (data_path / create_lmdb.JOURNAL).exists() and not (data_path / "manifest.json").exists()
+    assert create_lmdb.recover(data_path) is True  # what the next start does first
+    assert _snapshot(data_path) == before
+    assert not any(x.name.startswith((".tmp_build_", ".old_")) for x in data_path.iterdir())
+
+    # Killed while moving the old outputs aside; the next run recovers, then completes.
+    _crash(r1m, data_path, tokenizer, "swap:2")
+    capsys.readouterr()
+    create_lmdb.main(_args(r1m, data_path, tokenizer))
+    assert "rolled back" in capsys.readouterr().err
+    create_lmdb.main(_args(r1m, tmp_path / "clean", tokenizer))
+    after = _snapshot(data_path)
+    assert after == _snapshot(tmp_path / "clean") and after != before
+    assert json.loads(after["manifest.json"])["max_len"] == 40
+    assert sorted(x.name for x in data_path.iterdir() if x.name.startswith(".")) == [".create_lmdb.lock"]
