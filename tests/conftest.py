@@ -11,3 +11,34 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+
+# Tiny architecture flags shared by the tests that train (a CPU step takes milliseconds).
+TINY_MODEL = ["--image_backbone", "resnet18", "--image_pretrained", "none", "--text_init", "none",
+              "--image_size", "64", "--BERT_hidden", "32", "--BERT_layers", "1", "--BERT_heads", "2",
+              "--BERT_intermediate", "64", "--embDim", "32"]
+
+
+@pytest.fixture(scope="session")
+def synthetic_set(tmp_path_factory):
+    """A small synthetic Recipe1M (120 recipes, 64 px images), generated once per session."""
+    from data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, recipes=120, seed=3, image_size=64, workers=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def indexed_set(synthetic_set, tmp_path_factory):
+    """The synthetic set indexed by create_lmdb.py with a small trained vocabulary.
+
+    Returns a dict with ``r1m`` (Recipe1M folder), ``img`` (image root) and ``data`` (LMDB folder).
+    """
+    import create_lmdb
+
+    data = tmp_path_factory.mktemp("loader_data")
+    create_lmdb.main(["--r1m_path", str(synthetic_set), "--data_path", str(data), "--tokenizer", "train",
+                      "--vocab_size", "400", "--workers", "1"])
+    return {"r1m": synthetic_set, "img": synthetic_set / "images", "data": data}

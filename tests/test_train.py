@@ -1,0 +1,99 @@
+"""train.py end to end on the synthetic set: run folder, TensorBoard, checkpoints, resume, torchrun."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY_MODEL
+
+import train
+from utils.checkpoint import load_checkpoint
+
+
+def _args(indexed, runs, *extra):
+    return [*TINY_MODEL, "--data_path", str(indexed["data"]), "--img_path", str(indexed["img"]),
+            "--runs_dir", str(runs), "--batch_size", "8", "--workers", "0", "--medr", "20",
+            "--textAug", "english,de,ru,fr", "--projector_every", "1", "--projector_n", "16", *extra]
+
+
+def _scalars(run_dir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_train_writes_run_folder_events_and_checkpoints(indexed_set, tmp_path):
+    run_dir = train.main(_args(indexed_set, tmp_path, "--epochs", "2", "--max_iters", "3",
+                               "--experiment_sufix", "_smoke", "--warmup", "1", "--freeVision", "false"))
+    assert run_dir.parent == tmp_path and run_dir.name.endswith("__train_smoke")
+    for name in ("opts.txt", "train.txt", "test.txt", "models/model.pth.tar"):
+        assert (run_dir / name).is_file(), name
+    best_val = list((run_dir / "models").glob("model_BEST_VAL_e*.pth.tar"))
+    best_rec = list((run_dir / "models").glob("model_BEST_REC_e*.pth.tar"))
+    assert len(best_val) == 1 and len(best_rec) == 1
+
+    ckpt = load_checkpoint(run_dir / "models" / "model.pth.tar")  # weights_only=True inside
+    assert ckpt["epoch"] == 1 and ckpt["iteration"] == 6 and ckpt["kind"] == "foodspace"
+    assert ckpt["arch"]["bert_hidden"] == 32 and ckpt["arch"]["image_backbone"] == "resnet18"
+    assert ckpt["schedule"]["free"]["vision"] is True  # released after epoch 1 (--warmup 1)
+
+    scalars = _scalars(run_dir)
+    for tag in ("loss", "d_pos", "d_neg", "lr/heads", "lr/vision", "lr/wordemb", "lr/text",
+                "val/medR", "val/R@1", "val/R@5", "val/R@10"):
+        assert tag in scalars, tag
+    assert [s for s, _ in scalars["loss"]] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(v) and v >= 0 for _, v in scalars["loss"])
+    # --freeVision false: vision frozen (lr 0) in epoch 0, released by --warmup 1 for epoch 1.
+    assert scalars["lr/vision"] == [(0, 0.0), (1, pytest.approx(1e-4))]
+    assert len(scalars["val/medR"]) == 2
+    assert all(0.0 <= v <= 1.0 for _, v in scalars["val/R@10"])
+    assert (run_dir / "projector_config.pbtxt").is_file() or any(run_dir.rglob("projector_config.pbtxt"))
+
+
+def test_resume_equals_uninterrupted_run(indexed_set, tmp_path):
+    common = ("--max_iters", "3", "--projector_every", "0", "--decayLR", "1")
+    full = train.main(_args(indexed_set, tmp_path / "a", "--epochs", "2", *common))
+    half = train.main(_args(indexed_set, tmp_path / "b", "--epochs", "1", *common))
+    resumed = train.main(["--resume", str(half), "--epochs", "2", "--workers", "0"])
+    assert resumed == half
+    a = load_checkpoint(full / "models" / "model.pth.tar")
+    b = load_checkpoint(half / "models" / "model.pth.tar")
+    assert a["epoch"] == b["epoch"] == 1 and a["iteration"] == b["iteration"]
+    assert a["schedule"] == b["schedule"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+def test_torchrun_two_cpu_processes(indexed_set, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(ROOT / "train.py"), *_args(indexed_set, tmp_path, "--epochs", "1", "--max_iters", "2",
+                                          "--no_cuda", "--projector_every", "0")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rank 0/2: trained on 16 images" in proc.stdout
+    assert "rank 1/2: trained on 16 images" in proc.stdout
+    runs = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(runs) == 1  # rank 0 alone made the run folder
+    ckpt = load_checkpoint(runs[0] / "models" / "model.pth.tar")
+    assert ckpt["iteration"] == 2 and len(ckpt["rng"]) == 2
+
+
+def test_schedule_release_and_decay():
+    args = train.get_parser().parse_args(["--warmup", "2", "--decayLR", "3", "--freeHeads", "no",
+                                          "--w2vTrain", "false"])
+    state = {"lr_scale": 1.0, "free": {"heads": False, "vision": True, "wordemb": True, "text": True}}
+    assert train.group_lrs(args, state) == {"heads": 0.0, "vision": 1e-4, "wordemb": 0.0, "text": 1e-4}
+    assert train.end_of_epoch_schedule(args, state, 0) == []
+    assert train.end_of_epoch_schedule(args, state, 1)  # after 1-based epoch 2: release
+    assert state["free"]["heads"] is True
+    train.end_of_epoch_schedule(args, state, 2)
+    assert state["lr_scale"] == pytest.approx(0.1)
+    assert train.group_lrs(args, state)["heads"] == pytest.approx(1e-5)
+    assert train.group_lrs(args, state)["wordemb"] == 0.0  # --w2vTrain false: frozen for good

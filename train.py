@@ -1,0 +1,398 @@
+"""Train FoodSpaceNet, the X-MRS retrieval model (SPEC sections 4, 5 and 8).
+
+    python train.py --data_path data/loader_data --img_path data/Recipe1M/images
+    torchrun --nproc_per_node 4 train.py ...          # DistributedDataParallel, global negatives
+    python train.py --resume runs/<timestamp>__train  # continue a run where it stopped
+
+The whole loop is in this file: data, model, optimiser with its four parameter groups, the
+epoch loop, validation with the Recipe1M protocol, checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from data.dataset import BadImageTracker, RecipeImageDataset, collate_skip_bad
+from data.langs import parse_language
+from data.lmdb_format import MANIFEST
+from models.foodspace import ArchConfig, FoodSpaceNet
+from models.losses import batch_hard_triplet
+from utils import distributed as du
+from utils.checkpoint import load_checkpoint, save_checkpoint, to_plain
+from utils.cli import autocast_context, explicit_flags, int_list, resolve_device, str2bool
+from utils.embeddings import extract_embeddings
+from utils.metrics import evaluate_retrieval, format_results
+from utils.runs import TextLog, new_run_dir, write_opts
+from utils.seed import get_rng_state, seed_everything, set_rng_state
+
+GROUPS = ("heads", "vision", "wordemb", "text")
+# Flags that --resume lets the command line change; everything else comes from the checkpoint.
+RUNTIME_FLAGS = {"epochs", "workers", "no_cuda", "gpu", "amp", "max_iters", "data_path", "img_path",
+                 "runs_dir", "log_every", "projector_every", "projector_n", "channels_last",
+                 "max_bad_images", "valfreq"}
+# Flags that define the architecture; they are never taken from the command line on --resume.
+ARCH_FLAGS = {"embDim", "BERT_layers", "BERT_heads", "BERT_hidden", "BERT_intermediate", "image_backbone", "image_size",
+              "textinputs", "textmodel"}
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = str2bool
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=1234, help="random seed (each rank adds its rank)")
+    g.add_argument("--no_cuda", "--no-cuda", action="store_true", help="train on the CPU even if CUDA is available")
+    g.add_argument("--gpu", type=int, default=0, help="CUDA device index (torchrun uses LOCAL_RANK instead)")
+    g.add_argument("--experiment_sufix", default="", help="appended to the run folder name")
+    g.add_argument("--runs_dir", default="runs", help="folder that holds the run folders")
+    g.add_argument("--img_path", default="data/Recipe1M/images", help="root of the Recipe1M images")
+    g.add_argument("--data_path", default="data/loader_data", help="folder written by create_lmdb.py")
+    g.add_argument("--workers", type=int, default=4, help="data loader worker processes")
+    g.add_argument("--model_init_path", default="", help="initialise the weights from this checkpoint")
+    g.add_argument("--resume", default="", help="RUN_DIR: continue from RUN_DIR/models/model.pth.tar")
+    g.add_argument("--max_iters", type=int, default=0, help="cap on iterations per epoch (0: no cap; smoke runs)")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (GPU)")
+    g.add_argument("--channels_last", type=b, default=True, help="channels_last memory format for images")
+    g.add_argument("--max_bad_images", type=float, default=0.01,
+                   help="fraction of unreadable images of a partition that stops the run")
+    g.add_argument("--log_every", type=int, default=50, help="iterations between text log lines")
+    g.add_argument("--projector_every", type=int, default=5,
+                   help="write val embeddings to TensorBoard's projector every N validations (0: never)")
+    g.add_argument("--projector_n", type=int, default=500, help="embeddings shown in the projector")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--embDim", type=int, default=1024, help="FoodSpace dimension")
+    g.add_argument("--image_backbone", default="resnet50", choices=["resnet18", "resnet34", "resnet50", "resnet101"],
+                   help="torchvision image backbone")
+    g.add_argument("--image_pretrained", default="imagenet",
+                   help="'imagenet' (download), 'none', or a path to a backbone state dict")
+    g.add_argument("--image_size", type=int, default=224, help="crop size; the resize sizes scale with it")
+    g.add_argument("--text_init", default="bert-base-multilingual-cased",
+                   help="hub name or local path whose embedding tables initialise BERT's; 'none' for random")
+    g.add_argument("--textmodel", default="mBERT", help="recipe encoder (only the BERT encoder, 'mBERT', exists)")
+    g.add_argument("--BERT_layers", type=int, default=2, help="transformer layers of the recipe encoder")
+    g.add_argument("--BERT_heads", type=int, default=2, help="attention heads of the recipe encoder")
+    g.add_argument("--BERT_hidden", type=int, default=768, help="hidden size of the recipe encoder")
+    g.add_argument("--BERT_intermediate", type=int, default=3072, help="feed-forward size of the recipe encoder")
+    g.add_argument("--w2vInit", type=b, default=True, help="unused in the reference and here (accepted)")
+    g.add_argument("--maxSeqlen", type=int, default=20, help="unused (LSTM-era flag, accepted)")
+    g.add_argument("--maxInsts", type=int, default=20, help="unused (LSTM-era flag, accepted)")
+    g.add_argument("--embtype", default="", help="unused in training (accepted for the reference's command lines)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--maxImgs", type=int, default=5, help="images per recipe to draw from in training")
+    g.add_argument("--textinputs", default="title,ingr,inst", help="recipe parts fed to the encoder, in order")
+    g.add_argument("--textAug", default="english,de,ru,fr",
+                   help="language augmentation tree ('none' or '': English only; add 'mask' to mask tokens)")
+    g.add_argument("--language", default="0", help="language of validation (code or number, SPEC section 1)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch_size", type=int, default=20, help="batch size per process")
+    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="unused by Adam (accepted, as in the reference)")
+    g.add_argument("--weight_decay", type=float, default=0.0, help="Adam weight decay")
+    g.add_argument("--epochs", type=int, default=100, help="number of epochs")
+    g.add_argument("--start_epoch", type=int, default=0, help="first epoch (0-based; --resume sets it)")
+    g.add_argument("--valfreq", type=int, default=1, help="validate when epoch %% valfreq == 0")
+    g.add_argument("--w2vTrain", type=b, default=True, help="train the word embeddings (false: frozen for good)")
+    g.add_argument("--freeVision", type=b, default=True, help="train the vision backbone from the start")
+    g.add_argument("--freeHeads", type=b, default=True, help="train the heads from the start")
+    g.add_argument("--freeWordEmb", type=b, default=True, help="train the word embeddings from the start")
+    g.add_argument("--freeText", type=b, default=True, help="train the text encoder from the start")
+    g.add_argument("--ohem", type=b, default=True, help="hardest negative (true) or mean over negatives")
+    g.add_argument("--intraModalLoss", type=b, default=True, help="pool both modalities as negatives")
+    g.add_argument("--warmup", type=int_list, default=[], help="1-based epochs after which frozen groups are released")
+    g.add_argument("--decayLR", type=int_list, default=[20], help="1-based epochs after which lr is multiplied by 0.1")
+    g.add_argument("--alpha", type=float, default=0.3, help="triplet margin")
+    g.add_argument("--medr", type=int, default=1000, help="validation bag size (SPEC section 5)")
+    return p
+
+
+# --------------------------------------------------------------------------- optimiser state
+
+
+def group_lrs(args, state: dict) -> dict[str, float]:
+    """Learning rate of each group: lr x decay x (1 if the group is free else 0)."""
+    base = args.lr * state["lr_scale"]
+    free = state["free"]
+    lrs = {name: base * float(free[name]) for name in GROUPS}
+    if not args.w2vTrain:
+        lrs["wordemb"] = 0.0
+    return lrs
+
+
+def end_of_epoch_schedule(args, state: dict, epoch: int) -> list[str]:
+    """Apply --warmup / --decayLR after finishing ``epoch`` (0-based); return what happened."""
+    events, finished = [], epoch + 1  # the flags are 1-based epochs
+    if finished in args.warmup or finished in args.decayLR:
+        for name in ("heads", "vision", "wordemb"):
+            state["free"][name] = True
+        events.append("released heads, vision, word embeddings")
+    if finished in args.decayLR:
+        state["lr_scale"] *= 0.1
+        events.append(f"lr scale -> {state['lr_scale']:.3g}")
+    return events
+
+
+def set_lrs(optimizer, lrs: dict[str, float]) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lrs[group["name"]]
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def resolve_args(parser, argv) -> tuple[argparse.Namespace, dict | None]:
+    """Parse ``argv``; with --resume, start from the run's stored options (SPEC section 8)."""
+    args = parser.parse_args(argv)
+    args.language = parse_language(args.language)
+    if not args.resume:
+        return args, None
+    ckpt_path = Path(args.resume) / "models" / "model.pth.tar"
+    ckpt = load_checkpoint(ckpt_path)
+    given = explicit_flags(parser, argv)
+    stored = dict(ckpt["opts"])
+    ignored = sorted(k for k in given & ARCH_FLAGS if stored.get(k) != getattr(args, k))
+    if ignored:
+        print(f"--resume: keeping the run's architecture; ignoring {', '.join('--' + k for k in ignored)}")
+    for key, value in stored.items():
+        if key not in RUNTIME_FLAGS | {"resume"} or key not in given:
+            setattr(args, key, value)
+    return args, ckpt
+
+
+def make_loader(args, partition: str, train: bool, dist_info) -> tuple[DataLoader, RecipeImageDataset]:
+    dataset = RecipeImageDataset(
+        args.data_path, args.img_path, partition, train=train, language=args.language,
+        text_aug=args.textAug, textinputs=args.textinputs, max_imgs=args.maxImgs,
+        image_size=args.image_size, seed=args.seed)
+    sampler = None
+    if train:
+        # One sampler for one or many processes: its shuffle depends on (seed, epoch) only.
+        sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                     shuffle=True, seed=args.seed, drop_last=True)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, shuffle=False,
+                        num_workers=args.workers, collate_fn=collate_skip_bad, drop_last=train,
+                        pin_memory=torch.cuda.is_available() and not args.no_cuda,
+                        persistent_workers=False)
+    return loader, dataset
+
+
+def build_model(args, vocab_size: int, max_len: int, pad_id: int, arch: dict | None = None) -> FoodSpaceNet:
+    cfg = ArchConfig.from_dict(arch) if arch else ArchConfig(
+        image_backbone=args.image_backbone, emb_dim=args.embDim, bert_layers=args.BERT_layers,
+        bert_heads=args.BERT_heads, bert_hidden=args.BERT_hidden,
+        bert_intermediate=args.BERT_intermediate, vocab_size=vocab_size,
+        max_len=max_len, pad_id=pad_id)
+    pretrained = "none" if arch else args.image_pretrained  # resumed weights come from the checkpoint
+    text_init = "none" if arch else args.text_init
+    return FoodSpaceNet(cfg, image_pretrained=pretrained, text_init=text_init)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def validate(args, model, loader, device, ctx, tracker) -> tuple[dict, dict]:
+    """Embed the val split and run the protocol with bags of ``--medr`` (SPEC section 5)."""
+    thumbs = args.projector_n if args.projector_every else 0
+    emb = extract_embeddings(model, loader, device, ctx, channels_last=args.channels_last,
+                             tracker=tracker, thumbs=thumbs, desc="val")
+    results = evaluate_retrieval(emb["img_embeds"], emb["rec_embeds"], medr=[args.medr], seed=args.seed)
+    return results, emb
+
+
+def best_name(kind: str, epoch: int, medr: float, recall_sum: float) -> str:
+    return f"model_BEST_{kind}_e{epoch:03d}_v-{medr:.3f}_cr-{recall_sum:.4f}.pth.tar"
+
+
+def replace_best(models_dir: Path, kind: str, name: str, state: dict) -> None:
+    """Write the new BEST_<kind> checkpoint, then remove the older ones (one of each kind kept)."""
+    save_checkpoint(state, models_dir / name)
+    for old in models_dir.glob(f"model_BEST_{kind}_e*.pth.tar"):
+        if old.name != name and not old.name.endswith("_image_encoder.pth.tar"):
+            old.unlink()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> Path:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = get_parser()
+    args, ckpt = resolve_args(parser, argv)
+    dist_info = du.init_distributed(use_cuda=not args.no_cuda and torch.cuda.is_available())
+    device = resolve_device(args.no_cuda, dist_info.local_rank if dist_info.distributed else None, args.gpu)
+    seed_everything(args.seed + dist_info.rank)
+    ctx = autocast_context(device, args.amp)  # the one place deciding precision
+
+    manifest_path = Path(args.data_path) / MANIFEST
+    if not manifest_path.is_file():
+        raise SystemExit(f"{manifest_path} not found: build the data with create_lmdb.py --data_path {args.data_path}")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+
+    # Run folder: rank 0 makes it, every rank learns its name.
+    if args.resume:
+        run_dir = Path(args.resume)
+    else:
+        run_dir = Path(du.broadcast_object(
+            str(new_run_dir(args.runs_dir, args.experiment_sufix)) if dist_info.is_main else None))
+    models_dir = run_dir / "models"
+    log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
+    val_log = TextLog(run_dir / "test.txt" if dist_info.is_main else None, echo=False)
+
+    train_loader, train_set = make_loader(args, "train", True, dist_info)
+    val_loader, val_set = make_loader(args, "val", False, dist_info) if dist_info.is_main else (None, None)
+
+    model = build_model(args, manifest["vocab_size"], manifest["max_len"], manifest["special_ids"]["pad"],
+                        arch=ckpt["arch"] if ckpt else None)
+    if args.model_init_path and not ckpt:
+        init = load_checkpoint(args.model_init_path)
+        try:
+            model.load_state_dict(init["model"])
+        except RuntimeError as exc:
+            raise SystemExit(f"--model_init_path {args.model_init_path}: architecture differs: {exc}") from exc
+    model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    groups = model.param_groups()
+    if not args.w2vTrain:
+        for param in groups["wordemb"]:
+            param.requires_grad_(False)
+    optimizer = torch.optim.Adam(
+        [{"params": [q for q in groups[name] if q.requires_grad], "name": name} for name in GROUPS],
+        lr=args.lr, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    sched = {"lr_scale": 1.0, "free": {"heads": args.freeHeads, "vision": args.freeVision,
+                                       "wordemb": args.freeWordEmb, "text": args.freeText}}
+    best = {"medR": math.inf, "recall_sum": -math.inf, "validations": 0}
+    start_epoch, iteration = args.start_epoch, 0
+    local_images = 0  # images this process trained on in this invocation
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        sched, best = ckpt["schedule"], ckpt["best"]
+        start_epoch, iteration = ckpt["epoch"] + 1, ckpt["iteration"]
+        set_rng_state(ckpt["rng"][dist_info.rank] if dist_info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+    train_model = model
+    if dist_info.distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    opts = to_plain(vars(args))
+    writer = None
+    if dist_info.is_main:
+        write_opts(run_dir / "opts.txt", opts)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(run_dir), purge_step=iteration if ckpt else None)
+        log(f"run folder {run_dir} | device {device} | world size {dist_info.world_size} | "
+            f"train {len(train_set)} recipes, val {len(val_set)} | epochs {start_epoch}..{args.epochs - 1}")
+    train_tracker = BadImageTracker("train", len(train_set), args.max_bad_images)
+    val_tracker = BadImageTracker("val", len(val_set), args.max_bad_images) if val_set is not None else None
+
+    for epoch in range(start_epoch, args.epochs):
+        lrs = group_lrs(args, sched)
+        set_lrs(optimizer, lrs)
+        train_set.set_epoch(epoch)
+        train_loader.sampler.set_epoch(epoch)
+        train_model.train()
+        steps = len(train_loader) if not args.max_iters else min(args.max_iters, len(train_loader))
+        bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not dist_info.is_main, dynamic_ncols=True)
+        for it, batch in enumerate(train_loader):
+            if it >= steps:
+                break
+            train_tracker.update(batch.bad)
+            # BatchNorm needs 2+ rows on every rank; all ranks skip together so none hangs.
+            rows = du.all_reduce_sum(torch.tensor([float(batch.images.shape[0] >= 2)]))
+            if rows.item() < dist_info.world_size:
+                bar.update(1)
+                continue
+            images = batch.images.to(device, non_blocking=True)  # (B, 3, S, S)
+            if args.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            tokens = batch.tokens.to(device, non_blocking=True)  # (B, T), T = longest row in the batch
+            with ctx:
+                img_emb, rec_emb = train_model(images, tokens)  # (B, D) each, L2-normalised
+            # Negatives come from the global batch; gradients reach this rank's rows only, so the
+            # loss is scaled by the world size to undo DDP's gradient averaging.
+            out = batch_hard_triplet(du.gather_with_grad(img_emb.float()), du.gather_with_grad(rec_emb.float()),
+                                     alpha=args.alpha, intra_modal=args.intraModalLoss, ohem=args.ohem)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(out.loss * dist_info.world_size).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            iteration += 1
+            local_images += images.shape[0]
+            bar.update(1)
+            if writer is not None:
+                writer.add_scalar("loss", out.loss.item(), iteration)
+                writer.add_scalar("d_pos", out.d_pos.item(), iteration)
+                writer.add_scalar("d_neg", out.d_neg.item(), iteration)
+                if it % args.log_every == 0:
+                    bar.set_postfix(loss=f"{out.loss.item():.4f}")
+                    log(f"epoch {epoch} iter {it}/{steps} global {iteration} loss {out.loss.item():.4f} "
+                        f"d_pos {out.d_pos.item():.4f} d_neg {out.d_neg.item():.4f}")
+        bar.close()
+        if writer is not None:
+            for name, value in lrs.items():
+                writer.add_scalar(f"lr/{name}", value, epoch)
+
+        if dist_info.is_main and epoch % args.valfreq == 0:
+            results, emb = validate(args, model, val_loader, device, ctx, val_tracker)
+            key = next(iter(results))
+            metrics = results[key]["im2rec"]
+            recall_sum = metrics["R@1"] + metrics["R@5"] + metrics["R@10"]
+            for name in ("medR", "R@1", "R@5", "R@10"):
+                writer.add_scalar(f"val/{name}", metrics[name], epoch)
+            best["validations"] += 1
+            if args.projector_every and (best["validations"] - 1) % args.projector_every == 0:
+                meta = [str(i) for i in emb["rec_ids"][: args.projector_n]]
+                writer.add_embedding(torch.from_numpy(emb["img_embeds"][: args.projector_n]), metadata=meta,
+                                     label_img=emb["thumbs"], global_step=epoch, tag="val_images")
+            table = format_results(results, title=f"val epoch {epoch}")
+            log(table)
+            val_log(f"epoch {epoch} " + json.dumps(results))
+            improved_val = metrics["medR"] < best["medR"]
+            improved_rec = recall_sum > best["recall_sum"]
+            best["medR"] = min(best["medR"], metrics["medR"])
+            best["recall_sum"] = max(best["recall_sum"], recall_sum)
+        for event in end_of_epoch_schedule(args, sched, epoch):
+            log(f"after epoch {epoch}: {event}")
+
+        # Gather every rank's RNG state so a resumed DDP run continues each rank's stream.
+        rng = get_rng_state()
+        rngs = [rng]
+        if dist_info.distributed:
+            rngs = [None] * dist_info.world_size
+            torch.distributed.all_gather_object(rngs, rng)
+        if dist_info.is_main:
+            state = {"format": 1, "kind": "foodspace", "arch": model.cfg.to_dict(), "model": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "schedule": sched,
+                     "best": best, "epoch": epoch, "iteration": iteration, "rng": rngs, "opts": opts}
+            save_checkpoint(state, models_dir / "model.pth.tar")
+            if epoch % args.valfreq == 0:
+                if improved_val:
+                    replace_best(models_dir, "VAL", best_name("VAL", epoch, metrics["medR"], recall_sum), state)
+                if improved_rec:
+                    replace_best(models_dir, "REC", best_name("REC", epoch, metrics["medR"], recall_sum), state)
+            writer.flush()
+        du.barrier()
+
+    print(f"rank {dist_info.rank}/{dist_info.world_size}: trained on {local_images} images", flush=True)
+    if writer is not None:
+        writer.close()
+        log(f"done: {run_dir}")
+    du.cleanup()
+    return run_dir
+
+
+if __name__ == "__main__":
+    main()
