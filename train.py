@@ -292,7 +292,7 @@ def main(argv=None) -> Path:
         write_opts(run_dir / "opts.txt", opts)
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir=str(run_dir), purge_step=iteration if ckpt else None)
+        writer = SummaryWriter(log_dir=str(run_dir), purge_step=iteration + 1 if ckpt else None)
         log(f"run folder {run_dir} | device {device} | world size {dist_info.world_size} | "
             f"train {len(train_set)} recipes, val {len(val_set)} | epochs {start_epoch}..{args.epochs - 1}")
     train_tracker = BadImageTracker("train", len(train_set), args.max_bad_images)
