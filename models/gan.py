@@ -1,0 +1,492 @@
+"""StackGAN-style recipe-to-image synthesis networks, as in ACME / X-MRS (SPEC section 6).
+
+::
+
+    emb (B, embDim) -> CondAugment -> mu, logvar (B, ef); c = mu + exp(logvar / 2) * eps
+    [c, z] -> InitStageG: fc + BN + GLU -> (16 gf, 4, 4) -> 4 x upBlock -> (gf, 64, 64)
+    [c tiled, h] -> NextStageG: joint 3x3 block, R_NUM ResBlocks, upBlock -> (gf / 2, 128, 128)
+    -> 3x3 conv to RGB + tanh -> fake (B, 3, 128, 128)
+
+    image (B, 3, 128, 128) -> 4 stride-2 convs -> down block -> 3x3 block -> code (8 df, 4, 4)
+    [mu tiled, code] -> 3x3 block -> conv4x4/4 -> conditional real/fake logit (B,)
+    code -> conv4x4/4 + leaky -> Linear -> class logits (B, numClasses)
+
+Module and attribute names follow the reference (``ca_net``, ``h_net1``, ``h_net2``, ``img_net2``,
+``img_code_s16``, ``jointConv``, ...) and the ``nn.Sequential`` indices match too, so a reference
+state dict loads after stripping DataParallel's ``module.`` prefix.
+
+Parameter count of the default generator (Z_DIM 100, GF_DIM 64, EMBEDDING_DIM 128, R_NUM 2,
+embDim 1024); BN counts its affine weight and bias (running statistics are buffers), convs have
+no bias:
+
+=====================================================  ==========
+CA_NET: Linear(1024, 512) with bias                       524,800
+stage 1 fc: Linear(228, 32768, no bias) + BN1d(32768)   7,536,640
+stage 1 upBlocks 1024->512->256->128->64 (conv+BN)     12,538,112
+  (each conv3x3 in -> 2 * out: 9,437,184 / 2,359,296 / 589,824 / 147,456; BN 2,048/1,024/512/256)
+stage 2 jointConv: conv3x3 192 -> 128 + BN                221,440
+stage 2 two ResBlocks (conv 64->128, BN, conv 64->64, BN) 221,952
+stage 2 upBlock 64 -> 32 (conv3x3 64 -> 64 + BN)           36,992
+128 px image head: conv3x3 32 -> 3                            864
+=====================================================  ==========
+total                                                  21,080,288
+
+This is ACME's ``G_NET`` with ``BRANCH_NUM`` 2 *without* its 64 px image head ``img_net1``
+(conv3x3 64 -> 3, 1,728 parameters): with it the count would be 21,082,016, so the reference X-MRS
+generator does not have it. Here it is optional (``GANConfig.head64``, off by default), for a
+researcher who wants the 64 px image as well.
+
+**Output space.** SPEC section 6: D compares G's tanh output with ImageNet-normalised real images,
+and the frozen FoodSpace image encoder expects ImageNet-normalised input. ``GANConfig.output_space``
+says how a tanh output maps into that space (:func:`to_imagenet`):
+
+- ``"pixel"`` (default): the tanh output is an RGB image with [-1, 1] standing for pixel values
+  [0, 1] (the StackGAN convention); it is mapped by ``((x + 1) / 2 - mean) / std`` before D and the
+  encoder see it. Every colour is reachable.
+- ``"imagenet"`` (the reference, bit for bit): the tanh output is used as an ImageNet-normalised
+  image as it is. The reachable pixel range is then only ``mean +- std`` per channel (about
+  0.26-0.71 for red), so generated images are low in contrast and D can tell them by range alone.
+
+The training script must feed D with ``to_imagenet(fake, cfg.output_space)`` (or
+``Generator.to_imagenet``), the same space the encoder gets in :func:`models.gan_losses.encode_generated`,
+and save images with :func:`to_pixels`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)  # the reference's GAN_test has 0.255 for the last: a typo
+OUTPUT_SPACES = ("pixel", "imagenet")
+NOISE_MODES = ("random", "fixed", "zero")
+
+
+@dataclass
+class GANConfig:
+    """Shapes of G and D; stored in GAN checkpoints as a dict (``to_dict`` / ``from_dict``).
+
+    Field <- command-line flag (:func:`add_gan_arch_args`): ``z_dim`` <- ``--Z_DIM``, ``gf_dim`` <-
+    ``--GF_DIM``, ``df_dim`` <- ``--DF_DIM``, ``ef_dim`` <- ``--EMBEDDING_DIM``, ``r_num`` <-
+    ``--R_NUM``, ``emb_dim`` <- ``--embDim``, ``num_classes`` <- ``--numClasses``, ``output_space``
+    <- ``--G_output_space``, ``head64`` <- ``--G_head64``.
+    """
+
+    z_dim: int = 100
+    gf_dim: int = 64
+    df_dim: int = 64
+    ef_dim: int = 128
+    r_num: int = 2
+    emb_dim: int = 1024
+    num_classes: int = 1048
+    output_space: str = "pixel"
+    head64: bool = False
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name == "output_space":
+                if value not in OUTPUT_SPACES:
+                    raise ValueError(f"GANConfig.output_space must be one of {OUTPUT_SPACES}, got {value!r}")
+            elif field.name == "head64":
+                if not isinstance(value, bool):
+                    raise ValueError(f"GANConfig.head64 must be a bool, got {value!r}")
+            elif not isinstance(value, int) or isinstance(value, bool) or value < (0 if field.name == "r_num" else 1):
+                raise ValueError(f"GANConfig.{field.name} must be a positive integer, got {value!r}")
+        if self.gf_dim % 2:
+            raise ValueError(f"GANConfig.gf_dim (GF_DIM) must be even (stage 2 halves it), got {self.gf_dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields (safe for ``torch.load(weights_only=True)`` and JSON)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GANConfig:
+        """Rebuild from :meth:`to_dict`'s output; missing keys take defaults, unknown keys are refused."""
+        if not isinstance(d, dict):
+            raise ValueError(f"GANConfig.from_dict expects a dict, got {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown GANConfig keys {unknown} (known: {', '.join(known)})")
+        return cls(**d)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> GANConfig:
+        """Build from the flags of :func:`add_gan_arch_args`."""
+        return cls(z_dim=args.Z_DIM, gf_dim=args.GF_DIM, df_dim=args.DF_DIM, ef_dim=args.EMBEDDING_DIM,
+                   r_num=args.R_NUM, emb_dim=args.embDim, num_classes=args.numClasses,
+                   output_space=args.G_output_space, head64=args.G_head64)
+
+
+def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the reference's architecture flags (``--Z_DIM`` ... ``--numClasses``) plus ours."""
+    d = GANConfig()
+    g = parser.add_argument_group("GAN architecture")
+    g.add_argument("--Z_DIM", type=int, default=d.z_dim, help="noise dimension of the generator")
+    g.add_argument("--GF_DIM", type=int, default=d.gf_dim, help="generator width (stage 1 starts at 16x)")
+    g.add_argument("--DF_DIM", type=int, default=d.df_dim, help="discriminator width")
+    g.add_argument("--EMBEDDING_DIM", type=int, default=d.ef_dim,
+                   help="conditioning dimension (size of mu, logvar and c)")
+    g.add_argument("--R_NUM", type=int, default=d.r_num, help="number of residual blocks in stage 2")
+    g.add_argument("--embDim", type=int, default=d.emb_dim, help="FoodSpace embedding size (G's input)")
+    g.add_argument("--numClasses", type=int, default=d.num_classes,
+                   help="number of semantic classes of D's class head (1048 with background)")
+    g.add_argument("--G_output_space", choices=OUTPUT_SPACES, default=d.output_space,
+                   help="how G's tanh output maps to ImageNet-normalised space: 'pixel' ([-1,1] = pixels "
+                        "[0,1], then normalised) or 'imagenet' (used as is, the reference)")
+    g.add_argument("--G_head64", action="store_true",
+                   help="also build a 64 px image head (not in the reference; adds 27*GF_DIM parameters)")
+    return parser
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+class GLU(nn.Module):
+    """Gated linear unit over channels: ``x[:, :C/2] * sigmoid(x[:, C/2:])`` (fused ``F.glu``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.glu(x, dim=1)
+
+
+def conv3x3(in_planes: int, out_planes: int) -> nn.Conv2d:
+    """3x3 convolution, padding 1, no bias (BN follows)."""
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
+
+
+def up_block(in_planes: int, out_planes: int) -> nn.Sequential:
+    """Nearest x2, conv3x3 to ``2 * out_planes``, BN, GLU: doubles the size, ends at ``out_planes``."""
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv3x3(in_planes, out_planes * 2),
+                         nn.BatchNorm2d(out_planes * 2), GLU())
+
+
+def block3x3_glu(in_planes: int, out_planes: int) -> nn.Sequential:
+    """conv3x3 to ``2 * out_planes``, BN, GLU (the reference's ``Block3x3_relu``)."""
+    return nn.Sequential(conv3x3(in_planes, out_planes * 2), nn.BatchNorm2d(out_planes * 2), GLU())
+
+
+def block3x3_leaky(in_planes: int, out_planes: int) -> nn.Sequential:
+    """conv3x3, BN, LeakyReLU(0.2) (the reference's ``Block3x3_leakRelu``)."""
+    return nn.Sequential(conv3x3(in_planes, out_planes), nn.BatchNorm2d(out_planes),
+                         nn.LeakyReLU(0.2, inplace=True))
+
+
+def down_block(in_planes: int, out_planes: int) -> nn.Sequential:
+    """conv4x4 stride 2, BN, LeakyReLU(0.2): halves the size."""
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 4, 2, 1, bias=False), nn.BatchNorm2d(out_planes),
+                         nn.LeakyReLU(0.2, inplace=True))
+
+
+def encode_image_by_16times(ndf: int) -> nn.Sequential:
+    """Four stride-2 conv4x4 (3 -> ndf -> 2 ndf -> 4 ndf -> 8 ndf); no BN after the first."""
+    return nn.Sequential(
+        nn.Conv2d(3, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class ResBlock(nn.Module):
+    """conv3x3 (C -> 2C), BN, GLU, conv3x3 (C -> C), BN, plus the input."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = nn.Sequential(conv3x3(channels, channels * 2), nn.BatchNorm2d(channels * 2), GLU(),
+                                   conv3x3(channels, channels), nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x) + x  # (B, C, H, W)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """True when ``x`` is stored channels_last (and not also plain contiguous, as 1x1 maps are)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _join_code(code: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``[code tiled over space, h]`` on channels: ``(B, E)``, ``(B, C, S, S)`` -> ``(B, E + C, S, S)``.
+
+    Keeps ``h``'s dtype and memory format (``torch.cat`` falls back to NCHW unless every input is
+    channels_last, so the tiled code is laid out like ``h`` first).
+    """
+    b, _, hh, ww = h.shape
+    tiled = code.to(h.dtype).view(b, code.shape[1], 1, 1).expand(-1, -1, hh, ww)  # (B, E, S, S) view
+    if _is_channels_last(h):
+        tiled = tiled.contiguous(memory_format=torch.channels_last)
+    return torch.cat((tiled, h), dim=1)
+
+
+# ----------------------------------------------------------------------------- generator
+
+def conditioning_sample(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor | None = None,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Conditioning augmentation sample ``c = mu + exp(logvar / 2) * eps``.
+
+    Args:
+        mu: ``(B, E)`` means.
+        logvar: ``(B, E)`` log-variances.
+        eps: ``(B, E)`` standard normal noise to use (zeros give ``c = mu``); drawn when None.
+        generator: draws ``eps`` reproducibly. It may live on another device than ``mu`` (e.g. a
+            CPU generator for a CUDA model): the draw is made on the generator's device and moved,
+            so the same seed gives the same noise on CPU and GPU.
+
+    Returns:
+        ``(B, E)`` conditioning codes.
+    """
+    if eps is None:
+        dev = generator.device if generator is not None else mu.device
+        eps = torch.randn(mu.shape, generator=generator, device=dev, dtype=torch.float32)
+    elif eps.shape != mu.shape:
+        raise ValueError(f"eps has shape {tuple(eps.shape)}, expected {tuple(mu.shape)}")
+    eps = eps.to(device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps  # (B, E)
+
+
+def make_noise(n: int, z_dim: int, mode: str = "random", *, generator: torch.Generator | None = None,
+               seed: int = 1234, device: torch.device | str | None = None) -> torch.Tensor:
+    """The generator's ``z`` for ``n`` samples (GAN_test's three choices).
+
+    Args:
+        n: batch size.
+        z_dim: noise size.
+        mode: ``"random"`` (N(0, 1) per sample, from ``generator``), ``"fixed"`` (one N(0, 1)
+            vector drawn from a fresh generator seeded with ``seed``, the same for every sample
+            and every call) or ``"zero"``.
+        generator: source of ``"random"`` draws (its device is where they are drawn).
+        seed: seed of the ``"fixed"`` vector.
+        device: where the result goes.
+
+    Returns:
+        ``(n, z_dim)`` float32.
+    """
+    if mode == "random":
+        dev = generator.device if generator is not None else device
+        z = torch.randn(n, z_dim, generator=generator, device=dev)
+    elif mode == "fixed":
+        one = torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed))
+        z = one.expand(n, z_dim).clone()
+    elif mode == "zero":
+        z = torch.zeros(n, z_dim)
+    else:
+        raise ValueError(f"unknown noise mode {mode!r}; choose one of {', '.join(NOISE_MODES)}")
+    return z.to(device) if device is not None else z
+
+
+class CondAugment(nn.Module):
+    """``Linear(embDim, 4 ef)`` + GLU -> ``mu``, ``logvar`` (``ef`` each); the reference's CA_NET."""
+
+    def __init__(self, emb_dim: int, ef_dim: int):
+        super().__init__()
+        self.ef_dim = ef_dim
+        self.fc = nn.Linear(emb_dim, ef_dim * 4, bias=True)
+        self.relu = GLU()  # the reference's attribute name
+
+    def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.relu(self.fc(emb))  # (B, 2 ef)
+        return x[:, :self.ef_dim], x[:, self.ef_dim:]
+
+
+class InitStageG(nn.Module):
+    """``[c, z]`` -> fc + BN1d + GLU -> ``(ngf, 4, 4)`` -> four upBlocks -> ``(ngf / 16, 64, 64)``."""
+
+    def __init__(self, ngf: int, in_dim: int):
+        super().__init__()
+        self.gf_dim = ngf
+        self.fc = nn.Sequential(nn.Linear(in_dim, ngf * 4 * 4 * 2, bias=False), nn.BatchNorm1d(ngf * 4 * 4 * 2),
+                                GLU())
+        self.upsample1 = up_block(ngf, ngf // 2)
+        self.upsample2 = up_block(ngf // 2, ngf // 4)
+        self.upsample3 = up_block(ngf // 4, ngf // 8)
+        self.upsample4 = up_block(ngf // 8, ngf // 16)
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.fc(torch.cat((c, z), dim=1).to(self.fc[0].weight.dtype))  # (B, 16 ngf)
+        h = h.view(-1, self.gf_dim, 4, 4)  # (B, ngf, 4, 4)
+        if _is_channels_last(self.upsample1[1].weight):
+            h = h.contiguous(memory_format=torch.channels_last)  # follow the model's memory format
+        h = self.upsample1(h)  # (B, ngf/2, 8, 8)
+        h = self.upsample2(h)  # (B, ngf/4, 16, 16)
+        h = self.upsample3(h)  # (B, ngf/8, 32, 32)
+        return self.upsample4(h)  # (B, ngf/16, 64, 64)
+
+
+class NextStageG(nn.Module):
+    """``[c tiled, h]`` -> joint block -> ResBlocks -> upBlock: ``(ngf, S, S)`` -> ``(ngf / 2, 2S, 2S)``."""
+
+    def __init__(self, ngf: int, ef_dim: int, num_residual: int):
+        super().__init__()
+        self.gf_dim, self.ef_dim = ngf, ef_dim
+        self.jointConv = block3x3_glu(ngf + ef_dim, ngf)
+        self.residual = nn.Sequential(*[ResBlock(ngf) for _ in range(num_residual)])
+        self.upsample = up_block(ngf, ngf // 2)
+
+    def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        hc = _join_code(c, h)  # (B, ef + ngf, S, S), order [c, h] as the reference
+        out = self.jointConv(hc)  # (B, ngf, S, S)
+        out = self.residual(out)
+        return self.upsample(out)  # (B, ngf/2, 2S, 2S)
+
+
+class GetImageG(nn.Module):
+    """conv3x3 to RGB + tanh."""
+
+    def __init__(self, ngf: int):
+        super().__init__()
+        self.img = nn.Sequential(conv3x3(ngf, 3), nn.Tanh())
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.img(h)  # (B, 3, H, W)
+
+
+class Generator(nn.Module):
+    """Recipe (or image) FoodSpace embedding + noise -> 128 px image (the reference's G_NET).
+
+    Args:
+        cfg: the shapes; the default is the reference's generator (21,080,288 parameters).
+    """
+
+    def __init__(self, cfg: GANConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or GANConfig()
+        self.ca_net = CondAugment(cfg.emb_dim, cfg.ef_dim)
+        self.h_net1 = InitStageG(cfg.gf_dim * 16, cfg.z_dim + cfg.ef_dim)
+        self.h_net2 = NextStageG(cfg.gf_dim, cfg.ef_dim, cfg.r_num)
+        self.img_net2 = GetImageG(cfg.gf_dim // 2)
+        self.img_net1 = GetImageG(cfg.gf_dim) if cfg.head64 else None
+
+    def forward(self, emb: torch.Tensor, z: torch.Tensor, *, eps: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, return_64: bool = False):
+        """Generate images.
+
+        Args:
+            emb: ``(B, embDim)`` FoodSpace embeddings (recipe or image).
+            z: ``(B, Z_DIM)`` noise (see :func:`make_noise`; zeros for zero noise).
+            eps: ``(B, EMBEDDING_DIM)`` conditioning noise (zeros: ``c = mu``); drawn when None.
+            generator: draws ``eps`` reproducibly when it is None (see :func:`conditioning_sample`).
+            return_64: also return the 64 px image (needs ``cfg.head64``).
+
+        Returns:
+            ``(fake (B, 3, 128, 128), mu (B, E), logvar (B, E))``, plus ``fake_64 (B, 3, 64, 64)``
+            with ``return_64``. ``fake`` is tanh output, in the space of ``cfg.output_space``.
+        """
+        if emb.dim() != 2 or emb.shape[1] != self.cfg.emb_dim:
+            raise ValueError(f"expected embeddings (B, {self.cfg.emb_dim}), got {tuple(emb.shape)}")
+        if z.shape != (emb.shape[0], self.cfg.z_dim):
+            raise ValueError(f"expected noise ({emb.shape[0]}, {self.cfg.z_dim}), got {tuple(z.shape)}")
+        if return_64 and self.img_net1 is None:
+            raise ValueError("return_64 needs a generator built with GANConfig(head64=True) (--G_head64)")
+        mu, logvar = self.ca_net(emb)  # (B, E) each
+        c = conditioning_sample(mu, logvar, eps=eps, generator=generator)  # (B, E)
+        h1 = self.h_net1(z.to(c.dtype), c)  # (B, gf, 64, 64)
+        h2 = self.h_net2(h1, c)  # (B, gf/2, 128, 128)
+        fake = self.img_net2(h2)  # (B, 3, 128, 128)
+        if return_64:
+            return fake, mu, logvar, self.img_net1(h1)
+        return fake, mu, logvar
+
+    def to_imagenet(self, fake: torch.Tensor) -> torch.Tensor:
+        """Map this G's output into ImageNet-normalised space (what D and the encoder take)."""
+        return to_imagenet(fake, self.cfg.output_space)
+
+    def to_pixels(self, fake: torch.Tensor) -> torch.Tensor:
+        """Map this G's output to RGB in [0, 1] (for saving images)."""
+        return to_pixels(fake, self.cfg.output_space)
+
+
+# ----------------------------------------------------------------------------- discriminator
+
+class Discriminator128(nn.Module):
+    """Discriminator for 128 px images with a conditional logit and a class head (ACME's D_NET128).
+
+    ``logits_class`` exists, as in the reference, only so that reference state dicts load; it is
+    never used in ``forward`` (SPEC section 6), so it gets no gradient (Adam skips it; under DDP use
+    ``find_unused_parameters`` or leave it out of the wrapped module's graph by freezing it).
+    The reference's sigmoid after ``logits`` is gone: the logit goes to ``BCEWithLogitsLoss``.
+
+    Args:
+        cfg: the shapes (``df_dim``, ``ef_dim``, ``num_classes``).
+    """
+
+    def __init__(self, cfg: GANConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or GANConfig()
+        ndf, efg = cfg.df_dim, cfg.ef_dim
+        self.ef_dim = efg
+        self.img_code_s16 = encode_image_by_16times(ndf)
+        self.img_code_s32 = down_block(ndf * 8, ndf * 16)
+        self.img_code_s32_1 = block3x3_leaky(ndf * 16, ndf * 8)
+        self.logits = nn.Sequential(nn.Conv2d(ndf * 8, 1, kernel_size=4, stride=4))
+        self.logits_class = nn.Sequential(nn.Conv2d(ndf * 8, 1, kernel_size=4, stride=4))  # unused
+        self.jointConv = block3x3_leaky(ndf * 8 + efg, ndf * 8)
+        self.uncond_branch = nn.Sequential(nn.Conv2d(ndf * 8, ndf * 4, kernel_size=4, stride=4),
+                                           nn.LeakyReLU(0.2, inplace=True))
+        self.semantic_branch = nn.Linear(ndf * 4, cfg.num_classes)
+
+    def forward(self, images: torch.Tensor, mu: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score images.
+
+        Args:
+            images: ``(B, 3, 128, 128)`` ImageNet-normalised images (real, or ``to_imagenet(fake)``).
+            mu: ``(B, EMBEDDING_DIM)`` conditioning means (detach them for the D step), or None for
+                the unconditional logit (the reference's ``B_CONDITION`` off).
+
+        Returns:
+            ``(cond_logit (B,), class_logits (B, numClasses))``.
+        """
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[2:] != (128, 128):
+            raise ValueError(f"expected images (B, 3, 128, 128), got {tuple(images.shape)}")
+        x = self.img_code_s16(images)  # (B, 8 ndf, 8, 8)
+        x = self.img_code_s32(x)  # (B, 16 ndf, 4, 4)
+        x = self.img_code_s32_1(x)  # (B, 8 ndf, 4, 4)
+        if mu is not None:
+            hc = _join_code(mu, x)  # (B, ef + 8 ndf, 4, 4)
+            hc = self.jointConv(hc)  # (B, 8 ndf, 4, 4)
+        else:
+            hc = x
+        cond_logit = self.logits(hc).reshape(-1)  # (B,)
+        u = self.uncond_branch(x).flatten(1)  # (B, 4 ndf)
+        return cond_logit, self.semantic_branch(u)  # (B,), (B, numClasses)
+
+
+# ----------------------------------------------------------------------------- image spaces
+
+def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return mean, std
+
+
+def to_imagenet(fake: torch.Tensor, space: str = "pixel") -> torch.Tensor:
+    """Map G's tanh output ``(B, 3, H, W)`` into ImageNet-normalised space (see the module docs)."""
+    if space == "imagenet":
+        return fake
+    if space != "pixel":
+        raise ValueError(f"unknown output space {space!r}; choose one of {', '.join(OUTPUT_SPACES)}")
+    mean, std = _stats(fake)
+    return ((fake + 1.0) * 0.5 - mean) / std  # per-channel affine, keeps the memory format
+
+
+def to_pixels(fake: torch.Tensor, space: str = "pixel") -> torch.Tensor:
+    """Map G's tanh output ``(B, 3, H, W)`` to RGB in [0, 1] for saving (clamped)."""
+    if space == "pixel":
+        return ((fake + 1.0) * 0.5).clamp(0.0, 1.0)
+    return imagenet_to_pixels(to_imagenet(fake, space))
+
+
+def imagenet_to_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Undo ImageNet normalisation of ``(B, 3, H, W)`` images: RGB in [0, 1] (clamped)."""
+    mean, std = _stats(images)
+    return (images * std + mean).clamp(0.0, 1.0)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (BN affine weights included, running statistics excluded)."""
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,205 @@
+"""Losses of the synthesis GAN (SPEC section 6), as small named functions.
+
+One training step (the reference's order)::
+
+    fake, mu, logvar = G(rec_emb, z)
+    real_out = D(real, mu.detach()); fake_out = D(G.to_imagenet(fake).detach(), mu.detach())
+    loss_D = d_real_fake_loss(real_out[0], fake_out[0]) + d_class_loss(real_out[1], fake_out[1], cls, w)
+    (update D)
+    out = D(G.to_imagenet(fake), mu)
+    loss_G = g_adversarial_loss(out[0]) + g_class_loss(out[1], cls, w) + 2 * kl_loss(mu, logvar)
+             + W_IMG_IMG * cycle_cos_loss(e, img_emb) + W_IMG_REC * cycle_cos_loss(e, rec_emb)
+      where e = encode_generated(frozen_encoder, fake, space=G.cfg.output_space)
+    (update G)
+
+:func:`discriminator_loss` and :func:`generator_loss` do these sums and return the terms for
+logging. D outputs logits: ``BCEWithLogits`` is the reference's sigmoid + BCE in one stable op.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.gan import to_imagenet
+
+ENCODER_SIZE = 224  # the FoodSpace image encoder's input size (the reference's upsample_layer)
+KL_WEIGHT = 2.0  # the reference's ``KL_loss(mu, logvar) * 2``
+
+
+def class_weights(num_classes: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Class-loss weights: 1 for every class except the background class 0 (weight 0)."""
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    w = torch.ones(num_classes, device=device)
+    w[0] = 0.0
+    return w  # (numClasses,)
+
+
+def d_real_fake_loss(real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
+    """D's adversarial loss: ``BCE(sigmoid(real), 1) + BCE(sigmoid(fake), 0)``, each a batch mean."""
+    real_logit, fake_logit = real_logit.float(), fake_logit.float()
+    return (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+            + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``nn.CrossEntropyLoss(weight)`` (sum of ``w[y] * nll`` over ``sum of w[y]``), but 0 instead of NaN
+    when every label in the batch has weight 0 (a batch of background-only recipes).
+    """
+    logits = logits.float()
+    total = F.cross_entropy(logits, labels, weight=weight.to(logits), reduction="sum")  # ()
+    denom = weight.to(logits)[labels].sum()  # ()
+    return total / denom.clamp_min(torch.finfo(logits.dtype).tiny)  # total is 0 when denom is 0
+
+
+def d_class_loss(class_logits_real: torch.Tensor, class_logits_fake: torch.Tensor, labels: torch.Tensor,
+                 weight: torch.Tensor) -> torch.Tensor:
+    """D's class loss: weighted CE of the class head on real images plus on fake images (same labels).
+
+    Args:
+        class_logits_real: ``(B, numClasses)`` on the real images.
+        class_logits_fake: ``(B, numClasses)`` on the generated images.
+        labels: ``(B,)`` class indices of the recipes (0 = background).
+        weight: ``(numClasses,)`` from :func:`class_weights`.
+    """
+    return (weighted_cross_entropy(class_logits_real, labels, weight)
+            + weighted_cross_entropy(class_logits_fake, labels, weight))
+
+
+def g_adversarial_loss(fake_logit: torch.Tensor) -> torch.Tensor:
+    """G's adversarial loss: ``BCE(sigmoid(fake), 1)`` (fakes scored as real), a batch mean."""
+    fake_logit = fake_logit.float()
+    return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
+
+
+def g_class_loss(class_logits_fake: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """G's class loss: weighted CE of D's class head on the generated images."""
+    return weighted_cross_entropy(class_logits_fake, labels, weight)
+
+
+def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL term of conditioning augmentation: ``-0.5 * mean(1 + logvar - mu^2 - exp(logvar))``.
+
+    The mean runs over batch and dimensions (the reference's; the true KL divergence per sample is
+    this times the dimension). Not weighted here: the G loss uses ``KL_WEIGHT * kl_loss``.
+    """
+    mu, logvar = mu.float(), logvar.float()
+    return -0.5 * torch.mean(1.0 + logvar - mu.pow(2) - logvar.exp())
+
+
+def cycle_cos_loss(gen_emb: torch.Tensor, target_emb: torch.Tensor) -> torch.Tensor:
+    """``mean(1 - cos(gen_emb_i, target_emb_i))`` over the batch: 0 when aligned, 2 when opposite.
+
+    The reference's ``CosineEmbeddingLoss(margin=0.3)`` with target 1 (the margin only acts on
+    target -1, never used). ``target_emb`` carries no gradient in training (precomputed embeddings).
+    """
+    if gen_emb.shape != target_emb.shape or gen_emb.dim() != 2:
+        raise ValueError(f"expected two (B, D) tensors of one shape, got {tuple(gen_emb.shape)} and "
+                         f"{tuple(target_emb.shape)}")
+    cos = F.cosine_similarity(gen_emb.float(), target_emb.float().to(gen_emb.device), dim=1, eps=1e-8)  # (B,)
+    return (1.0 - cos).mean()
+
+
+def freeze_encoder(encoder: nn.Module) -> nn.Module:
+    """Put the FoodSpace image encoder in eval mode with its parameters frozen; returns it.
+
+    Gradients still flow through it to its input (the generated images), which is what the cycle
+    terms need; its weights receive none, and its BN layers use their running statistics.
+    """
+    encoder.eval()
+    encoder.requires_grad_(False)
+    return encoder
+
+
+def encode_generated(image_embedder: nn.Module, fake_128: torch.Tensor, space: str = "pixel") -> torch.Tensor:
+    """Embed generated images with the frozen FoodSpace image encoder, keeping gradients to G.
+
+    ``fake_128`` (G's tanh output) is mapped into ImageNet-normalised space with
+    :func:`models.gan.to_imagenet` (``space`` = the generator's ``cfg.output_space``: ``"pixel"``
+    reads [-1, 1] as pixel values [0, 1] and normalises them, ``"imagenet"`` takes the output as
+    already normalised, as the reference does), because the encoder was trained on
+    ImageNet-normalised 224 px crops and D compares G's output with ImageNet-normalised real
+    images in that same space. Then bilinear upsampling to 224 x 224 with ``align_corners=True``
+    (the reference's ``nn.Upsample``); mapping first is cheaper and equivalent, as the mapping is a
+    per-channel affine map and bilinear weights sum to one.
+
+    Args:
+        image_embedder: the encoder (e.g. ``models.foodspace.ImageEmbedder``), frozen with
+            :func:`freeze_encoder` (eval mode, no parameter requiring gradients).
+        fake_128: ``(B, 3, 128, 128)`` generator output.
+        space: the generator's output space.
+
+    Returns:
+        ``(B, D)`` embeddings (L2-normalised when the encoder normalises).
+
+    Raises:
+        ValueError: the encoder is in training mode or has trainable parameters (BN statistics
+            would drift and its weights would collect gradients).
+    """
+    if image_embedder.training or any(p.requires_grad for p in image_embedder.parameters()):
+        raise ValueError("the image encoder must be frozen for the cycle losses: call "
+                         "models.gan_losses.freeze_encoder(encoder) first (eval mode, requires_grad off)")
+    x = to_imagenet(fake_128, space)  # (B, 3, 128, 128)
+    x = F.interpolate(x, size=(ENCODER_SIZE, ENCODER_SIZE), mode="bilinear", align_corners=True)  # (B, 3, 224, 224)
+    return image_embedder(x)  # (B, D)
+
+
+class DLoss(NamedTuple):
+    """D's total loss and its detached terms."""
+
+    loss: torch.Tensor
+    real_fake: torch.Tensor
+    cls: torch.Tensor
+
+
+class GLoss(NamedTuple):
+    """G's total loss and its detached terms (``img_img`` / ``img_rec`` are None when switched off)."""
+
+    loss: torch.Tensor
+    adversarial: torch.Tensor
+    cls: torch.Tensor
+    kl: torch.Tensor
+    img_img: torch.Tensor | None
+    img_rec: torch.Tensor | None
+
+
+def discriminator_loss(real_out: tuple[torch.Tensor, torch.Tensor], fake_out: tuple[torch.Tensor, torch.Tensor],
+                       labels: torch.Tensor, weight: torch.Tensor) -> DLoss:
+    """``BCE(real) + BCE(fake) + CE(class | real) + CE(class | fake)`` from D's two outputs."""
+    rf = d_real_fake_loss(real_out[0], fake_out[0])
+    cl = d_class_loss(real_out[1], fake_out[1], labels, weight)
+    return DLoss(rf + cl, rf.detach(), cl.detach())
+
+
+def generator_loss(fake_out: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, weight: torch.Tensor,
+                   mu: torch.Tensor, logvar: torch.Tensor, *, gen_emb: torch.Tensor | None = None,
+                   img_emb: torch.Tensor | None = None, rec_emb: torch.Tensor | None = None,
+                   w_img_img: float = 32.0, w_img_rec: float = 32.0) -> GLoss:
+    """G's loss: adversarial + class + ``KL_WEIGHT`` x KL + the weighted cycle terms.
+
+    Args:
+        fake_out: D's ``(cond_logit, class_logits)`` on the generated images (not detached).
+        labels, weight: the class labels and :func:`class_weights`.
+        mu, logvar: from G.
+        gen_emb: :func:`encode_generated` output; needed when a cycle weight is > 0.
+        img_emb: ``(B, D)`` precomputed embeddings of the real images (``W_IMG_IMG_COS_LOSS`` term).
+        rec_emb: ``(B, D)`` recipe embeddings (``W_IMG_REC_COS_LOSS`` term).
+        w_img_img, w_img_rec: the weights; 0 switches a term off.
+    """
+    adv = g_adversarial_loss(fake_out[0])
+    cl = g_class_loss(fake_out[1], labels, weight)
+    kl = kl_loss(mu, logvar)
+    loss = adv + cl + KL_WEIGHT * kl
+    terms: dict[str, torch.Tensor | None] = {"img_img": None, "img_rec": None}
+    for name, w, target in (("img_img", w_img_img, img_emb), ("img_rec", w_img_rec, rec_emb)):
+        if w > 0:
+            if gen_emb is None or target is None:
+                raise ValueError(f"the {name} cycle term has weight {w} but gen_emb or its target is missing")
+            term = cycle_cos_loss(gen_emb, target)
+            loss = loss + w * term
+            terms[name] = term.detach()
+    return GLoss(loss, adv.detach(), cl.detach(), kl.detach(), terms["img_img"], terms["img_rec"])
