@@ -1,0 +1,875 @@
+"""Train the X-MRS recipe-to-image GAN on top of a trained FoodSpace (SPEC sections 1, 5, 6, 8).
+
+    python GAN_train.py --encoder_dir runs/<run>                # needs test.py's outputs there
+    torchrun --nproc_per_node 4 GAN_train.py --encoder_dir ...   # DistributedDataParallel
+    python GAN_train.py --resume runs/<run>/GAN_runs/GAN_<stamp> # continue exactly where it stopped
+
+From ``--encoder_dir`` (a train.py run folder) it takes the exported image encoder
+``models/model_BEST_REC*_image_encoder.pth.tar`` (frozen) and the embedding files test.py wrote for
+the same checkpoint, ``foodSpace_vectors_*_<ckpt>_<partition>_<lang>.npz`` for train, val and test.
+Each training sample is a recipe of those files: its real image (train: one of the first
+``--maxImgs`` images, resize 256, random crop 224, flip; val: the first image, resize 256, centre
+crop 224; then resized to 128 and ImageNet-normalised), its recipe embedding and, as the target
+of the image-image cycle term, the precomputed embedding of its *first* image (test.py's
+``img_embeds``), plus its class.
+
+Each step (the reference's order): one G forward; the D update on real and (detached) fake images,
+conditional on the detached ``mu``; then G's loss against the updated D: adversarial + class
++ 2 KL + 32 (1 - cos) to the real image's embedding + 32 (1 - cos) to the recipe embedding, the
+generated images going through the frozen encoder (eval mode, gradients flow through it) after
+bilinear upsampling to the encoder's input size: 224 for the paper's encoder; an encoder trained on
+other crops (``train.py --image_size``) gets its own size, the scale its targets were computed at.
+
+Validation each epoch: images generated for every val recipe (``--val_noise_mode``, default
+ZERO: z = 0 and c = mu, as GAN_test scores; other modes are seeded with ``--seed``, so every epoch
+sees the same noise) are embedded by the encoder and ranked against the val recipe embeddings
+(generated image -> recipe, bags of ``--medr`` under SPEC section 5's rules). The best epoch
+(highest R@1 + R@5 + R@10) and the last one are kept.
+
+Run folder ``<encoder_dir>/GAN_runs/GAN_<%Y%m%d-%H%M%S>/``: ``G_best``, ``D_best``, ``G_last``,
+``D_last`` ``.pth.tar`` (weights_only loadable; each with its optimiser, the GAN config, the
+epoch, the schedule and the RNG states), ``trace.csv`` (``epoch,lr,medR,R@1,R@5,R@10``, recalls
+as fractions), ``opts.json``, ``train.txt``, TensorBoard events (each loss term, lr, val
+metrics, the fixed-noise grid) and ``grid_e<epoch>.png`` (top row real val images, bottom row
+images generated from their recipes with a fixed noise).
+
+Learning rate (the reference's flags): without ``--auto_drop_lr``, G's lr is divided by 10 after
+the 0-based epoch ``--drop_G_lr_epoch`` (D's after ``--drop_D_lr_epoch``; 0 or less: never), as
+the reference's ``epoch == drop_G_lr_epoch`` test does; with ``--auto_drop_lr true`` both are
+halved, at most ``--auto_drop_times`` times, whenever more than ``--auto_drop_after_epochs``
+epochs passed without a validation improvement *since the best epoch or the last drop* (the
+reference never resets that count after a drop, so it halved on consecutive epochs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import math
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+from tqdm import tqdm
+
+from data.dataset import BadImageTracker, BadSample
+from data.langs import parse_language
+from data.lmdb_format import RecordError, decode_record, keys_file, lmdb_dir, shared_env
+from data.recipe1m import image_path, load_keys
+from data.transforms import ImageLoadError, load_image, to_normalized_tensor
+from models.foodspace import ArchConfig, ImageEmbedder
+from models.gan import (
+    Discriminator128,
+    GANConfig,
+    Generator,
+    add_gan_arch_args,
+    imagenet_to_pixels,
+    make_noise,
+    to_imagenet,
+)
+from models.gan_losses import (
+    ENCODER_SIZE,
+    class_weights,
+    discriminator_loss,
+    encode_generated,
+    freeze_encoder,
+    generator_loss,
+)
+from utils import distributed as du
+from utils.checkpoint import ENCODER_SUFFIX, load_checkpoint, save_checkpoint, to_plain
+from utils.cli import autocast_context, explicit_flags, str2bool
+from utils.embeddings import load_embeddings
+from utils.io import atomic_write, atomic_write_json, atomic_write_text
+from utils.metrics import evaluate_retrieval, format_results
+from utils.runs import TextLog, read_opts
+from utils.seed import get_rng_state, seed_everything, set_rng_state
+
+CROP, RESIZE, GAN_SIZE = 224, 256, 128  # SPEC section 6: resize 256, crop 224, then 128 for D
+NOISE_MODES = ("BATCH_RANDOM", "SINGLE_RANDOM", "ZERO")  # models.gan.make_noise: random, fixed, zero
+TRACE_HEADER = ["epoch", "lr", "medR", "R@1", "R@5", "R@10"]
+# Flags --resume lets the command line change; the rest (architecture, data, losses) is the run's.
+RUNTIME_FLAGS = {"epochs", "workers", "device", "no_cuda", "max_iters", "amp", "data_path", "img_path", "r1m_path",
+                 "log_every", "max_bad_images", "grid_n", "trained_G_model_path"}
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """The reference's GAN_args.py flags (same names and meanings) plus this project's."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("general (the reference's GAN_args.py)")
+    g.add_argument("--seed", type=int, default=1234, help="random seed (each rank adds its rank)")
+    g.add_argument("--device", nargs="+", default=None,
+                   help="CUDA device index, or 'cpu' (several indices: only the first is used; use torchrun)")
+    g.add_argument("--resume_G", default="", help="initialise G's weights from this checkpoint or state dict")
+    g.add_argument("--resume_D", default="", help="initialise D's weights from this checkpoint or state dict")
+    g.add_argument("--language", default="0", help="language of the recipe embeddings (code or number: 0 en, "
+                   "1 de-en, 2 ru-en, 3 de, 4 ru, 5 fr)")
+    g.add_argument("--img_path", default=None, help="root of the Recipe1M images (default: the encoder run's)")
+    g.add_argument("--data_path", default=None, help="folder written by create_lmdb.py (default: the encoder run's)")
+    g.add_argument("--r1m_path", default="data/Recipe1M", help="Recipe1M folder (used by GAN_test.py for texts)")
+    g.add_argument("--encoder_dir", default="", help="train.py run folder holding test.py's outputs")
+    g.add_argument("--workers", type=int, default=5, help="data loader worker processes")
+    g.add_argument("--maxImgs", type=int, default=5, help="training draws one of the first maxImgs images")
+    g.add_argument("--batch_size", type=int, default=48, help="batch size per process")
+    g.add_argument("--imFeatDim", type=int, default=2048,
+                   help="image feature size of the encoder (taken from the encoder; checked when given)")
+    add_gan_arch_args(p)  # --Z_DIM --DF_DIM --GF_DIM --EMBEDDING_DIM --R_NUM --embDim --numClasses ...
+    g = p.add_argument_group("losses and optimisation (the reference's GAN_args.py)")
+    g.add_argument("--W_IMG_IMG_COS_LOSS", type=float, default=32.0, help="weight of the image-image cycle term (0: off)")
+    g.add_argument("--W_IMG_REC_COS_LOSS", type=float, default=32.0, help="weight of the image-recipe cycle term (0: off)")
+    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of G and D (betas 0.5, 0.999)")
+    g.add_argument("--weight_decay", type=float, default=0.0, help="Adam weight decay of G and D")
+    g.add_argument("--epochs", type=int, default=300, help="number of epochs")
+    g.add_argument("--drop_G_lr_epoch", type=int, default=30, help="G's lr /10 after this 0-based epoch (<= 0: never)")
+    g.add_argument("--drop_D_lr_epoch", type=int, default=30, help="D's lr /10 after this 0-based epoch (<= 0: never)")
+    g.add_argument("--auto_drop_lr", type=str2bool, default=False,
+                   help="instead, halve both lrs after --auto_drop_after_epochs epochs without improvement")
+    g.add_argument("--auto_drop_times", type=int, default=3, help="at most this many automatic halvings")
+    g.add_argument("--auto_drop_after_epochs", type=int, default=10, help="patience (epochs) of the automatic drop")
+    g.add_argument("--trained_G_model_path", default="", help="G checkpoint for GAN_test.py (accepted, unused here)")
+    g = p.add_argument_group("this project")
+    g.add_argument("--no_cuda", "--no-cuda", action="store_true", help="run on the CPU even if CUDA is available")
+    g.add_argument("--max_iters", type=int, default=0, help="cap on iterations per epoch (0: no cap; smoke runs)")
+    g.add_argument("--resume", default="", help="GAN_RUN_DIR: continue from its G_last / D_last checkpoints")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (GPU)")
+    g.add_argument("--medr", type=int, default=1000, help="validation bag size (SPEC section 5)")
+    g.add_argument("--val_noise_mode", type=parse_noise_mode, default="ZERO",
+                   help="noise of validation: ZERO (z = 0, c = mu), SINGLE_RANDOM or BATCH_RANDOM (seeded)")
+    g.add_argument("--grid_n", type=int, default=8, help="val recipes in the fixed-noise grid (0: no grid)")
+    g.add_argument("--log_every", type=int, default=50, help="iterations between text log lines")
+    g.add_argument("--max_bad_images", type=float, default=0.01,
+                   help="fraction of unreadable images of a partition that stops the run")
+    return p
+
+
+def parse_noise_mode(value: str) -> str:
+    """``BATCH_RANDOM`` / ``SINGLE_RANDOM`` / ``ZERO`` (or random / fixed / zero), any case -> canonical name."""
+    text = str(value).strip().upper()
+    aliases = {"RANDOM": "BATCH_RANDOM", "FIXED": "SINGLE_RANDOM"}
+    text = aliases.get(text, text)
+    if text not in NOISE_MODES:
+        raise argparse.ArgumentTypeError(f"noise mode {value!r}: use BATCH_RANDOM, SINGLE_RANDOM or ZERO")
+    return text
+
+
+class GANDataError(ValueError):
+    """Bad input data (an embedding file that does not match the LMDB, a class out of range)."""
+
+
+# --------------------------------------------------------------------------- encoder run files
+
+
+class EncoderFiles(NamedTuple):
+    encoder: Path  # models/<ckpt>_image_encoder.pth.tar
+    ckpt_name: str
+    embeddings: dict[str, Path]  # partition -> npz
+
+
+def vectors_command(encoder_dir, lang: str) -> str:
+    return (f"python test.py --model_init_path {Path(encoder_dir) / 'models' / 'model_BEST_REC_*.pth.tar'} "
+            f"--partitions test,val,train --language {lang}")
+
+
+def find_encoder_files(encoder_dir, lang: str, partitions=("train", "val", "test")) -> EncoderFiles:
+    """The BEST_REC image encoder of ``encoder_dir`` and the embedding files of its checkpoint.
+
+    Raises:
+        SystemExit: the folder, the encoder or an embedding file is missing (naming test.py's command).
+    """
+    root = Path(encoder_dir)
+    if not root.is_dir():
+        raise SystemExit(f"--encoder_dir {encoder_dir}: no such folder (give a train.py run folder)")
+    found = sorted(glob.glob(glob.escape(str(root / "models")) + "/model_BEST_REC*" + ENCODER_SUFFIX))
+    if not found:
+        raise SystemExit(f"{root / 'models'}: no exported image encoder model_BEST_REC*{ENCODER_SUFFIX}; "
+                         f"make it with: {vectors_command(root, lang)}")
+    # Several exports stay when BEST_REC moved on; prefer the one whose checkpoint still exists.
+    live = [f for f in found if Path(f[: -len(ENCODER_SUFFIX)] + ".pth.tar").is_file()]
+    encoder = Path((live or found)[-1])
+    checkpoints = [p for p in glob.glob(glob.escape(str(root / "models")) + "/model_BEST_REC*.pth.tar")
+                   if not p.endswith(ENCODER_SUFFIX)]
+    unexported = sorted(p for p in checkpoints if not Path(p[: -len(".pth.tar")] + ENCODER_SUFFIX).is_file())
+    if unexported:
+        print(f"note: {unexported[-1]} has no exported image encoder; using {encoder.name}. To use the newer "
+              f"checkpoint run: {vectors_command(root, lang)}")
+    ckpt_name = encoder.name[: -len(ENCODER_SUFFIX)]
+    embeddings = {}
+    for partition in partitions:
+        pattern = glob.escape(str(root)) + f"/foodSpace_vectors_*_{glob.escape(ckpt_name)}_{partition}_{lang}.npz"
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise SystemExit(f"{root}: no embedding file foodSpace_vectors_*_{ckpt_name}_{partition}_{lang}.npz "
+                             f"for the image encoder {encoder.name}; make it with: {vectors_command(root, lang)}")
+        embeddings[partition] = Path(matches[-1])
+    return EncoderFiles(encoder, ckpt_name, embeddings)
+
+
+def encoder_run_opts(encoder_dir, ckpt_name: str) -> dict:
+    """The encoder run's options (``opts.txt``, else its checkpoint's), or {} when neither exists."""
+    path = Path(encoder_dir) / "opts.txt"
+    if path.is_file():
+        return read_opts(path)
+    ckpt = Path(encoder_dir) / "models" / f"{ckpt_name}.pth.tar"
+    return dict(load_checkpoint(ckpt).get("opts", {})) if ckpt.is_file() else {}
+
+
+def load_image_encoder(path, device) -> tuple[ImageEmbedder, dict]:
+    """Build the frozen :class:`ImageEmbedder` (eval mode, no gradients) from test.py's export.
+
+    Its ``input_size`` attribute is the crop size it was trained and evaluated at (224 in the paper),
+    the size :func:`encode_fake` upsamples generated images to.
+    """
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != "image_encoder":
+        raise SystemExit(f"{path} is not an exported image encoder (kind={ckpt.get('kind')!r})")
+    encoder = ImageEmbedder(ArchConfig.from_dict(ckpt["arch"]))
+    encoder.load_state_dict(ckpt["model"])
+    encoder.input_size = int(ckpt.get("image_size") or ENCODER_SIZE)
+    return freeze_encoder(encoder.to(device)), ckpt
+
+
+def encode_fake(encoder: torch.nn.Module, images: torch.Tensor, space: str) -> torch.Tensor:
+    """Embed 128 px images (G output in ``space``, or ``"imagenet"`` for normalised real images).
+
+    :func:`models.gan_losses.encode_generated` with one difference: the images are upsampled to the
+    encoder's own input size (``encoder.input_size``, default 224) rather than always 224, so an
+    encoder trained on smaller crops sees generated images at the scale its cycle targets (the
+    real-image embeddings test.py made) were computed at. For the paper's 224 px encoder it *is*
+    ``encode_generated``.
+    """
+    size = int(getattr(encoder, "input_size", ENCODER_SIZE))
+    if size == ENCODER_SIZE:
+        return encode_generated(encoder, images, space)
+    if encoder.training or any(p.requires_grad for p in encoder.parameters()):
+        raise ValueError("the image encoder must be frozen: call models.gan_losses.freeze_encoder(encoder) first")
+    x = F.interpolate(to_imagenet(images, space), size=(size, size), mode="bilinear", align_corners=True)
+    return encoder(x)  # (B, D)
+
+
+def load_partition_embeddings(path: Path, data_path, partition: str) -> dict[str, np.ndarray]:
+    """test.py's npz, checked against the LMDB keys of ``partition``."""
+    emb = load_embeddings(path)
+    if len(emb["rec_ids"]) == 0:
+        raise SystemExit(f"{path}: no recipes")
+    keys = keys_file(data_path, partition)
+    if not keys.is_file():
+        raise SystemExit(f"{keys} not found: is --data_path {data_path} the folder create_lmdb.py wrote?")
+    known = set(load_keys(keys))
+    missing = [str(i) for i in emb["rec_ids"] if str(i) not in known]
+    if missing:
+        raise SystemExit(f"{path}: recipe {missing[0]} (and {len(missing) - 1} more) is not in {keys}; "
+                         f"the embeddings were made from another data set")
+    return emb
+
+
+# --------------------------------------------------------------------------- data
+
+
+def gan_image(img, rng: np.random.Generator | None) -> torch.Tensor:
+    """SPEC section 6's view of a real image: resize 256 (short side), crop 224 (random with ``rng``,
+    else centre), flip (random with ``rng``), resize to 128, ImageNet-normalise -> (3, 128, 128).
+
+    Draw order with ``rng``: crop top, crop left, flip.
+    """
+    img = TF.resize(img, RESIZE, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    w, h = img.size
+    if rng is not None:
+        top, left = int(rng.integers(0, h - CROP + 1)), int(rng.integers(0, w - CROP + 1))
+        flip = bool(rng.random() < 0.5)
+    else:
+        top, left, flip = int(round((h - CROP) / 2.0)), int(round((w - CROP) / 2.0)), False
+    img = TF.crop(img, top, left, CROP, CROP)
+    if flip:
+        img = TF.horizontal_flip(img)
+    img = TF.resize(img, [GAN_SIZE, GAN_SIZE], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return to_normalized_tensor(img)  # (3, 128, 128)
+
+
+def read_record(lmdb_path: Path, rid: str):
+    """The LMDB record of recipe ``rid`` (:class:`data.lmdb_format.Record`)."""
+    with shared_env(lmdb_path).begin(write=False) as txn:
+        value = txn.get(rid.encode("utf-8"))
+    if value is None:
+        raise GANDataError(f"{lmdb_path}: no record for recipe {rid}")
+    try:
+        return decode_record(value)
+    except RecordError as err:
+        raise GANDataError(f"{lmdb_path}: record {rid}: {err}") from None
+
+
+class GANSample(NamedTuple):
+    image: torch.Tensor  # (3, 128, 128) ImageNet-normalised
+    rec_emb: torch.Tensor  # (D,)
+    img_emb: torch.Tensor  # (D,) the first image's precomputed embedding
+    cls: int
+    recipe_id: str
+    index: int
+
+
+class GANBatch(NamedTuple):
+    images: torch.Tensor  # (B, 3, 128, 128)
+    rec_embs: torch.Tensor  # (B, D)
+    img_embs: torch.Tensor  # (B, D)
+    classes: torch.Tensor  # (B,)
+    recipe_ids: list[str]
+    indices: torch.Tensor  # (B,) rows of the embedding file
+    bad: list[BadSample]
+
+
+class GANDataset(Dataset):
+    """The recipes of one embedding file, in its order, with their real image and class.
+
+    Args:
+        data_path, img_path: the LMDB folder and the image root.
+        partition: train, val or test.
+        emb: test.py's arrays (``img_embeds``, ``rec_embeds``, ``rec_ids``).
+        train: random image among the first ``max_imgs`` and random crop/flip; else the first image, centred.
+        seed: with the epoch and the index, seeds every draw of a sample (any worker count gives the same).
+        max_imgs: see ``train``.
+        num_classes: classes must be below it (D's class head).
+    """
+
+    def __init__(self, data_path, img_path, partition: str, emb: dict, *, train: bool, seed: int = 1234,
+                 max_imgs: int = 5, num_classes: int = 1048) -> None:
+        self.data_path, self.img_path, self.partition = Path(data_path), Path(img_path), partition
+        self.ids = [str(i) for i in emb["rec_ids"]]
+        self.rec = torch.from_numpy(np.ascontiguousarray(emb["rec_embeds"], dtype=np.float32))  # (N, D)
+        self.img = torch.from_numpy(np.ascontiguousarray(emb["img_embeds"], dtype=np.float32))  # (N, D)
+        self.train, self.seed, self.max_imgs, self.num_classes = bool(train), int(seed), int(max_imgs), num_classes
+        self.lmdb_path = lmdb_dir(self.data_path, partition)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by persistent workers
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def record(self, index: int):
+        return read_record(self.lmdb_path, self.ids[index])
+
+    def __getitem__(self, index: int) -> GANSample | BadSample:
+        rid = self.ids[index]
+        record = self.record(index)
+        cls = int(record.cls) - 1  # the LMDB stores class + 1
+        if not 0 <= cls < self.num_classes:
+            raise GANDataError(f"{self.lmdb_path}: record {rid}: class {cls} outside [0, --numClasses "
+                               f"{self.num_classes})")
+        rng = np.random.default_rng([self.seed, int(self._epoch.item()), index]) if self.train else None
+        images = record.images[: self.max_imgs]
+        if not images:
+            return BadSample(rid, "no image entry in the LMDB record", GAN_SIZE)
+        pick = int(rng.integers(len(images))) if rng is not None else 0
+        try:
+            pil = load_image(image_path(self.img_path, self.partition, images[pick]))
+        except (ImageLoadError, ValueError) as err:
+            return BadSample(rid, str(err), GAN_SIZE)
+        return GANSample(gan_image(pil, rng), self.rec[index], self.img[index], cls, rid, index)
+
+
+def collate_gan(batch) -> GANBatch:
+    """Stack the good samples, set the bad ones aside (an all-bad batch has zero rows)."""
+    good = [s for s in batch if isinstance(s, GANSample)]
+    bad = [s for s in batch if isinstance(s, BadSample)]
+    if not good:
+        return GANBatch(torch.zeros(0, 3, GAN_SIZE, GAN_SIZE), torch.zeros(0, 0), torch.zeros(0, 0),
+                        torch.zeros(0, dtype=torch.long), [], torch.zeros(0, dtype=torch.long), bad)
+    return GANBatch(torch.stack([s.image for s in good]), torch.stack([s.rec_emb for s in good]),
+                    torch.stack([s.img_emb for s in good]), torch.tensor([s.cls for s in good]),
+                    [s.recipe_id for s in good], torch.tensor([s.index for s in good]), bad)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def draw_noise(n: int, cfg: GANConfig, mode: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z`` (n, Z_DIM) and the conditioning noise ``eps`` (n, EMBEDDING_DIM) of a noise mode, on the CPU.
+
+    BATCH_RANDOM: both drawn per sample from a generator seeded with ``seed``; SINGLE_RANDOM: one
+    seeded vector each, shared by every sample; ZERO: both zero (c = mu). Everything is drawn up
+    front for all ``n`` samples, so results do not depend on the batch size.
+    """
+    mode = parse_noise_mode(mode)
+    if mode == "BATCH_RANDOM":
+        gen = torch.Generator().manual_seed(seed)
+        return make_noise(n, cfg.z_dim, "random", generator=gen), torch.randn(n, cfg.ef_dim, generator=gen)
+    if mode == "SINGLE_RANDOM":
+        return make_noise(n, cfg.z_dim, "fixed", seed=seed), make_noise(n, cfg.ef_dim, "fixed", seed=seed + 1)
+    return torch.zeros(n, cfg.z_dim), torch.zeros(n, cfg.ef_dim)
+
+
+@torch.no_grad()
+def generate(G: Generator, embs: torch.Tensor, *, mode: str, seed: int, batch_size: int, device, ctx,
+             encoder: torch.nn.Module | None = None, on_batch=None, desc: str = "generate") -> torch.Tensor | None:
+    """Generate one image per row of ``embs`` (N, D) in eval mode; return their encoder embeddings.
+
+    Args:
+        G: the generator (its training mode is restored afterwards).
+        embs: FoodSpace embeddings to generate from.
+        mode, seed: the noise (:func:`draw_noise`).
+        encoder: the frozen image encoder; None: return None (only ``on_batch`` sees the images).
+        on_batch: called as ``on_batch(start, pixels)`` with ``pixels`` (b, 3, 128, 128) in [0, 1] on the CPU.
+
+    Returns:
+        (N, D) float32 CPU embeddings of the generated images, or None without an encoder.
+    """
+    z_all, eps_all = draw_noise(embs.shape[0], G.cfg, mode, seed)
+    was_training = G.training
+    G.eval()
+    out = []
+    for start in tqdm(range(0, embs.shape[0], batch_size), desc=desc, leave=False, dynamic_ncols=True):
+        sl = slice(start, start + batch_size)
+        with ctx:
+            fake, _, _ = G(embs[sl].to(device), z_all[sl].to(device), eps=eps_all[sl].to(device))  # (b, 3, 128, 128)
+            if encoder is not None:
+                out.append(encode_fake(encoder, fake, G.cfg.output_space).float().cpu())  # (b, D)
+        if on_batch is not None:
+            on_batch(start, G.to_pixels(fake.float()).cpu())
+    G.train(was_training)
+    return torch.cat(out) if encoder is not None else None
+
+
+# --------------------------------------------------------------------------- one training step
+
+
+class Nets(NamedTuple):
+    G: torch.nn.Module  # the generator, or its DDP wrapper
+    D: torch.nn.Module  # the discriminator, or its DDP wrapper
+    encoder: torch.nn.Module  # frozen
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    scaler_G: torch.amp.GradScaler
+    scaler_D: torch.amp.GradScaler
+
+
+def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight, *, w_img_img: float,
+             w_img_rec: float, ctx) -> dict[str, float]:
+    """One step: G forward, D update, G update against the updated D (SPEC section 6).
+
+    Args:
+        real: (B, 3, 128, 128) ImageNet-normalised real images; rec_emb, img_emb: (B, D); labels: (B,).
+        weight: (numClasses,) class weights (0 for background).
+
+    Returns:
+        Every loss term as a float (``G/cycle_*`` only when its weight is > 0).
+    """
+    G, D = nets.G, nets.D
+    z = torch.randn(rec_emb.shape[0], cfg.z_dim, device=rec_emb.device)  # (B, Z) from the global RNG
+    with ctx:
+        fake, mu, logvar = G(rec_emb, z)  # (B, 3, 128, 128), (B, E), (B, E)
+        fake_in = to_imagenet(fake, cfg.output_space)  # what D sees, like the real images
+        real_out = D(real, mu.detach())
+        fake_out = D(fake_in.detach(), mu.detach())
+    d = discriminator_loss(real_out, fake_out, labels, weight)
+    nets.opt_D.zero_grad(set_to_none=True)
+    nets.scaler_D.scale(d.loss).backward()
+    nets.scaler_D.step(nets.opt_D)
+    nets.scaler_D.update()
+
+    # G against the updated D. Under DDP, D's gradients from this pass are not all-reduced (no_sync):
+    # they are discarded by the next D step's zero_grad.
+    sync_off = D.no_sync() if isinstance(D, torch.nn.parallel.DistributedDataParallel) else nullcontext()
+    with ctx, sync_off:
+        out = D(fake_in, mu)
+        gen_emb = None
+        if w_img_img > 0 or w_img_rec > 0:
+            gen_emb = encode_fake(nets.encoder, fake, cfg.output_space)  # (B, D)
+    g = generator_loss(out, labels, weight, mu, logvar, gen_emb=gen_emb, img_emb=img_emb, rec_emb=rec_emb,
+                       w_img_img=w_img_img, w_img_rec=w_img_rec)
+    nets.opt_G.zero_grad(set_to_none=True)
+    nets.scaler_G.scale(g.loss).backward()
+    nets.scaler_G.step(nets.opt_G)
+    nets.scaler_G.update()
+    terms = {"D/loss": d.loss.detach(), "D/real_fake": d.real_fake, "D/class": d.cls, "G/loss": g.loss.detach(),
+             "G/adversarial": g.adversarial, "G/class": g.cls, "G/kl": g.kl}
+    if g.img_img is not None:
+        terms["G/cycle_img_img"] = g.img_img
+    if g.img_rec is not None:
+        terms["G/cycle_img_rec"] = g.img_rec
+    return {k: float(v) for k, v in terms.items()}
+
+
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def end_of_epoch_lr(args, sched: dict, epoch: int, best_epoch: int) -> list[str]:
+    """Apply the reference's lr drops after finishing ``epoch`` (0-based); return what happened."""
+    events = []
+    if args.auto_drop_lr:
+        since = epoch - max(best_epoch, sched["last_drop"])
+        if sched["auto_drops"] < args.auto_drop_times and since > args.auto_drop_after_epochs:
+            sched["lr_G"] /= 2
+            sched["lr_D"] /= 2
+            sched["auto_drops"] += 1
+            sched["last_drop"] = epoch
+            events.append(f"auto drop {sched['auto_drops']}/{args.auto_drop_times}: lr G {sched['lr_G']:.3g}, "
+                          f"D {sched['lr_D']:.3g}")
+        return events
+    if args.drop_G_lr_epoch > 0 and epoch == args.drop_G_lr_epoch:
+        sched["lr_G"] /= 10
+        events.append(f"lr G -> {sched['lr_G']:.3g}")
+    if args.drop_D_lr_epoch > 0 and epoch == args.drop_D_lr_epoch:
+        sched["lr_D"] /= 10
+        events.append(f"lr D -> {sched['lr_D']:.3g}")
+    return events
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+
+def resolve_args(parser, argv) -> tuple[argparse.Namespace, dict | None, dict | None]:
+    """Parse ``argv``; with --resume, the run's stored options except the run-time flags given."""
+    args = parser.parse_args(argv)
+    if not args.resume:
+        args.language = parse_language(args.language)
+        return args, None, None
+    run = Path(args.resume)
+    try:
+        ckpt_G = load_checkpoint(run / "G_last.pth.tar")
+        ckpt_D = load_checkpoint(run / "D_last.pth.tar")
+    except (FileNotFoundError, RuntimeError) as err:
+        raise SystemExit(f"--resume {run}: {err}") from None
+    if ckpt_G.get("kind") != "gan_G" or ckpt_D.get("kind") != "gan_D" or ckpt_G["epoch"] != ckpt_D["epoch"]:
+        raise SystemExit(f"--resume {run}: G_last and D_last are not a pair of one epoch")
+    given = explicit_flags(parser, argv)
+    ignored = sorted(k for k in given - RUNTIME_FLAGS - {"resume"} if ckpt_G["opts"].get(k) != getattr(args, k))
+    if ignored:
+        print(f"--resume: keeping the run's settings; ignoring {', '.join('--' + k for k in ignored)}")
+    for key, value in ckpt_G["opts"].items():
+        if key not in RUNTIME_FLAGS | {"resume"} or key not in given:
+            setattr(args, key, value)
+    return args, ckpt_G, ckpt_D
+
+
+def pick_device(args, dist_info) -> torch.device:
+    wants_cpu = args.no_cuda or (args.device and str(args.device[0]).lower() == "cpu")
+    if wants_cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    if dist_info.distributed:
+        return torch.device("cuda", dist_info.local_rank)
+    if args.device and len(args.device) > 1:
+        print(f"--device {' '.join(map(str, args.device))}: using cuda:{args.device[0]} only (torchrun for several GPUs)")
+    try:
+        return torch.device("cuda", int(args.device[0]) if args.device else 0)
+    except ValueError:
+        raise SystemExit(f"--device {args.device[0]!r}: give a CUDA index or 'cpu'") from None
+
+
+def new_gan_run_dir(encoder_dir) -> Path:
+    """``<encoder_dir>/GAN_runs/GAN_<%Y%m%d-%H%M%S>`` (``_2``, ``_3``... when taken)."""
+    import time
+
+    base = Path(encoder_dir) / "GAN_runs" / f"GAN_{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base, 1
+    while True:
+        try:
+            candidate.mkdir(parents=True, exist_ok=False)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}_{n}")
+
+
+def init_weights(module: torch.nn.Module, path: str, what: str) -> None:
+    """--resume_G / --resume_D: weights only, from our checkpoint or a (reference) state dict."""
+    try:
+        state = load_checkpoint(path)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise SystemExit(f"--resume_{what} {path}: {err}") from None
+    state = state.get("model", state)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise SystemExit(f"--resume_{what} {path}: architecture differs: {err}") from None
+
+
+def write_trace(path: Path, rows: list[list]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(TRACE_HEADER)
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_trace(path: Path, last_epoch: int) -> list[list]:
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))[1:]
+    return [[int(r[0]), *map(float, r[1:])] for r in rows if r and int(r[0]) <= last_epoch]
+
+
+def save_grid(pixels: torch.Tensor, path: Path) -> None:
+    """Write a (3, H, W) [0, 1] image as PNG atomically."""
+    from torchvision.utils import save_image
+
+    with atomic_write(path, "wb") as handle:
+        save_image(pixels, handle, format="png")
+
+
+@torch.no_grad()
+def fixed_grid(G: Generator, grid_real: torch.Tensor, grid_embs: torch.Tensor, seed: int, device, ctx) -> torch.Tensor:
+    """Real val images (top row) over images generated from their recipes with a fixed noise: (3, H, W)."""
+    from torchvision.utils import make_grid
+
+    fakes = []
+    generate(G, grid_embs, mode="BATCH_RANDOM", seed=seed, batch_size=len(grid_embs), device=device, ctx=ctx,
+             on_batch=lambda start, pixels: fakes.append(pixels))
+    return make_grid(torch.cat([imagenet_to_pixels(grid_real), fakes[0]]), nrow=len(grid_embs), padding=2)
+
+
+def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, writer, log, dist_info,
+                iteration: int) -> tuple[int, int]:
+    """Train one epoch (at most ``--max_iters`` steps); returns the global iteration and the images used."""
+    steps = len(loader) if not args.max_iters else min(args.max_iters, len(loader))
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not dist_info.is_main, dynamic_ncols=True)
+    images = 0
+    for it, batch in enumerate(loader):
+        if it >= steps:
+            break
+        tracker.update(batch.bad)
+        bar.update(1)
+        # BatchNorm needs 2+ rows on every rank; all ranks skip together so none hangs.
+        rows = du.all_reduce_sum(torch.tensor([float(batch.images.shape[0] >= 2)]))
+        if rows.item() < dist_info.world_size:
+            continue
+        terms = gan_step(nets, cfg, batch.images.to(device, non_blocking=True), batch.rec_embs.to(device),
+                         batch.img_embs.to(device), batch.classes.to(device), weight,
+                         w_img_img=args.W_IMG_IMG_COS_LOSS, w_img_rec=args.W_IMG_REC_COS_LOSS, ctx=ctx)
+        iteration += 1
+        images += batch.images.shape[0]
+        if writer is not None:
+            for tag, value in terms.items():
+                writer.add_scalar(tag, value, iteration)
+            if it % args.log_every == 0:
+                bar.set_postfix(D=f"{terms['D/loss']:.3f}", G=f"{terms['G/loss']:.3f}")
+                log(f"epoch {epoch} iter {it}/{steps} global {iteration} "
+                    + " ".join(f"{k} {v:.4f}" for k, v in terms.items()))
+    bar.close()
+    return iteration, images
+
+
+def validate_epoch(args, epoch, G, encoder, val_rec, device, ctx, writer, log, sched) -> dict[str, float]:
+    """Generated image -> recipe retrieval on the val split (bags of ``--medr``); logs and returns the metrics."""
+    gen = generate(G, val_rec, mode=args.val_noise_mode, seed=args.seed, batch_size=args.batch_size,
+                   device=device, ctx=ctx, encoder=encoder, desc="val")  # (Nv, D)
+    results = evaluate_retrieval(gen, val_rec, medr=[args.medr], seed=args.seed)
+    key = next(iter(results))
+    metrics = results[key]["im2rec"]
+    log(format_results({key: {"n": results[key]["n"], "bags": results[key]["bags"], "fake2rec": metrics}},
+                       title=f"val epoch {epoch}: generated image -> recipe"))
+    writer.add_scalar("lr/G", sched["lr_G"], epoch)
+    writer.add_scalar("lr/D", sched["lr_D"], epoch)
+    for name in ("medR", "R@1", "R@5", "R@10"):
+        writer.add_scalar(f"val/{name}", metrics[name], epoch)
+    return metrics
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> Path:
+    """Train; returns the GAN run folder. Bad input data stops with SystemExit naming the file and entry."""
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except GANDataError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def _main(argv: list[str]) -> Path:
+    parser = get_parser()
+    args, ckpt_G, ckpt_D = resolve_args(parser, argv)
+    if not args.encoder_dir:
+        raise SystemExit("--encoder_dir is required (a train.py run folder holding test.py's outputs)")
+    args.val_noise_mode = parse_noise_mode(args.val_noise_mode)
+    lang = args.language
+    files = find_encoder_files(args.encoder_dir, lang)
+    enc_opts = encoder_run_opts(args.encoder_dir, files.ckpt_name)
+    args.data_path = args.data_path or enc_opts.get("data_path") or "data/loader_data"
+    args.img_path = args.img_path or enc_opts.get("img_path") or "data/Recipe1M/images"
+
+    wants_cuda = not args.no_cuda and torch.cuda.is_available() and not (
+        args.device and str(args.device[0]).lower() == "cpu")
+    dist_info = du.init_distributed(use_cuda=wants_cuda)
+    device = pick_device(args, dist_info)
+    seed_everything(args.seed + dist_info.rank)
+    ctx = autocast_context(device, args.amp)
+
+    encoder, enc_ckpt = load_image_encoder(files.encoder, device)
+    arch = ArchConfig.from_dict(enc_ckpt["arch"])
+    given = explicit_flags(parser, argv) if not ckpt_G else set()
+    if "embDim" in given and args.embDim != arch.emb_dim:
+        raise SystemExit(f"--embDim {args.embDim} differs from the image encoder's embedding size {arch.emb_dim} "
+                         f"({files.encoder})")
+    if "imFeatDim" in given and args.imFeatDim != arch.image_feat_dim:
+        print(f"--imFeatDim {args.imFeatDim}: the encoder's {arch.image_backbone} gives {arch.image_feat_dim}; "
+              f"using the encoder's")
+    if not ckpt_G:
+        args.embDim, args.imFeatDim = arch.emb_dim, arch.image_feat_dim
+    cfg = GANConfig.from_dict(ckpt_G["gan"]) if ckpt_G else GANConfig.from_args(args)
+
+    embs = {p: load_partition_embeddings(files.embeddings[p], args.data_path, p) for p in ("train", "val")}
+    for p, e in embs.items():
+        if e["rec_embeds"].shape[1] != cfg.emb_dim:
+            raise SystemExit(f"{files.embeddings[p]}: embeddings of size {e['rec_embeds'].shape[1]}, G expects "
+                             f"{cfg.emb_dim}")
+
+    # Run folder: rank 0 makes it, every rank learns its name.
+    if args.resume:
+        run_dir = Path(args.resume)
+    else:
+        run_dir = Path(du.broadcast_object(str(new_gan_run_dir(args.encoder_dir)) if dist_info.is_main else None))
+    log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
+
+    train_set = GANDataset(args.data_path, args.img_path, "train", embs["train"], train=True, seed=args.seed,
+                           max_imgs=args.maxImgs, num_classes=cfg.num_classes)
+    sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
+                                 seed=args.seed, drop_last=True)
+    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        collate_fn=collate_gan, drop_last=True, pin_memory=device.type == "cuda")
+    if len(loader) == 0:
+        raise SystemExit(f"{files.embeddings['train']}: {len(train_set)} train recipes make no full batch of "
+                         f"--batch_size {args.batch_size} x {dist_info.world_size} process(es)")
+    val_set = GANDataset(args.data_path, args.img_path, "val", embs["val"], train=False, seed=args.seed,
+                         num_classes=cfg.num_classes)
+    val_rec = torch.from_numpy(np.ascontiguousarray(embs["val"]["rec_embeds"], dtype=np.float32))  # (Nv, D)
+
+    G, D = Generator(cfg).to(device), Discriminator128(cfg).to(device)
+    D.logits_class.requires_grad_(False)  # defined but unused (SPEC section 6): no optimiser, no DDP hook
+    if args.resume_G and not ckpt_G:
+        init_weights(G, args.resume_G, "G")
+    if args.resume_D and not ckpt_G:
+        init_weights(D, args.resume_D, "D")
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999), weight_decay=args.weight_decay)
+    opt_D = torch.optim.Adam([q for q in D.parameters() if q.requires_grad], lr=args.lr, betas=(0.5, 0.999),
+                             weight_decay=args.weight_decay)
+    scaler_G = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    scaler_D = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    sched = {"lr_G": args.lr, "lr_D": args.lr, "auto_drops": 0, "last_drop": -1}
+    best = {"recall_sum": -math.inf, "epoch": -1, "medR": math.inf}
+    start_epoch, iteration = 0, 0
+    local_images = 0  # images this process trained on in this invocation
+    if ckpt_G:
+        G.load_state_dict(ckpt_G["model"])
+        D.load_state_dict(ckpt_D["model"])
+        opt_G.load_state_dict(ckpt_G["optimizer"])
+        opt_D.load_state_dict(ckpt_D["optimizer"])
+        scaler_G.load_state_dict(ckpt_G["scaler"])
+        scaler_D.load_state_dict(ckpt_D["scaler"])
+        sched, best = dict(ckpt_G["schedule"]), dict(ckpt_G["best"])
+        start_epoch, iteration = ckpt_G["epoch"] + 1, ckpt_G["iteration"]
+        rngs = ckpt_G["rng"]
+        set_rng_state(rngs[dist_info.rank] if dist_info.rank < len(rngs) else rngs[0])
+    train_G, train_D = G, D
+    if dist_info.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        train_G = torch.nn.parallel.DistributedDataParallel(G, device_ids=ids, find_unused_parameters=cfg.head64)
+        train_D = torch.nn.parallel.DistributedDataParallel(D, device_ids=ids)
+    nets = Nets(train_G, train_D, encoder, opt_G, opt_D, scaler_G, scaler_D)
+    weight = class_weights(cfg.num_classes, device)
+
+    opts = to_plain(vars(args))
+    encoder_info = {"path": str(files.encoder), "ckpt_name": files.ckpt_name, "arch": arch.to_dict(),
+                    "input_size": encoder.input_size,
+                    "embeddings": {p: str(f) for p, f in files.embeddings.items()}}
+    writer, trace, grid = None, [], None
+    if dist_info.is_main:
+        atomic_write_json(run_dir / "opts.json", {**opts, "encoder": encoder_info, "gan": cfg.to_dict()}, indent=2)
+        trace = read_trace(run_dir / "trace.csv", start_epoch - 1)
+        from torch.utils.tensorboard import SummaryWriter
+
+        # Steps 1..iteration were logged before; purge only what a crashed run wrote after its checkpoint.
+        writer = SummaryWriter(log_dir=str(run_dir), purge_step=iteration + 1 if ckpt_G else None)
+        grid = grid_inputs(val_set, args.grid_n)
+        log(f"GAN run {run_dir} | device {device} | world size {dist_info.world_size} | encoder {files.encoder.name} "
+            f"| train {len(train_set)} recipes, val {len(val_set)} | epochs {start_epoch}..{args.epochs - 1}")
+    tracker = BadImageTracker("train", len(train_set), args.max_bad_images)
+
+    for epoch in range(start_epoch, args.epochs):
+        for opt, key in ((opt_G, "lr_G"), (opt_D, "lr_D")):
+            for group in opt.param_groups:
+                group["lr"] = sched[key]
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        train_G.train()
+        train_D.train()
+        iteration, n_images = train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, writer, log,
+                                          dist_info, iteration)
+        local_images += n_images
+
+        improved = False
+        if dist_info.is_main:
+            metrics = validate_epoch(args, epoch, G, encoder, val_rec, device, ctx, writer, log, sched)
+            trace.append([epoch, sched["lr_G"], metrics["medR"], metrics["R@1"], metrics["R@5"], metrics["R@10"]])
+            write_trace(run_dir / "trace.csv", trace)
+            if grid is not None:
+                image = fixed_grid(G, grid[0], grid[1], args.seed, device, ctx)
+                writer.add_image("val/fixed_noise_grid", image, epoch)
+                save_grid(image, run_dir / f"grid_e{epoch:03d}.png")
+            recall_sum = metrics["R@1"] + metrics["R@5"] + metrics["R@10"]
+            improved = recall_sum > best["recall_sum"]
+            if improved:
+                best = {"recall_sum": recall_sum, "epoch": epoch, "medR": metrics["medR"]}
+        best = du.broadcast_object(best)
+        for event in end_of_epoch_lr(args, sched, epoch, best["epoch"]):
+            log(f"after epoch {epoch}: {event}")
+
+        # Every rank's RNG state, so a resumed DDP run continues each rank's stream.
+        rng = get_rng_state()
+        rngs = [rng]
+        if dist_info.distributed:
+            rngs = [None] * dist_info.world_size
+            torch.distributed.all_gather_object(rngs, rng)
+        if dist_info.is_main:
+            common = {"format": 1, "gan": cfg.to_dict(), "epoch": epoch, "iteration": iteration, "best": best,
+                      "schedule": sched, "rng": rngs, "opts": opts, "encoder": encoder_info}
+            state_G = {**common, "kind": "gan_G", "model": G.state_dict(), "optimizer": opt_G.state_dict(),
+                       "scaler": scaler_G.state_dict()}
+            state_D = {**common, "kind": "gan_D", "model": D.state_dict(), "optimizer": opt_D.state_dict(),
+                       "scaler": scaler_D.state_dict()}
+            save_checkpoint(state_G, run_dir / "G_last.pth.tar")
+            save_checkpoint(state_D, run_dir / "D_last.pth.tar")
+            if improved:
+                save_checkpoint(state_G, run_dir / "G_best.pth.tar")
+                save_checkpoint(state_D, run_dir / "D_best.pth.tar")
+                log(f"epoch {epoch}: new best (R@1+R@5+R@10 {best['recall_sum']:.4f}) -> G_best, D_best")
+            writer.flush()
+        du.barrier()
+
+    # Per rank: DDP keeps the replicas identical, so every rank prints the same checksums.
+    sums = [float(sum(p.detach().double().sum() for p in m.parameters())) for m in (G, D)]
+    print(f"rank {dist_info.rank}/{dist_info.world_size}: trained on {local_images} images; parameter sums "
+          f"G {sums[0]:.10e} D {sums[1]:.10e}", flush=True)
+    if writer is not None:
+        writer.close()
+        log(f"{tracker.summary()}; best epoch {best['epoch']} (R@1+R@5+R@10 {best['recall_sum']:.4f}); done: {run_dir}")
+    du.cleanup()
+    return run_dir
+
+
+def grid_inputs(val_set: GANDataset, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first ``n`` val recipes with a readable image: (n, 3, 128, 128) real images, (n, D) recipe embeddings."""
+    real, embs = [], []
+    for index in range(len(val_set)):
+        if len(real) >= n:
+            break
+        sample = val_set[index]
+        if isinstance(sample, GANSample):
+            real.append(sample.image)
+            embs.append(sample.rec_emb)
+    return (torch.stack(real), torch.stack(embs)) if real else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,398 @@
+"""GAN_train.py, GAN_test.py and utils/frechet.py end to end on the synthetic set (SPEC sections 5, 6, 8).
+
+One encoder run (train.py then test.py) is shared by the module; on it three GAN runs are made:
+two epochs straight, one epoch, and that one resumed to two, which must equal the straight run.
+"""
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import ROOT, TINY_MODEL
+from PIL import Image
+
+import GAN_test
+import GAN_train
+import train
+from models.foodspace import ArchConfig, ImageEmbedder
+from models.gan import Discriminator128, GANConfig, Generator
+from models.gan_losses import class_weights, freeze_encoder
+from utils.checkpoint import ENCODER_SUFFIX
+from utils.embeddings import load_embeddings
+from utils.frechet import frechet_distance, frechet_from_stats, ledoit_wolf
+
+# "test" is also Python's regression-test package: load the script by path.
+_spec = importlib.util.spec_from_file_location("xmrs_test_script_gan", ROOT / "test.py")
+test_script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(test_script)
+
+GAN_TINY = ["--Z_DIM", "8", "--GF_DIM", "4", "--DF_DIM", "4", "--EMBEDDING_DIM", "8", "--R_NUM", "1",
+            "--embDim", "32", "--batch_size", "8", "--max_iters", "2", "--workers", "0", "--no_cuda",
+            "--grid_n", "4", "--medr", "1000"]
+LOSS_TAGS = ("D/loss", "D/real_fake", "D/class", "G/loss", "G/adversarial", "G/class", "G/kl",
+             "G/cycle_img_img", "G/cycle_img_rec")
+
+
+@pytest.fixture(scope="module")
+def encoder_run(indexed_set, tmp_path_factory):
+    """A train.py run with test.py's embeddings for test, val and train and the exported image encoder."""
+    runs = tmp_path_factory.mktemp("gan_runs")
+    run = train.main([*TINY_MODEL, "--data_path", str(indexed_set["data"]), "--img_path", str(indexed_set["img"]),
+                      "--runs_dir", str(runs), "--batch_size", "8", "--workers", "0", "--epochs", "1",
+                      "--max_iters", "2", "--medr", "20", "--projector_every", "0"])
+    best = next(p for p in (run / "models").glob("model_BEST_REC_*.pth.tar") if not p.name.endswith(ENCODER_SUFFIX))
+    test_script.main(["--model_init_path", str(best), "--partitions", "test,val,train", "--workers", "0",
+                      "--medr", "20"])
+    return run
+
+
+@pytest.fixture(scope="module")
+def gan_runs(encoder_run):
+    full = GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "2"])
+    half = GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "1"])
+    resumed = GAN_train.main(["--resume", str(half), "--epochs", "2", "--workers", "0", "--no_cuda"])
+    return {"full": full, "half": half, "resumed": resumed}
+
+
+def _events(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    scalars = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return scalars, acc.Tags()["images"]
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def test_run_folder_checkpoints_trace_and_events(gan_runs, encoder_run):
+    run = gan_runs["full"]
+    assert run.parent == encoder_run / "GAN_runs" and run.name.startswith("GAN_")
+    assert gan_runs["half"] != run and gan_runs["half"].parent == run.parent  # a second run gets its own folder
+    for name in ("G_best", "D_best", "G_last", "D_last"):
+        ckpt = torch.load(run / f"{name}.pth.tar", map_location="cpu", weights_only=True)
+        assert ckpt["kind"] == ("gan_G" if name[0] == "G" else "gan_D")
+        assert ckpt["gan"]["z_dim"] == 8 and ckpt["gan"]["gf_dim"] == 4 and ckpt["gan"]["emb_dim"] == 32
+        assert ckpt["optimizer"]["state"] and ckpt["optimizer"]["param_groups"][0]["betas"] == (0.5, 0.999)
+        assert ckpt["epoch"] == (1 if name.endswith("last") else ckpt["best"]["epoch"])
+        assert ckpt["encoder"]["ckpt_name"].startswith("model_BEST_REC_")
+    last = torch.load(run / "G_last.pth.tar", weights_only=True)
+    assert last["iteration"] == 4 and last["opts"]["encoder_dir"] == str(encoder_run)
+    G = Generator(GANConfig.from_dict(last["gan"]))
+    G.load_state_dict(last["model"])  # strict: GAN_test rebuilds G from the checkpoint alone
+    D = Discriminator128(GANConfig.from_dict(last["gan"]))
+    D.load_state_dict(torch.load(run / "D_last.pth.tar", weights_only=True)["model"])
+
+    with open(run / "trace.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["epoch", "lr", "medR", "R@1", "R@5", "R@10"]
+    assert [int(r[0]) for r in rows[1:]] == [0, 1]
+    n_val = len(load_embeddings(last["encoder"]["embeddings"]["val"])["rec_ids"])
+    for r in rows[1:]:
+        assert float(r[1]) == pytest.approx(1e-4)
+        assert 1 <= float(r[2]) <= n_val and all(0 <= float(v) <= 1 for v in r[3:])
+        assert float(r[3]) <= float(r[4]) <= float(r[5])
+
+    scalars, images = _events(run)
+    for tag in LOSS_TAGS:
+        assert [s for s, _ in scalars[tag]] == [1, 2, 3, 4], tag
+        assert all(math.isfinite(v) for _, v in scalars[tag]), tag
+    assert all(0 <= v <= 2 for tag in ("G/cycle_img_img", "G/cycle_img_rec") for _, v in scalars[tag])
+    for k, name in enumerate(["medR", "R@1", "R@5", "R@10"]):
+        assert [s for s, _ in scalars[f"val/{name}"]] == [0, 1]
+        assert [v for _, v in scalars[f"val/{name}"]] == pytest.approx([float(r[2 + k]) for r in rows[1:]])
+    assert [v for _, v in scalars["lr/G"]] == pytest.approx([1e-4, 1e-4])
+    assert "val/fixed_noise_grid" in images
+    with Image.open(run / "grid_e001.png") as grid:  # 2 rows (real, generated) x 4 val recipes
+        assert grid.size == (4 * 130 + 2, 2 * 130 + 2)
+    opts = json.loads((run / "opts.json").read_text())
+    assert opts["gan"]["ef_dim"] == 8 and opts["encoder"]["path"].endswith(ENCODER_SUFFIX)
+
+
+def test_resume_equals_an_uninterrupted_run(gan_runs):
+    assert gan_runs["resumed"] == gan_runs["half"]
+    for name in ("G_last", "D_last"):
+        a = torch.load(gan_runs["full"] / f"{name}.pth.tar", weights_only=True)
+        b = torch.load(gan_runs["half"] / f"{name}.pth.tar", weights_only=True)
+        assert a["epoch"] == b["epoch"] == 1 and a["iteration"] == b["iteration"] == 4
+        assert a["model"].keys() == b["model"].keys()
+        for key, value in a["model"].items():
+            assert torch.equal(value, b["model"][key]), (name, key)
+        for idx, state in a["optimizer"]["state"].items():
+            assert torch.equal(state["exp_avg"], b["optimizer"]["state"][idx]["exp_avg"]), (name, idx)
+    assert (gan_runs["full"] / "trace.csv").read_text() == (gan_runs["half"] / "trace.csv").read_text()
+    scalars, _ = _events(gan_runs["half"])
+    assert [s for s, _ in scalars["G/loss"]] == [1, 2, 3, 4]
+
+
+def test_torchrun_two_cpu_processes_keep_replicas_equal(encoder_run, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           str(ROOT / "GAN_train.py"), *GAN_TINY, "--batch_size", "4", "--epochs", "1", "--encoder_dir",
+           str(encoder_run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = {int(m.group(1)): m.group(2) for m in re.finditer(r"rank (\d)/2: (trained on .*)", proc.stdout)}
+    assert lines[0].startswith("trained on 8 images") and lines[0] == lines[1]  # same G and D on both ranks
+    runs = sorted((encoder_run / "GAN_runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    ckpt = torch.load(runs[-1] / "G_last.pth.tar", weights_only=True)
+    assert ckpt["iteration"] == 2 and len(ckpt["rng"]) == 2
+
+
+def test_missing_files_name_the_test_py_command(encoder_run, tmp_path):
+    empty = tmp_path / "empty_run"
+    (empty / "models").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=r"python test\.py --model_init_path .*model_BEST_REC_\*\.pth\.tar"):
+        GAN_train.main([*GAN_TINY, "--encoder_dir", str(empty)])
+    # The encoder is there but the val embeddings of its checkpoint are not.
+    partial = tmp_path / "partial_run"
+    (partial / "models").mkdir(parents=True)
+    for path in (encoder_run / "models").glob(f"*{ENCODER_SUFFIX}"):
+        (partial / "models" / path.name).symlink_to(path)
+    for path in encoder_run.glob("foodSpace_vectors_*.npz"):
+        if not path.name.endswith("_val_en.npz"):
+            (partial / path.name).symlink_to(path)
+    with pytest.raises(SystemExit, match=r"_val_en\.npz.*python test\.py .*--partitions test,val,train"):
+        GAN_train.main([*GAN_TINY, "--encoder_dir", str(partial)])
+    # German embeddings were never made.
+    with pytest.raises(SystemExit, match=r"_train_de\.npz.*--language de"):
+        GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--language", "3"])
+
+
+def test_gan_test_outputs_and_metrics(gan_runs, encoder_run, indexed_set, tmp_path):
+    g_path = gan_runs["full"] / "G_best.pth.tar"
+    metrics_path = tmp_path / "metrics.json"
+    returned = GAN_test.main(["--trained_G_model_path", str(g_path), "--no_cuda", "--workers", "0",
+                              "--batch_size", "7", "--r1m_path", str(indexed_set["r1m"]), "--noise_mode",
+                              "BATCH_RANDOM", "--num_images", "2", "--synthesis_n", "3", "--synthesis_k", "2",
+                              "--metrics_json", str(metrics_path)])
+    emb = load_embeddings(next(encoder_run.glob("foodSpace_vectors_*_test_en.npz")))
+    ids, n = [str(i) for i in emb["rec_ids"]], len(emb["rec_ids"])
+    layer1 = {r["id"]: r for r in json.loads((indexed_set["r1m"] / "layer1.json").read_text())}
+    out = gan_runs["full"] / "generated"
+    assert sorted(p.name for p in out.iterdir()) == sorted(ids)  # every test recipe, none dropped
+    for rid in ids:
+        with Image.open(out / rid / "generated_0.png") as a, Image.open(out / rid / "generated_1.png") as b:
+            assert a.size == b.size == (128, 128)
+            assert not np.array_equal(np.asarray(a), np.asarray(b))  # two random noises
+        with Image.open(out / rid / "real.png") as real:
+            assert real.size == (128, 128)
+        text = (out / rid / "recipe.txt").read_text()
+        assert text.splitlines()[0] == layer1[rid]["title"].strip()
+        first_step = next(s["text"].strip() for s in layer1[rid]["instructions"] if s["text"].strip())
+        assert f"1. {first_step}" in text
+
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["fake2rec"] == returned["fake2rec"]
+    for direction in ("fake2rec", "rec2fake", "fake2img", "img2fake"):
+        entry = metrics[direction]["all"]  # 20 test recipes: the 1k bag falls back to the whole split
+        assert entry["n"] == n and entry["bags"] == 1
+        assert 1 <= entry["medR"] <= n and 0 <= entry["R@1"] <= entry["R@5"] <= entry["R@10"] <= 1
+
+    # Brute force: zero noise (z = 0, c = mu), bilinear upsampling to the encoder's crop size (64 here),
+    # the frozen encoder, dense ranks.
+    ckpt = torch.load(g_path, weights_only=True)
+    G = Generator(GANConfig.from_dict(ckpt["gan"]))
+    G.load_state_dict(ckpt["model"])
+    G.eval()
+    enc_ckpt = torch.load(ckpt["encoder"]["path"], weights_only=True)
+    encoder = ImageEmbedder(ArchConfig.from_dict(enc_ckpt["arch"]))
+    encoder.load_state_dict(enc_ckpt["model"])
+    encoder.eval()
+    rec = torch.from_numpy(emb["rec_embeds"])
+    with torch.no_grad():
+        fake, _, _ = G(rec, torch.zeros(n, 8), eps=torch.zeros(n, 8))
+        x = ((fake + 1) / 2 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        size = enc_ckpt["image_size"]
+        assert size == 64 and ckpt["encoder"]["input_size"] == 64
+        gen = encoder(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)).double()
+    sims = F.normalize(gen, dim=1) @ F.normalize(rec.double(), dim=1).T  # (N, N)
+    ranks = 1 + (sims > sims.diagonal()[:, None]).sum(1).numpy()
+    assert metrics["fake2rec"]["all"]["medR"] == pytest.approx(float(np.median(ranks)))
+    assert metrics["fake2rec"]["all"]["R@5"] == pytest.approx(float(np.mean(ranks <= 5)))
+
+    fd = metrics["frechet"]
+    assert math.isfinite(metrics["frechet_distance"]) and metrics["frechet_distance"] >= 0
+    assert fd["n_a"] == n and fd["n_b"] == n and fd["dim"] == 32 and "small sample" in fd["note"]
+    with Image.open(gan_runs["full"] / "synthesis.png") as fig:  # title, real, 2 from recipe, 2 from image
+        assert fig.size == (150 + 5 * (128 + 4), 20 + 3 * (128 + 4))
+
+
+# --------------------------------------------------------------------------- units
+
+
+def _tiny_nets(seed=0):
+    torch.manual_seed(seed)
+    cfg = GANConfig(z_dim=8, gf_dim=4, df_dim=4, ef_dim=8, r_num=1, emb_dim=32, num_classes=5)
+    G, D = Generator(cfg), Discriminator128(cfg)
+    D.logits_class.requires_grad_(False)
+    encoder = freeze_encoder(ImageEmbedder(ArchConfig(image_backbone="resnet18", emb_dim=32, bert_hidden=32,
+                                                      bert_intermediate=64, vocab_size=50)))
+    opt_G = torch.optim.Adam(G.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    opt_D = torch.optim.Adam([p for p in D.parameters() if p.requires_grad], lr=1e-3, betas=(0.5, 0.999))
+    scalers = [torch.amp.GradScaler("cpu", enabled=False) for _ in range(2)]
+    return cfg, GAN_train.Nets(G, D, encoder, opt_G, opt_D, *scalers)
+
+
+def test_gan_step_updates_g_and_d_but_not_the_encoder():
+    from contextlib import nullcontext
+
+    cfg, nets = _tiny_nets()
+    before = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+              for name, m in (("G", nets.G), ("D", nets.D), ("E", nets.encoder))}
+    real = torch.randn(3, 3, 128, 128)
+    rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
+    terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
+                               w_img_img=32.0, w_img_rec=32.0, ctx=nullcontext())
+    assert set(terms) == set(LOSS_TAGS) and all(math.isfinite(v) for v in terms.values())
+    assert terms["G/loss"] == pytest.approx(terms["G/adversarial"] + terms["G/class"] + 2 * terms["G/kl"]
+                                            + 32 * terms["G/cycle_img_img"] + 32 * terms["G/cycle_img_rec"], rel=1e-5)
+    changed = {name: [k for k, v in m.state_dict().items() if not torch.equal(v, before[name][k])]
+               for name, m in (("G", nets.G), ("D", nets.D), ("E", nets.encoder))}
+    assert "ca_net.fc.weight" in changed["G"] and "img_net2.img.0.weight" in changed["G"]
+    assert "semantic_branch.weight" in changed["D"] and "jointConv.0.weight" in changed["D"]
+    assert not any(k.startswith("logits_class") for k in changed["D"])  # defined but unused
+    assert changed["E"] == [] and all(p.grad is None for p in nets.encoder.parameters())
+    assert nets.encoder.training is False
+    # Cycle weights 0 switch the terms (and the encoder) off.
+    nets.encoder.forward = None  # would fail if called
+    terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([1, 2, 3]), class_weights(5),
+                               w_img_img=0.0, w_img_rec=0.0, ctx=nullcontext())
+    assert "G/cycle_img_img" not in terms and "G/cycle_img_rec" not in terms
+
+
+def test_noise_modes_and_batch_size_independence():
+    cfg = GANConfig(z_dim=8, gf_dim=4, df_dim=4, ef_dim=6, r_num=1, emb_dim=32, num_classes=5)
+    z, eps = GAN_train.draw_noise(5, cfg, "ZERO", 1)
+    assert z.shape == (5, 8) and eps.shape == (5, 6) and not z.any() and not eps.any()
+    z, eps = GAN_train.draw_noise(5, cfg, "SINGLE_RANDOM", 1)
+    assert torch.equal(z, z[:1].expand(5, 8)) and torch.equal(eps, eps[:1].expand(5, 6)) and z.abs().sum() > 0
+    z1, eps1 = GAN_train.draw_noise(5, cfg, "BATCH_RANDOM", 1)
+    z2, _ = GAN_train.draw_noise(5, cfg, "random", 1)
+    assert torch.equal(z1, z2) and not torch.equal(z1[0], z1[1])
+    assert not torch.equal(z1, GAN_train.draw_noise(5, cfg, "BATCH_RANDOM", 2)[0])
+    with pytest.raises(Exception, match="BATCH_RANDOM, SINGLE_RANDOM or ZERO"):
+        GAN_train.parse_noise_mode("loud")
+
+    from contextlib import nullcontext
+
+    torch.manual_seed(0)
+    G = Generator(cfg)
+    embs = torch.randn(10, 32)
+    runs = []
+    for batch_size in (3, 10):
+        pixels = []
+        GAN_train.generate(G, embs, mode="BATCH_RANDOM", seed=5, batch_size=batch_size, device="cpu",
+                           ctx=nullcontext(), on_batch=lambda start, px, out=pixels: out.append(px))
+        runs.append(torch.cat(pixels))
+    assert runs[0].shape == (10, 3, 128, 128) and 0 <= runs[0].min() and runs[0].max() <= 1
+    assert torch.allclose(runs[0], runs[1], atol=1e-6)
+    assert G.training  # restored
+
+
+def test_real_image_view():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8))
+    a = GAN_train.gan_image(img, None)
+    assert a.shape == (3, 128, 128) and torch.equal(a, GAN_train.gan_image(img, None))
+    r1 = GAN_train.gan_image(img, np.random.default_rng(1))
+    assert torch.equal(r1, GAN_train.gan_image(img, np.random.default_rng(1)))
+    assert any(not torch.equal(r1, GAN_train.gan_image(img, np.random.default_rng(s))) for s in range(2, 6))
+    # A left-red / right-blue image keeps red on the left in the centre crop.
+    two = np.zeros((256, 512, 3), np.uint8)
+    two[:, :256, 0], two[:, 256:, 2] = 255, 255
+    v = GAN_train.gan_image(Image.fromarray(two), None)
+    assert v[0, :, :40].mean() > v[2, :, :40].mean() and v[2, :, -40:].mean() > v[0, :, -40:].mean()
+
+
+def test_lr_schedule():
+    args = Namespace(auto_drop_lr=False, drop_G_lr_epoch=2, drop_D_lr_epoch=0, auto_drop_times=2,
+                     auto_drop_after_epochs=1)
+    sched = {"lr_G": 1e-4, "lr_D": 1e-4, "auto_drops": 0, "last_drop": -1}
+    for epoch in range(5):
+        GAN_train.end_of_epoch_lr(args, sched, epoch, best_epoch=0)
+    assert sched["lr_G"] == pytest.approx(1e-5) and sched["lr_D"] == pytest.approx(1e-4)  # D: never
+    args.auto_drop_lr = True
+    sched = {"lr_G": 1e-4, "lr_D": 1e-4, "auto_drops": 0, "last_drop": -1}
+    lrs = []
+    for epoch in range(8):  # best at epoch 0; patience 1: drop when 2 epochs passed since best or last drop
+        GAN_train.end_of_epoch_lr(args, sched, epoch, best_epoch=0)
+        lrs.append(sched["lr_G"])
+    assert lrs == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5, 2.5e-5, 2.5e-5])  # at most 2 drops
+    assert sched["lr_D"] == pytest.approx(2.5e-5) and sched["auto_drops"] == 2
+
+
+# --------------------------------------------------------------------------- Frechet distance
+
+
+def test_frechet_closed_form_for_gaussians():
+    rng = np.random.default_rng(0)
+    m1, m2 = rng.normal(size=6), rng.normal(size=6)
+    s1, s2 = rng.uniform(0.5, 2.0, 6), rng.uniform(0.5, 2.0, 6)
+    closed = np.sum((m1 - m2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    assert frechet_from_stats(m1, np.diag(s1), m2, np.diag(s2), method="eigh")[0] == pytest.approx(closed, rel=1e-12)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    full_a, full_b = a @ a.T, b @ b.T
+    fd_eigh, _ = frechet_from_stats(m1, full_a, m2, full_b, method="eigh")
+    # tr sqrt(A B) from the eigenvalues of A B itself (real and positive for PSD A, B).
+    direct = np.sum((m1 - m2) ** 2) + np.trace(full_a + full_b) - 2 * np.sqrt(np.linalg.eigvals(full_a @ full_b).real).sum()
+    assert fd_eigh == pytest.approx(direct, rel=1e-9)
+    pytest.importorskip("scipy")
+    assert frechet_from_stats(m1, full_a, m2, full_b, method="scipy")[0] == pytest.approx(fd_eigh, rel=1e-9)
+
+
+def test_frechet_from_samples():
+    rng = np.random.default_rng(1)
+    m1, m2, s1, s2 = np.zeros(4), np.full(4, 0.5), np.array([1.0, 2, 3, 4]), np.array([4.0, 3, 2, 1])
+    a = m1 + rng.normal(size=(100_000, 4)) * np.sqrt(s1)
+    b = m2 + rng.normal(size=(100_000, 4)) * np.sqrt(s2)
+    closed = np.sum((m1 - m2) ** 2) + np.sum(s1 + s2 - 2 * np.sqrt(s1 * s2))
+    result = frechet_distance(a, b)
+    assert result.distance == pytest.approx(closed, rel=0.03) and result.shrinkage is None and result.note == ""
+    assert frechet_distance(a, a).distance == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(torch.from_numpy(a[:500]), b[:500], method="eigh").distance == pytest.approx(
+        frechet_distance(a[:500], b[:500], method="eigh").distance)
+
+
+def test_frechet_small_samples_use_ledoit_wolf():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(10, 16))
+    shrunk, d = ledoit_wolf(x)
+    # Ledoit & Wolf (2004) with the normalised Frobenius norm <A, B> = tr(A B^T) / p.
+    n, p = x.shape
+    xc = x - x.mean(0)
+    s = xc.T @ xc / n
+    m = np.trace(s) / p
+    d2 = np.sum((s - m * np.eye(p)) ** 2) / p
+    b2 = min(sum(np.sum((np.outer(r, r) - s) ** 2) / p for r in xc) / n**2, d2)
+    assert d == pytest.approx(b2 / d2) and 0 < d < 1
+    assert np.allclose(shrunk, (1 - d) * s + d * m * np.eye(p))
+    y = rng.normal(size=(12, 16)) + 1.0
+    result = frechet_distance(x, y)
+    assert result.shrinkage is not None and "small sample" in result.note and math.isfinite(result.distance)
+    expected, _ = frechet_from_stats(x.mean(0), ledoit_wolf(x)[0], y.mean(0), ledoit_wolf(y)[0])
+    assert result.distance == pytest.approx(expected)
+    fixed = frechet_distance(x, y, shrinkage=0.5)
+    assert fixed.shrinkage == (0.5, 0.5) and fixed.distance != pytest.approx(result.distance)
+    assert frechet_distance(x, y, shrinkage="none").shrinkage is None
+    with pytest.raises(ValueError, match="dimension"):
+        frechet_distance(x, rng.normal(size=(12, 15)))
+
+
+def test_scripts_import_without_side_effects():
+    for module in (GAN_train, GAN_test):
+        parser = module.get_parser()
+        assert all(a.help for a in parser._actions if a.option_strings and a.dest != "help")
+    args = GAN_train.get_parser().parse_args([])
+    assert (args.batch_size, args.Z_DIM, args.W_IMG_IMG_COS_LOSS, args.drop_G_lr_epoch) == (48, 100, 32.0, 30)
