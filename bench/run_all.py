@@ -1,0 +1,113 @@
+"""Run every benchmark of bench/ and print one table (work, this project, the reference's way, ratio).
+
+    python bench/run_all.py            # the benchmarks at their default sizes (long on a CPU)
+    python bench/run_all.py --quick    # smaller sizes: minutes, same comparisons
+
+Each benchmark measures both ways side by side in one run; this script only calls them in turn
+(``main(argv)`` of each module, in this process) and collects what they return. The table is
+printed as Markdown so it can be pasted into the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _create_lmdb(r: dict) -> list[tuple]:
+    ours, ref = r["create_lmdb"], r["reference"]
+    return [
+        ("create_lmdb text indexing (recipes/s)", f"{ours['recipes_per_s']:.0f}", f"{ref['recipes_per_s']:.0f}",
+         f"{r['speed_ratio']:.1f}x", "goal >= 5x"),
+        ("create_lmdb peak memory (MB per 1,000 recipes)", f"{ours['peak_mb_per_1000']:.2f}",
+         f"{ref['peak_mb_per_1000']:.2f}", f"{r['memory_ratio']:.3f}", "goal <= 1/3"),
+    ]
+
+
+def _eval(r: dict) -> list[tuple]:
+    note = "reference extrapolated from fewer bags" if r["reference_extrapolated"] else "both measured in full"
+    return [
+        ("retrieval protocol, 1k+10k bags (s)", f"{r['protocol_s']:.1f}", f"{r['reference_s']:.1f}",
+         f"{r['speedup']:.2f}x", note),
+        ("protocol / its bare similarity products", f"{r['ratio']:.2f}", "", "", "limit: 1.0 (the products); goal < 2"),
+    ]
+
+
+def _translate(r: dict) -> list[tuple]:
+    return [("translation (sentences/s, tiny random FSMT)", f"{r['ours_sps']:.1f}", f"{r['reference_sps']:.1f}",
+             f"{r['ratio']:.2f}x", f"{r['sentences']} sentences, {r['unique']} unique; goal >= 2x")]
+
+
+def _train_step(r: dict) -> list[tuple]:
+    ours, ref = r["paths"]["ours"], r["paths"]["reference"]
+    peak = r["peak_matmul_flops"] / 1e9
+    return [("retrieval train step (images/s)", f"{ours['images_per_s']:.2f}", f"{ref['images_per_s']:.2f}",
+             f"{r['speedup']:.2f}x",
+             f"{100 * ours['fraction_of_peak']:.0f}% / {100 * ref['fraction_of_peak']:.0f}% of {peak:.0f} GFLOP/s "
+             "matmul peak; goal >= 1.2x")]
+
+
+def _gan_step(r: dict) -> list[tuple]:
+    ours, ref = r["paths"]["ours"], r["paths"]["reference"]
+    return [(f"GAN G+D step, batch {r['batch_size']} (images/s)", f"{ours['images_per_s']:.2f}",
+             f"{ref['images_per_s']:.2f}", f"{r['speedup']:.2f}x", "")]
+
+
+# (module, arguments at default sizes, arguments with --quick, adapter)
+BENCHES = [
+    ("bench.create_lmdb", [], ["--recipes", "20000"], _create_lmdb),
+    ("bench.eval", ["--no_progress"], ["--n", "12000", "--ref_bags", "2", "--no_progress"], _eval),
+    ("bench.translate", [], [], _translate),
+    ("bench.train_step", [], ["--steps", "2"], _train_step),
+    ("bench.gan_step", [], ["--steps", "2"], _gan_step),
+]
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller sizes (see BENCHES in this file)")
+    p.add_argument("--only", default="", help="comma-separated benchmark names to run (e.g. eval,train_step)")
+    p.add_argument("--json", default="", help="also write every benchmark's full results to this JSON file")
+    return p
+
+
+def main(argv=None) -> list[tuple]:
+    args = get_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    rows, full = [], {}
+    for module, default_args, quick_args, adapter in BENCHES:
+        name = module.split(".", 1)[1]
+        if only and name not in only:
+            continue
+        bench_args = quick_args if args.quick else default_args
+        print(f"\n### {module} {' '.join(bench_args)}", flush=True)
+        start = time.time()
+        result = importlib.import_module(module).main(bench_args)
+        full[name] = result
+        rows += adapter(result)
+        print(f"### {module}: {time.time() - start:.0f} s", flush=True)
+    header = ("work", "this project", "reference's way", "ratio", "note / machine limit")
+    lines = [f"Machine: {platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores, Python {platform.python_version()}; "
+             f"`python bench/run_all.py{' --quick' if args.quick else ''}`", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    print("\n" + "\n".join(lines))
+    if args.json:
+        from utils.io import atomic_write_json
+
+        atomic_write_json(args.json, full, indent=1, default=str)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
