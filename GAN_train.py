@@ -90,7 +90,7 @@ from utils.cli import autocast_context, explicit_flags, str2bool
 from utils.embeddings import load_embeddings
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
 from utils.metrics import evaluate_retrieval, format_results
-from utils.runs import TextLog, read_opts
+from utils.runs import TextLog, read_opts, unique_dir
 from utils.seed import get_rng_state, seed_everything, set_rng_state
 
 CROP, RESIZE, GAN_SIZE = 224, 256, 128  # SPEC section 6: resize 256, crop 224, then 128 for D
@@ -569,15 +569,7 @@ def new_gan_run_dir(encoder_dir) -> Path:
     """``<encoder_dir>/GAN_runs/GAN_<%Y%m%d-%H%M%S>`` (``_2``, ``_3``... when taken)."""
     import time
 
-    base = Path(encoder_dir) / "GAN_runs" / f"GAN_{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate, n = base, 1
-    while True:
-        try:
-            candidate.mkdir(parents=True, exist_ok=False)
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = base.with_name(f"{base.name}_{n}")
+    return unique_dir(Path(encoder_dir) / "GAN_runs" / f"GAN_{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def init_weights(module: torch.nn.Module, path: str, what: str) -> None:
@@ -826,11 +818,7 @@ def _main(argv: list[str]) -> Path:
             log(f"after epoch {epoch}: {event}")
 
         # Every rank's RNG state, so a resumed DDP run continues each rank's stream.
-        rng = get_rng_state()
-        rngs = [rng]
-        if dist_info.distributed:
-            rngs = [None] * dist_info.world_size
-            torch.distributed.all_gather_object(rngs, rng)
+        rngs = du.all_gather_object(get_rng_state())
         if dist_info.is_main:
             common = {"format": 1, "gan": cfg.to_dict(), "epoch": epoch, "iteration": iteration, "best": best,
                       "schedule": sched, "rng": rngs, "opts": opts, "encoder": encoder_info}

@@ -37,7 +37,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     p.add_argument("--force", action="store_true", help="redo every stage, even those already finished")
     p.add_argument("--recipes", type=int, default=3000, help="recipes in the synthetic data set")
-    p.add_argument("--epochs", type=int, default=12, help="retrieval training epochs")
+    p.add_argument("--epochs", type=int, default=4, help="retrieval training epochs")
     p.add_argument("--gan_epochs", type=int, default=3, help="synthesis training epochs")
     p.add_argument("--train_iters", type=int, default=0, help="cap on retrieval iterations per epoch (0: no cap)")
     p.add_argument("--gan_iters", type=int, default=0, help="cap on GAN iterations per epoch (0: no cap)")

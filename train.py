@@ -368,11 +368,7 @@ def main(argv=None) -> Path:
             log(f"after epoch {epoch}: {event}")
 
         # Gather every rank's RNG state so a resumed DDP run continues each rank's stream.
-        rng = get_rng_state()
-        rngs = [rng]
-        if dist_info.distributed:
-            rngs = [None] * dist_info.world_size
-            torch.distributed.all_gather_object(rngs, rng)
+        rngs = du.all_gather_object(get_rng_state())
         if dist_info.is_main:
             state = {"format": 1, "kind": "foodspace", "arch": model.cfg.to_dict(), "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "schedule": sched,

@@ -78,6 +78,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def all_gather_object(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` (plain values); ``[obj]`` when not distributed."""
+    if not is_dist():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     """Sum of ``value`` over ranks (a new tensor; ``value`` itself unchanged)."""
     out = value.detach().clone()

@@ -11,7 +11,11 @@ from utils.io import atomic_write_text
 
 def new_run_dir(runs_dir: str | Path, suffix: str = "", kind: str = "train") -> Path:
     """Create ``<runs_dir>/<%Y%m%d-%H%M%S>__<kind><suffix>/``, adding ``_2``, ``_3``... when taken."""
-    base = Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}__{kind}{suffix}"
+    return unique_dir(Path(runs_dir) / f"{time.strftime('%Y%m%d-%H%M%S')}__{kind}{suffix}")
+
+
+def unique_dir(base: Path) -> Path:
+    """Create the folder ``base`` (parents too), or ``base_2``, ``base_3``... when it exists."""
     candidate, n = base, 1
     while True:
         try:
