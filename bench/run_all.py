@@ -63,10 +63,10 @@ def _gan_step(r: dict) -> list[tuple]:
 # (module, arguments at default sizes, arguments with --quick, adapter)
 BENCHES = [
     ("bench.create_lmdb", [], ["--recipes", "20000"], _create_lmdb),
-    ("bench.eval", ["--no_progress"], ["--n", "12000", "--ref_bags", "2", "--no_progress"], _eval),
+    ("bench.eval", ["--no_progress"], ["--n", "12000", "--ref_bags", "1", "--no_progress"], _eval),
     ("bench.translate", [], [], _translate),
-    ("bench.train_step", [], ["--steps", "2"], _train_step),
-    ("bench.gan_step", [], ["--steps", "2"], _gan_step),
+    ("bench.train_step", [], ["--steps", "1"], _train_step),
+    ("bench.gan_step", [], ["--steps", "1"], _gan_step),
 ]
 
 

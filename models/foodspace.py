@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from torch import nn
 
 from models.image_encoder import ImageEncoder, check_backbone, feature_dim
 from models.text_encoder import TextEncoder, init_embeddings
+from utils.checkpoint import PlainConfig
 
 HEAD_DIM = 1024  # width of the per-branch heads, the input of the shared linear (paper: 1024)
 DEFAULT_IMAGE_PRETRAINED = "imagenet"  # the paper's setting (train.py's --image_pretrained default)
@@ -32,7 +32,7 @@ DEFAULT_TEXT_INIT = "bert-base-multilingual-cased"  # the paper's setting (train
 
 
 @dataclass
-class ArchConfig:
+class ArchConfig(PlainConfig):
     """Everything needed to rebuild the network's shapes; stored in every checkpoint as a dict.
 
     Defaults are the paper's model (ResNet-50, BERT 2 layers x 2 heads x 768, mBERT's vocabulary).
@@ -67,22 +67,6 @@ class ArchConfig:
     def image_feat_dim(self) -> int:
         """Pooled feature size of the backbone (the image head's input)."""
         return feature_dim(self.image_backbone)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the fields (safe for ``torch.load(weights_only=True)`` and JSON)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ArchConfig:
-        """Rebuild from :meth:`to_dict`'s output; missing keys take defaults, unknown keys are refused."""
-        if not isinstance(d, dict):
-            raise ValueError(f"ArchConfig.from_dict expects a dict, got {type(d).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"unknown ArchConfig keys {unknown} (known: {', '.join(known)}); was this "
-                             "checkpoint written by another version of the code?")
-        return cls(**d)
 
 
 def _head(in_dim: int, out_dim: int) -> nn.Sequential:

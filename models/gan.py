@@ -57,11 +57,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from utils.checkpoint import PlainConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)  # the reference's GAN_test has 0.255 for the last: a typo
@@ -70,7 +71,7 @@ NOISE_MODES = ("random", "fixed", "zero")
 
 
 @dataclass
-class GANConfig:
+class GANConfig(PlainConfig):
     """Shapes of G and D; stored in GAN checkpoints as a dict (``to_dict`` / ``from_dict``).
 
     Field <- command-line flag (:func:`add_gan_arch_args`): ``z_dim`` <- ``--Z_DIM``, ``gf_dim`` <-
@@ -102,21 +103,6 @@ class GANConfig:
                 raise ValueError(f"GANConfig.{field.name} must be a positive integer, got {value!r}")
         if self.gf_dim % 2:
             raise ValueError(f"GANConfig.gf_dim (GF_DIM) must be even (stage 2 halves it), got {self.gf_dim}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of the fields (safe for ``torch.load(weights_only=True)`` and JSON)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> GANConfig:
-        """Rebuild from :meth:`to_dict`'s output; missing keys take defaults, unknown keys are refused."""
-        if not isinstance(d, dict):
-            raise ValueError(f"GANConfig.from_dict expects a dict, got {type(d).__name__}")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise ValueError(f"unknown GANConfig keys {unknown} (known: {', '.join(known)})")
-        return cls(**d)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GANConfig:

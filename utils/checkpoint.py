@@ -13,6 +13,7 @@ object may sit in it; :func:`to_plain` converts options for storage.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,26 @@ def to_plain(value: Any) -> Any:
     if hasattr(value, "item") and not isinstance(value, torch.Tensor):
         return value.item()
     return value
+
+
+class PlainConfig:
+    """Mixin for the dataclass configs stored in checkpoints as plain dicts (``weights_only`` safe)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields (safe for ``torch.load(weights_only=True)`` and JSON)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        """Rebuild from :meth:`to_dict`'s output; missing keys take defaults, unknown keys are refused."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{cls.__name__}.from_dict expects a dict, got {type(d).__name__}")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown} (known: {', '.join(known)}); was this "
+                             "checkpoint written by another version of the code?")
+        return cls(**d)
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
