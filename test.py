@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import sys
 from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from data.dataset import BadImageTracker, RecipeImageDataset, collate_skip_bad
+from data.dataset import BadImageTracker, RecipeImageDataset, collate_skip_bad, read_manifest
 from data.langs import LANGS, parse_language
-from data.lmdb_format import MANIFEST
 from models.foodspace import ArchConfig, FoodSpaceNet
 from utils.checkpoint import ENCODER_SUFFIX, is_image_encoder_file, load_checkpoint, save_checkpoint
 from utils.cli import autocast_context, resolve_device
@@ -106,10 +104,10 @@ def main(argv=None) -> dict:
     ckpt_name = ckpt_path.name.removesuffix(".pth.tar")
     data_path = Path(args.data_path or opts["data_path"])
     img_path = Path(args.img_path or opts["img_path"])
-    manifest_path = data_path / MANIFEST
-    if not manifest_path.is_file():
-        raise SystemExit(f"{manifest_path} not found: pass --data_path (the folder create_lmdb.py wrote)")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        manifest = read_manifest(data_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"{err}; pass --data_path (the folder create_lmdb.py wrote)") from None
     languages = list(manifest["languages"]) if args.language == "all" else [parse_language(args.language)]
     missing = [lang for lang in languages if lang not in manifest["languages"]]
     if missing:

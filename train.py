@@ -20,9 +20,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from data.dataset import BadImageTracker, RecipeImageDataset, collate_skip_bad
+from data.dataset import BadImageTracker, RecipeImageDataset, collate_skip_bad, read_manifest
 from data.langs import parse_language
-from data.lmdb_format import MANIFEST
 from models.foodspace import ArchConfig, FoodSpaceNet
 from models.losses import batch_hard_triplet
 from utils import distributed as du
@@ -232,10 +231,10 @@ def main(argv=None) -> Path:
     seed_everything(args.seed + dist_info.rank)
     ctx = autocast_context(device, args.amp)  # the one place deciding precision
 
-    manifest_path = Path(args.data_path) / MANIFEST
-    if not manifest_path.is_file():
-        raise SystemExit(f"{manifest_path} not found: build the data with create_lmdb.py --data_path {args.data_path}")
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    try:
+        manifest = read_manifest(args.data_path)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"{err} (create_lmdb.py --data_path {args.data_path} writes it)") from None
 
     # Run folder: rank 0 makes it, every rank learns its name.
     if args.resume:
