@@ -42,3 +42,30 @@ def indexed_set(synthetic_set, tmp_path_factory):
     create_lmdb.main(["--r1m_path", str(synthetic_set), "--data_path", str(data), "--tokenizer", "train",
                       "--vocab_size", "400", "--workers", "1"])
     return {"r1m": synthetic_set, "img": synthetic_set / "images", "data": data}
+
+
+@pytest.fixture
+def torchrun(tmp_path):
+    """Run a script under real torchrun with two CPU processes; returns ``{rank: stdout text}``.
+
+    Each rank's stdout goes to its own file (``--redirects 3``), so lines of the two processes can
+    never interleave, and ``--standalone`` picks a free rendezvous port.
+    """
+    import subprocess
+
+    def run(script, args, cwd):
+        log_dir = tmp_path / "torchrun_logs"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "--log_dir", str(log_dir), "--redirects", "3", str(ROOT / script), *args]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        outputs = {}
+        for rank in (0, 1):
+            files = sorted(log_dir.glob(f"**/attempt_0/{rank}/stdout.log"))
+            err = sorted(log_dir.glob(f"**/attempt_0/{rank}/stderr.log"))
+            outputs[rank] = files[-1].read_text() if files else ""
+            tail = err[-1].read_text()[-3000:] if err else ""
+            assert proc.returncode == 0, f"torchrun failed (rank {rank} stderr):\n{tail}\n{proc.stderr[-3000:]}"
+        return outputs
+
+    return run

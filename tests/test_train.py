@@ -1,14 +1,11 @@
 """train.py end to end on the synthetic set: run folder, TensorBoard, checkpoints, resume, torchrun."""
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL
+from conftest import TINY_MODEL
 
 import train
 from utils.checkpoint import load_checkpoint
@@ -70,16 +67,13 @@ def test_resume_equals_uninterrupted_run(indexed_set, tmp_path):
         assert torch.equal(value, b["model"][key]), key
 
 
-def test_torchrun_two_cpu_processes(indexed_set, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(ROOT / "train.py"), *_args(indexed_set, tmp_path, "--epochs", "1", "--max_iters", "2",
-                                          "--no_cuda", "--projector_every", "0")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "rank 0/2: trained on 16 images" in proc.stdout
-    assert "rank 1/2: trained on 16 images" in proc.stdout
-    runs = [p for p in tmp_path.iterdir() if p.is_dir()]
+def test_torchrun_two_cpu_processes(indexed_set, tmp_path, torchrun):
+    runs_dir = tmp_path / "runs"
+    out = torchrun("train.py", _args(indexed_set, runs_dir, "--epochs", "1", "--max_iters", "2", "--no_cuda",
+                                     "--projector_every", "0"), cwd=tmp_path)
+    assert "rank 0/2: trained on 16 images" in out[0]
+    assert "rank 1/2: trained on 16 images" in out[1]
+    runs = [p for p in runs_dir.iterdir() if p.is_dir()]
     assert len(runs) == 1  # rank 0 alone made the run folder
     ckpt = load_checkpoint(runs[0] / "models" / "model.pth.tar")
     assert ckpt["iteration"] == 2 and len(ckpt["rng"]) == 2
