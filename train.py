@@ -106,6 +106,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--freeWordEmb", type=b, default=True, help="train the word embeddings from the start")
     g.add_argument("--freeText", type=b, default=True, help="train the text encoder from the start")
     g.add_argument("--ohem", type=b, default=True, help="hardest negative (true) or mean over negatives")
+    g.add_argument("--ohem_warmup", type=int, default=0,
+                   help="with --ohem true, average over negatives for this many first epochs, then take the "
+                        "hardest (a curriculum for training from random weights; 0, the paper: hardest from the start)")
     g.add_argument("--intraModalLoss", type=b, default=True, help="pool both modalities as negatives")
     g.add_argument("--warmup", type=int_list, default=[], help="1-based epochs after which frozen groups are released")
     g.add_argument("--decayLR", type=int_list, default=[20], help="1-based epochs after which lr is multiplied by 0.1")
@@ -303,6 +306,8 @@ def main(argv=None) -> Path:
         train_set.set_epoch(epoch)
         train_loader.sampler.set_epoch(epoch)
         train_model.train()
+        # From random weights the hardest negative alone collapses the space; mean negatives first.
+        ohem = args.ohem and epoch >= args.ohem_warmup
         steps = len(train_loader) if not args.max_iters else min(args.max_iters, len(train_loader))
         bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not dist_info.is_main, dynamic_ncols=True)
         for it, batch in enumerate(train_loader):
@@ -323,7 +328,7 @@ def main(argv=None) -> Path:
             # Negatives come from the global batch; gradients reach this rank's rows only, so the
             # loss is scaled by the world size to undo DDP's gradient averaging.
             out = batch_hard_triplet(du.gather_with_grad(img_emb.float()), du.gather_with_grad(rec_emb.float()),
-                                     alpha=args.alpha, intra_modal=args.intraModalLoss, ohem=args.ohem)
+                                     alpha=args.alpha, intra_modal=args.intraModalLoss, ohem=ohem)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(out.loss * dist_info.world_size).backward()
             scaler.step(optimizer)
