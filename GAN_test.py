@@ -6,7 +6,8 @@
 
 G is rebuilt from the configuration stored in its checkpoint (no architecture flags). The image
 encoder and the test embeddings come from ``--encoder_dir`` (default: the one G was trained with),
-found as GAN_train.py finds them. For every recipe of the test embedding file (none dropped):
+found as GAN_train.py finds them (:mod:`utils.encoder_run`). For every recipe of the test
+embedding file (none dropped):
 
 * ``<out_dir>/<recipe id>/generated_<k>.png``: ``--num_images`` images generated from the recipe
   embedding with ``--noise_mode`` (BATCH_RANDOM: z and the conditioning noise drawn per recipe
@@ -44,25 +45,22 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.dataset import BadImageTracker
+from data.gan_dataset import GANDataset, collate_gan, read_record
 from data.langs import parse_language
 from data.lmdb_format import PART_INGR, PART_INST, PART_TITLE, TOKENIZER_DIR, lmdb_dir
 from data.recipe1m import Recipe1MError, iter_layer1, layer1_path
-from GAN_train import (
+from models.gan import GANConfig, Generator, imagenet_to_pixels
+from models.gan_sampling import generate, parse_noise_mode
+from utils.checkpoint import load_checkpoint
+from utils.cli import autocast_context, int_list, str2bool
+from utils.encoder_run import (
     GANDataError,
-    GANDataset,
-    collate_gan,
     encode_fake,
     encoder_run_opts,
     find_encoder_files,
-    generate,
     load_image_encoder,
     load_partition_embeddings,
-    parse_noise_mode,
-    read_record,
 )
-from models.gan import GANConfig, Generator, imagenet_to_pixels
-from utils.checkpoint import load_checkpoint
-from utils.cli import autocast_context, int_list, str2bool
 from utils.frechet import frechet_distance
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
 from utils.metrics import evaluate_retrieval, format_results, rank_metrics, ranks_chunked

@@ -6,12 +6,12 @@
 
 From ``--encoder_dir`` (a train.py run folder) it takes the exported image encoder
 ``models/model_BEST_REC*_image_encoder.pth.tar`` (frozen) and the embedding files test.py wrote for
-the same checkpoint, ``foodSpace_vectors_*_<ckpt>_<partition>_<lang>.npz`` for train, val and test.
-Each training sample is a recipe of those files: its real image (train: one of the first
-``--maxImgs`` images, resize 256, random crop 224, flip; val: the first image, resize 256, centre
-crop 224; then resized to 128 and ImageNet-normalised), its recipe embedding and, as the target
-of the image-image cycle term, the precomputed embedding of its *first* image (test.py's
-``img_embeds``), plus its class.
+the same checkpoint, ``foodSpace_vectors_*_<ckpt>_<partition>_<lang>.npz`` for train, val and test
+(found and loaded by :mod:`utils.encoder_run`). Each training sample (:mod:`data.gan_dataset`)
+is a recipe of those files: its real image (train: one of the first ``--maxImgs`` images, resize
+256, random crop 224, flip; val: the first image, resize 256, centre crop 224; then resized to 128
+and ImageNet-normalised), its recipe embedding and, as the target of the image-image cycle term,
+the precomputed embedding of its *first* image (test.py's ``img_embeds``), plus its class.
 
 Each step (the reference's order): one G forward; the D update on real and (detached) fake images,
 conditional on the detached ``mu``; then G's loss against the updated D: adversarial + class
@@ -20,11 +20,11 @@ generated images going through the frozen encoder (eval mode, gradients flow thr
 bilinear upsampling to the encoder's input size: 224 for the paper's encoder; an encoder trained on
 other crops (``train.py --image_size``) gets its own size, the scale its targets were computed at.
 
-Validation each epoch: images generated for every val recipe (``--val_noise_mode``, default
-ZERO: z = 0 and c = mu, as GAN_test scores; other modes are seeded with ``--seed``, so every epoch
-sees the same noise) are embedded by the encoder and ranked against the val recipe embeddings
-(generated image -> recipe, bags of ``--medr`` under SPEC section 5's rules). The best epoch
-(highest R@1 + R@5 + R@10) and the last one are kept.
+Validation each epoch: images generated for every val recipe (:mod:`models.gan_sampling`;
+``--val_noise_mode``, default ZERO: z = 0 and c = mu, as GAN_test scores; other modes are seeded
+with ``--seed``, so every epoch sees the same noise) are embedded by the encoder and ranked
+against the val recipe embeddings (generated image -> recipe, bags of ``--medr`` under SPEC
+section 5's rules). The best epoch (highest R@1 + R@5 + R@10) and the last one are kept.
 
 Run folder ``<encoder_dir>/GAN_runs/GAN_<%Y%m%d-%H%M%S>/``: ``G_best``, ``D_best``, ``G_last``,
 ``D_last`` ``.pth.tar`` (weights_only loadable; each with its optimiser, the GAN config, the
@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import io
 import math
 import sys
@@ -55,46 +54,39 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from data.dataset import BadImageTracker, BadSample
+from data.dataset import BadImageTracker
+from data.gan_dataset import GANDataset, GANSample, collate_gan
 from data.langs import parse_language
-from data.lmdb_format import RecordError, decode_record, keys_file, lmdb_dir, shared_env
-from data.recipe1m import image_path, load_keys
-from data.transforms import ImageLoadError, load_image, to_normalized_tensor
-from models.foodspace import ArchConfig, ImageEmbedder
+from models.foodspace import ArchConfig
 from models.gan import (
     Discriminator128,
     GANConfig,
     Generator,
     add_gan_arch_args,
     imagenet_to_pixels,
-    make_noise,
     to_imagenet,
 )
-from models.gan_losses import (
-    ENCODER_SIZE,
-    class_weights,
-    discriminator_loss,
-    encode_generated,
-    freeze_encoder,
-    generator_loss,
-)
+from models.gan_losses import class_weights, discriminator_loss, generator_loss
+from models.gan_sampling import generate, parse_noise_mode
 from utils import distributed as du
-from utils.checkpoint import ENCODER_SUFFIX, load_checkpoint, save_checkpoint, to_plain
+from utils.checkpoint import load_checkpoint, save_checkpoint, to_plain
 from utils.cli import autocast_context, explicit_flags, str2bool
-from utils.embeddings import load_embeddings
+from utils.encoder_run import (
+    GANDataError,
+    encode_fake,
+    encoder_run_opts,
+    find_encoder_files,
+    load_image_encoder,
+    load_partition_embeddings,
+)
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
 from utils.metrics import evaluate_retrieval, format_results
-from utils.runs import TextLog, read_opts, unique_dir
+from utils.runs import TextLog, unique_dir
 from utils.seed import get_rng_state, seed_everything, set_rng_state
 
-CROP, RESIZE, GAN_SIZE = 224, 256, 128  # SPEC section 6: resize 256, crop 224, then 128 for D
-NOISE_MODES = ("BATCH_RANDOM", "SINGLE_RANDOM", "ZERO")  # models.gan.make_noise: random, fixed, zero
 TRACE_HEADER = ["epoch", "lr", "medR", "R@1", "R@5", "R@10"]
 # Flags --resume lets the command line change; the rest (architecture, data, losses) is the run's.
 RUNTIME_FLAGS = {"epochs", "workers", "device", "no_cuda", "max_iters", "amp", "data_path", "img_path", "r1m_path",
@@ -148,293 +140,6 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_bad_images", type=float, default=0.01,
                    help="fraction of unreadable images of a partition that stops the run")
     return p
-
-
-def parse_noise_mode(value: str) -> str:
-    """``BATCH_RANDOM`` / ``SINGLE_RANDOM`` / ``ZERO`` (or random / fixed / zero), any case -> canonical name."""
-    text = str(value).strip().upper()
-    aliases = {"RANDOM": "BATCH_RANDOM", "FIXED": "SINGLE_RANDOM"}
-    text = aliases.get(text, text)
-    if text not in NOISE_MODES:
-        raise argparse.ArgumentTypeError(f"noise mode {value!r}: use BATCH_RANDOM, SINGLE_RANDOM or ZERO")
-    return text
-
-
-class GANDataError(ValueError):
-    """Bad input data (an embedding file that does not match the LMDB, a class out of range)."""
-
-
-# --------------------------------------------------------------------------- encoder run files
-
-
-class EncoderFiles(NamedTuple):
-    encoder: Path  # models/<ckpt>_image_encoder.pth.tar
-    ckpt_name: str
-    embeddings: dict[str, Path]  # partition -> npz
-
-
-def vectors_command(encoder_dir, lang: str) -> str:
-    return (f"python test.py --model_init_path {Path(encoder_dir) / 'models' / 'model_BEST_REC_*.pth.tar'} "
-            f"--partitions test,val,train --language {lang}")
-
-
-def find_encoder_files(encoder_dir, lang: str, partitions=("train", "val", "test")) -> EncoderFiles:
-    """The BEST_REC image encoder of ``encoder_dir`` and the embedding files of its checkpoint.
-
-    Raises:
-        SystemExit: the folder, the encoder or an embedding file is missing (naming test.py's command).
-    """
-    root = Path(encoder_dir)
-    if not root.is_dir():
-        raise SystemExit(f"--encoder_dir {encoder_dir}: no such folder (give a train.py run folder)")
-    found = sorted(glob.glob(glob.escape(str(root / "models")) + "/model_BEST_REC*" + ENCODER_SUFFIX))
-    if not found:
-        raise SystemExit(f"{root / 'models'}: no exported image encoder model_BEST_REC*{ENCODER_SUFFIX}; "
-                         f"make it with: {vectors_command(root, lang)}")
-    # Several exports stay when BEST_REC moved on; prefer the one whose checkpoint still exists.
-    live = [f for f in found if Path(f[: -len(ENCODER_SUFFIX)] + ".pth.tar").is_file()]
-    encoder = Path((live or found)[-1])
-    checkpoints = [p for p in glob.glob(glob.escape(str(root / "models")) + "/model_BEST_REC*.pth.tar")
-                   if not p.endswith(ENCODER_SUFFIX)]
-    unexported = sorted(p for p in checkpoints if not Path(p[: -len(".pth.tar")] + ENCODER_SUFFIX).is_file())
-    if unexported:
-        print(f"note: {unexported[-1]} has no exported image encoder; using {encoder.name}. To use the newer "
-              f"checkpoint run: {vectors_command(root, lang)}")
-    ckpt_name = encoder.name[: -len(ENCODER_SUFFIX)]
-    embeddings = {}
-    for partition in partitions:
-        pattern = glob.escape(str(root)) + f"/foodSpace_vectors_*_{glob.escape(ckpt_name)}_{partition}_{lang}.npz"
-        matches = sorted(glob.glob(pattern))
-        if not matches:
-            raise SystemExit(f"{root}: no embedding file foodSpace_vectors_*_{ckpt_name}_{partition}_{lang}.npz "
-                             f"for the image encoder {encoder.name}; make it with: {vectors_command(root, lang)}")
-        embeddings[partition] = Path(matches[-1])
-    return EncoderFiles(encoder, ckpt_name, embeddings)
-
-
-def encoder_run_opts(encoder_dir, ckpt_name: str) -> dict:
-    """The encoder run's options (``opts.txt``, else its checkpoint's), or {} when neither exists."""
-    path = Path(encoder_dir) / "opts.txt"
-    if path.is_file():
-        return read_opts(path)
-    ckpt = Path(encoder_dir) / "models" / f"{ckpt_name}.pth.tar"
-    return dict(load_checkpoint(ckpt).get("opts", {})) if ckpt.is_file() else {}
-
-
-def load_image_encoder(path, device) -> tuple[ImageEmbedder, dict]:
-    """Build the frozen :class:`ImageEmbedder` (eval mode, no gradients) from test.py's export.
-
-    Its ``input_size`` attribute is the crop size it was trained and evaluated at (224 in the paper),
-    the size :func:`encode_fake` upsamples generated images to.
-    """
-    ckpt = load_checkpoint(path)
-    if ckpt.get("kind") != "image_encoder":
-        raise SystemExit(f"{path} is not an exported image encoder (kind={ckpt.get('kind')!r})")
-    encoder = ImageEmbedder(ArchConfig.from_dict(ckpt["arch"]))
-    encoder.load_state_dict(ckpt["model"])
-    encoder.input_size = int(ckpt.get("image_size") or ENCODER_SIZE)
-    return freeze_encoder(encoder.to(device)), ckpt
-
-
-def encode_fake(encoder: torch.nn.Module, images: torch.Tensor, space: str) -> torch.Tensor:
-    """Embed 128 px images (G output in ``space``, or ``"imagenet"`` for normalised real images).
-
-    :func:`models.gan_losses.encode_generated` with one difference: the images are upsampled to the
-    encoder's own input size (``encoder.input_size``, default 224) rather than always 224, so an
-    encoder trained on smaller crops sees generated images at the scale its cycle targets (the
-    real-image embeddings test.py made) were computed at. For the paper's 224 px encoder it *is*
-    ``encode_generated``.
-    """
-    size = int(getattr(encoder, "input_size", ENCODER_SIZE))
-    if size == ENCODER_SIZE:
-        return encode_generated(encoder, images, space)
-    if encoder.training or any(p.requires_grad for p in encoder.parameters()):
-        raise ValueError("the image encoder must be frozen: call models.gan_losses.freeze_encoder(encoder) first")
-    x = F.interpolate(to_imagenet(images, space), size=(size, size), mode="bilinear", align_corners=True)
-    return encoder(x)  # (B, D)
-
-
-def load_partition_embeddings(path: Path, data_path, partition: str) -> dict[str, np.ndarray]:
-    """test.py's npz, checked against the LMDB keys of ``partition``."""
-    emb = load_embeddings(path)
-    if len(emb["rec_ids"]) == 0:
-        raise SystemExit(f"{path}: no recipes")
-    keys = keys_file(data_path, partition)
-    if not keys.is_file():
-        raise SystemExit(f"{keys} not found: is --data_path {data_path} the folder create_lmdb.py wrote?")
-    known = set(load_keys(keys))
-    missing = [str(i) for i in emb["rec_ids"] if str(i) not in known]
-    if missing:
-        raise SystemExit(f"{path}: recipe {missing[0]} (and {len(missing) - 1} more) is not in {keys}; "
-                         f"the embeddings were made from another data set")
-    return emb
-
-
-# --------------------------------------------------------------------------- data
-
-
-def gan_image(img, rng: np.random.Generator | None) -> torch.Tensor:
-    """SPEC section 6's view of a real image: resize 256 (short side), crop 224 (random with ``rng``,
-    else centre), flip (random with ``rng``), resize to 128, ImageNet-normalise -> (3, 128, 128).
-
-    Draw order with ``rng``: crop top, crop left, flip.
-    """
-    img = TF.resize(img, RESIZE, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    w, h = img.size
-    if rng is not None:
-        top, left = int(rng.integers(0, h - CROP + 1)), int(rng.integers(0, w - CROP + 1))
-        flip = bool(rng.random() < 0.5)
-    else:
-        top, left, flip = int(round((h - CROP) / 2.0)), int(round((w - CROP) / 2.0)), False
-    img = TF.crop(img, top, left, CROP, CROP)
-    if flip:
-        img = TF.horizontal_flip(img)
-    img = TF.resize(img, [GAN_SIZE, GAN_SIZE], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return to_normalized_tensor(img)  # (3, 128, 128)
-
-
-def read_record(lmdb_path: Path, rid: str):
-    """The LMDB record of recipe ``rid`` (:class:`data.lmdb_format.Record`)."""
-    with shared_env(lmdb_path).begin(write=False) as txn:
-        value = txn.get(rid.encode("utf-8"))
-    if value is None:
-        raise GANDataError(f"{lmdb_path}: no record for recipe {rid}")
-    try:
-        return decode_record(value)
-    except RecordError as err:
-        raise GANDataError(f"{lmdb_path}: record {rid}: {err}") from None
-
-
-class GANSample(NamedTuple):
-    image: torch.Tensor  # (3, 128, 128) ImageNet-normalised
-    rec_emb: torch.Tensor  # (D,)
-    img_emb: torch.Tensor  # (D,) the first image's precomputed embedding
-    cls: int
-    recipe_id: str
-    index: int
-
-
-class GANBatch(NamedTuple):
-    images: torch.Tensor  # (B, 3, 128, 128)
-    rec_embs: torch.Tensor  # (B, D)
-    img_embs: torch.Tensor  # (B, D)
-    classes: torch.Tensor  # (B,)
-    recipe_ids: list[str]
-    indices: torch.Tensor  # (B,) rows of the embedding file
-    bad: list[BadSample]
-
-
-class GANDataset(Dataset):
-    """The recipes of one embedding file, in its order, with their real image and class.
-
-    Args:
-        data_path, img_path: the LMDB folder and the image root.
-        partition: train, val or test.
-        emb: test.py's arrays (``img_embeds``, ``rec_embeds``, ``rec_ids``).
-        train: random image among the first ``max_imgs`` and random crop/flip; else the first image, centred.
-        seed: with the epoch and the index, seeds every draw of a sample (any worker count gives the same).
-        max_imgs: see ``train``.
-        num_classes: classes must be below it (D's class head).
-    """
-
-    def __init__(self, data_path, img_path, partition: str, emb: dict, *, train: bool, seed: int = 1234,
-                 max_imgs: int = 5, num_classes: int = 1048) -> None:
-        self.data_path, self.img_path, self.partition = Path(data_path), Path(img_path), partition
-        self.ids = [str(i) for i in emb["rec_ids"]]
-        self.rec = torch.from_numpy(np.ascontiguousarray(emb["rec_embeds"], dtype=np.float32))  # (N, D)
-        self.img = torch.from_numpy(np.ascontiguousarray(emb["img_embeds"], dtype=np.float32))  # (N, D)
-        self.train, self.seed, self.max_imgs, self.num_classes = bool(train), int(seed), int(max_imgs), num_classes
-        self.lmdb_path = lmdb_dir(self.data_path, partition)
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by persistent workers
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(int(epoch))
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def record(self, index: int):
-        return read_record(self.lmdb_path, self.ids[index])
-
-    def __getitem__(self, index: int) -> GANSample | BadSample:
-        rid = self.ids[index]
-        record = self.record(index)
-        cls = int(record.cls) - 1  # the LMDB stores class + 1
-        if not 0 <= cls < self.num_classes:
-            raise GANDataError(f"{self.lmdb_path}: record {rid}: class {cls} outside [0, --numClasses "
-                               f"{self.num_classes})")
-        rng = np.random.default_rng([self.seed, int(self._epoch.item()), index]) if self.train else None
-        images = record.images[: self.max_imgs]
-        if not images:
-            return BadSample(rid, "no image entry in the LMDB record", GAN_SIZE)
-        pick = int(rng.integers(len(images))) if rng is not None else 0
-        try:
-            pil = load_image(image_path(self.img_path, self.partition, images[pick]))
-        except (ImageLoadError, ValueError) as err:
-            return BadSample(rid, str(err), GAN_SIZE)
-        return GANSample(gan_image(pil, rng), self.rec[index], self.img[index], cls, rid, index)
-
-
-def collate_gan(batch) -> GANBatch:
-    """Stack the good samples, set the bad ones aside (an all-bad batch has zero rows)."""
-    good = [s for s in batch if isinstance(s, GANSample)]
-    bad = [s for s in batch if isinstance(s, BadSample)]
-    if not good:
-        return GANBatch(torch.zeros(0, 3, GAN_SIZE, GAN_SIZE), torch.zeros(0, 0), torch.zeros(0, 0),
-                        torch.zeros(0, dtype=torch.long), [], torch.zeros(0, dtype=torch.long), bad)
-    return GANBatch(torch.stack([s.image for s in good]), torch.stack([s.rec_emb for s in good]),
-                    torch.stack([s.img_emb for s in good]), torch.tensor([s.cls for s in good]),
-                    [s.recipe_id for s in good], torch.tensor([s.index for s in good]), bad)
-
-
-# --------------------------------------------------------------------------- generation
-
-
-def draw_noise(n: int, cfg: GANConfig, mode: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``z`` (n, Z_DIM) and the conditioning noise ``eps`` (n, EMBEDDING_DIM) of a noise mode, on the CPU.
-
-    BATCH_RANDOM: both drawn per sample from a generator seeded with ``seed``; SINGLE_RANDOM: one
-    seeded vector each, shared by every sample; ZERO: both zero (c = mu). Everything is drawn up
-    front for all ``n`` samples, so results do not depend on the batch size.
-    """
-    mode = parse_noise_mode(mode)
-    if mode == "BATCH_RANDOM":
-        gen = torch.Generator().manual_seed(seed)
-        return make_noise(n, cfg.z_dim, "random", generator=gen), torch.randn(n, cfg.ef_dim, generator=gen)
-    if mode == "SINGLE_RANDOM":
-        return make_noise(n, cfg.z_dim, "fixed", seed=seed), make_noise(n, cfg.ef_dim, "fixed", seed=seed + 1)
-    return torch.zeros(n, cfg.z_dim), torch.zeros(n, cfg.ef_dim)
-
-
-@torch.no_grad()
-def generate(G: Generator, embs: torch.Tensor, *, mode: str, seed: int, batch_size: int, device, ctx,
-             encoder: torch.nn.Module | None = None, on_batch=None, desc: str = "generate") -> torch.Tensor | None:
-    """Generate one image per row of ``embs`` (N, D) in eval mode; return their encoder embeddings.
-
-    Args:
-        G: the generator (its training mode is restored afterwards).
-        embs: FoodSpace embeddings to generate from.
-        mode, seed: the noise (:func:`draw_noise`).
-        encoder: the frozen image encoder; None: return None (only ``on_batch`` sees the images).
-        on_batch: called as ``on_batch(start, pixels)`` with ``pixels`` (b, 3, 128, 128) in [0, 1] on the CPU.
-
-    Returns:
-        (N, D) float32 CPU embeddings of the generated images, or None without an encoder.
-    """
-    z_all, eps_all = draw_noise(embs.shape[0], G.cfg, mode, seed)
-    was_training = G.training
-    G.eval()
-    out = []
-    for start in tqdm(range(0, embs.shape[0], batch_size), desc=desc, leave=False, dynamic_ncols=True):
-        sl = slice(start, start + batch_size)
-        with ctx:
-            fake, _, _ = G(embs[sl].to(device), z_all[sl].to(device), eps=eps_all[sl].to(device))  # (b, 3, 128, 128)
-            if encoder is not None:
-                out.append(encode_fake(encoder, fake, G.cfg.output_space).float().cpu())  # (b, D)
-        if on_batch is not None:
-            on_batch(start, G.to_pixels(fake.float()).cpu())
-    G.train(was_training)
-    return torch.cat(out) if encoder is not None else None
 
 
 # --------------------------------------------------------------------------- one training step
@@ -495,8 +200,6 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
     if g.img_rec is not None:
         terms["G/cycle_img_rec"] = g.img_rec
     return {k: float(v) for k, v in terms.items()}
-
-
 
 
 # --------------------------------------------------------------------------- schedule

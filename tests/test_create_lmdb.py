@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import create_lmdb
+from data import lmdb_build
 from data.langs import LANGS
 from data.lmdb_format import decode_record, keys_file, lmdb_dir, open_lmdb_readonly
 from data.recipe1m import PARTITIONS, load_classes, load_keys, write_keys
@@ -250,9 +251,9 @@ def test_killed_run_keeps_previous_output(built, r1m, tmp_path, capsys):
     assert any(x.name.startswith(".tmp_build_") for x in data_path.iterdir())
 
     # Killed in the middle of the swap (after the old outputs moved aside, during the move-in).
-    _crash(r1m, data_path, tokenizer, f"swap:{len(create_lmdb.output_names()) + 3}")
-    assert (data_path / create_lmdb.JOURNAL).exists() and not (data_path / "manifest.json").exists()
-    assert create_lmdb.recover(data_path) is True  # what the next start does first
+    _crash(r1m, data_path, tokenizer, f"swap:{len(lmdb_build.output_names()) + 3}")
+    assert (data_path / lmdb_build.JOURNAL).exists() and not (data_path / "manifest.json").exists()
+    assert lmdb_build.recover(data_path) is True  # what the next start does first
     assert _snapshot(data_path) == before
     assert not any(x.name.startswith((".tmp_build_", ".old_")) for x in data_path.iterdir())
 

@@ -21,9 +21,11 @@ from PIL import Image
 import GAN_test
 import GAN_train
 import train
+from data.gan_dataset import gan_image
 from models.foodspace import ArchConfig, ImageEmbedder
 from models.gan import Discriminator128, GANConfig, Generator
 from models.gan_losses import class_weights, freeze_encoder
+from models.gan_sampling import draw_noise, generate, parse_noise_mode
 from utils.checkpoint import ENCODER_SUFFIX
 from utils.embeddings import load_embeddings
 from utils.frechet import frechet_distance, frechet_from_stats, ledoit_wolf
@@ -268,16 +270,16 @@ def test_gan_step_updates_g_and_d_but_not_the_encoder():
 
 def test_noise_modes_and_batch_size_independence():
     cfg = GANConfig(z_dim=8, gf_dim=4, df_dim=4, ef_dim=6, r_num=1, emb_dim=32, num_classes=5)
-    z, eps = GAN_train.draw_noise(5, cfg, "ZERO", 1)
+    z, eps = draw_noise(5, cfg, "ZERO", 1)
     assert z.shape == (5, 8) and eps.shape == (5, 6) and not z.any() and not eps.any()
-    z, eps = GAN_train.draw_noise(5, cfg, "SINGLE_RANDOM", 1)
+    z, eps = draw_noise(5, cfg, "SINGLE_RANDOM", 1)
     assert torch.equal(z, z[:1].expand(5, 8)) and torch.equal(eps, eps[:1].expand(5, 6)) and z.abs().sum() > 0
-    z1, eps1 = GAN_train.draw_noise(5, cfg, "BATCH_RANDOM", 1)
-    z2, _ = GAN_train.draw_noise(5, cfg, "random", 1)
+    z1, eps1 = draw_noise(5, cfg, "BATCH_RANDOM", 1)
+    z2, _ = draw_noise(5, cfg, "random", 1)
     assert torch.equal(z1, z2) and not torch.equal(z1[0], z1[1])
-    assert not torch.equal(z1, GAN_train.draw_noise(5, cfg, "BATCH_RANDOM", 2)[0])
+    assert not torch.equal(z1, draw_noise(5, cfg, "BATCH_RANDOM", 2)[0])
     with pytest.raises(Exception, match="BATCH_RANDOM, SINGLE_RANDOM or ZERO"):
-        GAN_train.parse_noise_mode("loud")
+        parse_noise_mode("loud")
 
     from contextlib import nullcontext
 
@@ -287,8 +289,8 @@ def test_noise_modes_and_batch_size_independence():
     runs = []
     for batch_size in (3, 10):
         pixels = []
-        GAN_train.generate(G, embs, mode="BATCH_RANDOM", seed=5, batch_size=batch_size, device="cpu",
-                           ctx=nullcontext(), on_batch=lambda start, px, out=pixels: out.append(px))
+        generate(G, embs, mode="BATCH_RANDOM", seed=5, batch_size=batch_size, device="cpu",
+                 ctx=nullcontext(), on_batch=lambda start, px, out=pixels: out.append(px))
         runs.append(torch.cat(pixels))
     assert runs[0].shape == (10, 3, 128, 128) and 0 <= runs[0].min() and runs[0].max() <= 1
     assert torch.allclose(runs[0], runs[1], atol=1e-6)
@@ -297,15 +299,15 @@ def test_noise_modes_and_batch_size_independence():
 
 def test_real_image_view():
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8))
-    a = GAN_train.gan_image(img, None)
-    assert a.shape == (3, 128, 128) and torch.equal(a, GAN_train.gan_image(img, None))
-    r1 = GAN_train.gan_image(img, np.random.default_rng(1))
-    assert torch.equal(r1, GAN_train.gan_image(img, np.random.default_rng(1)))
-    assert any(not torch.equal(r1, GAN_train.gan_image(img, np.random.default_rng(s))) for s in range(2, 6))
+    a = gan_image(img, None)
+    assert a.shape == (3, 128, 128) and torch.equal(a, gan_image(img, None))
+    r1 = gan_image(img, np.random.default_rng(1))
+    assert torch.equal(r1, gan_image(img, np.random.default_rng(1)))
+    assert any(not torch.equal(r1, gan_image(img, np.random.default_rng(s))) for s in range(2, 6))
     # A left-red / right-blue image keeps red on the left in the centre crop.
     two = np.zeros((256, 512, 3), np.uint8)
     two[:, :256, 0], two[:, 256:, 2] = 255, 255
-    v = GAN_train.gan_image(Image.fromarray(two), None)
+    v = gan_image(Image.fromarray(two), None)
     assert v[0, :, :40].mean() > v[2, :, :40].mean() and v[2, :, -40:].mean() > v[0, :, -40:].mean()
 
 

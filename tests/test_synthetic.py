@@ -1,4 +1,4 @@
-"""The synthetic Recipe1M (data/synthetic.py): formats, consistency, determinism, learnability."""
+"""The synthetic Recipe1M (data/synthetic*.py): formats, consistency, determinism, learnability."""
 
 from __future__ import annotations
 
