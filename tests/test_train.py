@@ -67,6 +67,16 @@ def test_resume_equals_uninterrupted_run(indexed_set, tmp_path):
         assert torch.equal(value, b["model"][key]), key
 
 
+def test_ohem_warmup_averages_negatives_then_takes_the_hardest(indexed_set, tmp_path):
+    common = ("--epochs", "2", "--max_iters", "2", "--projector_every", "0", "--valfreq", "5")
+    mean = _scalars(train.main(_args(indexed_set, tmp_path / "mean", "--ohem", "false", *common)))
+    warm = _scalars(train.main(_args(indexed_set, tmp_path / "warm", "--ohem", "true", "--ohem_warmup", "1", *common)))
+    # Epoch 0 (steps 1-2) is the mean-negative loss, step for step; epoch 1 takes the hardest
+    # negative, whose distance is below the mean over negatives.
+    assert warm["d_neg"][:2] == mean["d_neg"][:2] and warm["loss"][:2] == mean["loss"][:2]
+    assert all(w < m for (_, w), (_, m) in zip(warm["d_neg"][2:], mean["d_neg"][2:], strict=True))
+
+
 def test_torchrun_two_cpu_processes(indexed_set, tmp_path, torchrun):
     runs_dir = tmp_path / "runs"
     out = torchrun("train.py", _args(indexed_set, runs_dir, "--epochs", "1", "--max_iters", "2", "--no_cuda",
