@@ -25,8 +25,9 @@ from utils.io import atomic_write_text
 ROOT = Path(__file__).resolve().parent
 
 # Sizes that fit a 2-core CPU in minutes while leaving retrieval learnable (README: "Demo"). From
-# random weights the hardest-negative loss (--ohem true) kept the embeddings collapsed in our CPU
-# trials, so the demo averages over negatives (--ohem false), which learns within an epoch.
+# random weights the paper's hardest-negative loss alone collapses the space, so the demo averages
+# over negatives for its first epochs (--ohem_warmup), then takes the hardest at a tenth of the lr.
+CURRICULUM = 2  # epochs of mean negatives before the hardest ones (and the lr decay)
 MODEL_FLAGS = ["--image_backbone", "resnet18", "--image_pretrained", "none", "--text_init", "none",
                "--image_size", "64", "--BERT_hidden", "128", "--BERT_layers", "2", "--BERT_heads", "2",
                "--BERT_intermediate", "256", "--embDim", "128"]
@@ -37,7 +38,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     p.add_argument("--force", action="store_true", help="redo every stage, even those already finished")
     p.add_argument("--recipes", type=int, default=3000, help="recipes in the synthetic data set")
-    p.add_argument("--epochs", type=int, default=4, help="retrieval training epochs")
+    p.add_argument("--epochs", type=int, default=5, help="retrieval training epochs")
     p.add_argument("--gan_epochs", type=int, default=3, help="synthesis training epochs")
     p.add_argument("--train_iters", type=int, default=0, help="cap on retrieval iterations per epoch (0: no cap)")
     p.add_argument("--gan_iters", type=int, default=0, help="cap on GAN iterations per epoch (0: no cap)")
@@ -94,9 +95,9 @@ def main(argv=None) -> dict:
             stale.unlink(missing_ok=True)  # later stages must follow a new training run
     run.stage("train", ["train.py", *MODEL_FLAGS, "--data_path", str(data), "--img_path", str(r1m / "images"),
                         "--runs_dir", str(runs), "--experiment_sufix", "_demo", "--epochs", str(args.epochs),
-                        "--batch_size", "32", "--lr", "5e-4", "--ohem", "false", "--workers", workers, "--no_cuda",
-                        "--medr", "500", "--log_every", "20", "--decayLR", str(max(1, args.epochs - 2)),
-                        "--max_iters", str(args.train_iters)])
+                        "--batch_size", "32", "--lr", "5e-4", "--ohem", "true", "--ohem_warmup", str(CURRICULUM),
+                        "--decayLR", str(CURRICULUM), "--workers", workers, "--no_cuda", "--medr", "500",
+                        "--log_every", "20", "--max_iters", str(args.train_iters)])
     run_dir = latest(str(runs / "*__train_demo*"))
     ckpt = latest(str(run_dir / "models" / "model_BEST_REC_e*[0-9].pth.tar"))
     run.stage("test", ["test.py", "--model_init_path", str(ckpt), "--partitions", "test,val,train",

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from bench.common import run_with_threads
 from models.gan import GLU, Discriminator128, GANConfig, Generator
 from models.gan_losses import (
     ENCODER_SIZE,
@@ -276,18 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.batch_size, args.backbone = 2, "resnet18"
         args.steps, args.warmup = min(args.steps, 1), min(args.warmup, 1)
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        results = run(args)
-    finally:
-        torch.set_num_threads(threads)
-    if args.json:
-        from utils.io import atomic_write_json
-
-        atomic_write_json(args.json, results, indent=1)
-    return results
+    return run_with_threads(run, args)
 
 
 if __name__ == "__main__":

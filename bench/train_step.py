@@ -43,6 +43,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
+from bench.common import run_with_threads
 from models.foodspace import ArchConfig, FoodSpaceNet
 from models.losses import batch_hard_triplet
 
@@ -300,18 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.batch_size, args.image_size, args.length_samples = 4, 64, min(args.length_samples, 100)
         args.steps, args.warmup, args.backbone = min(args.steps, 1), min(args.warmup, 1), "resnet18"
-    threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        results = run(args)
-    finally:
-        torch.set_num_threads(threads)
-    if args.json:
-        from utils.io import atomic_write_json
-
-        atomic_write_json(args.json, results, indent=1)
-    return results
+    return run_with_threads(run, args)
 
 
 if __name__ == "__main__":
