@@ -44,7 +44,6 @@ from utils.io import atomic_write_json
 
 LANGS_OUT = ("en", "de-en", "ru-en", "de", "ru", "fr")  # what render() knows
 TRANSLATIONS = ("de", "ru", "fr", "de-en", "ru-en")  # the layer1_<lang>.json files written
-_FIELD = {"en": 0, "de-en": 0, "ru-en": 0, "de": 2, "ru": 3, "fr": 4}  # lexicon column per language
 BACK_SYNONYM_P = {"de-en": 0.3, "ru-en": 0.45}  # chance a back-translation swaps a word or wording
 IMAGE_COUNT_P = (0.4, 0.25, 0.15, 0.1, 0.1)  # P(1..5 images) of a recipe with images
 BLOCK = 40  # every block of 40 recipes holds each rare feature (see _rare_features)
