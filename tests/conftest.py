@@ -59,13 +59,14 @@ def torchrun(tmp_path):
                "--log_dir", str(log_dir), "--redirects", "3", str(ROOT / script), *args]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
         proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-        outputs = {}
-        for rank in (0, 1):
-            files = sorted(log_dir.glob(f"**/attempt_0/{rank}/stdout.log"))
-            err = sorted(log_dir.glob(f"**/attempt_0/{rank}/stderr.log"))
-            outputs[rank] = files[-1].read_text() if files else ""
-            tail = err[-1].read_text()[-3000:] if err else ""
-            assert proc.returncode == 0, f"torchrun failed (rank {rank} stderr):\n{tail}\n{proc.stderr[-3000:]}"
-        return outputs
+
+        def rank_file(rank: int, stream: str) -> str:
+            files = sorted(log_dir.glob(f"**/attempt_0/{rank}/{stream}.log"))
+            return files[-1].read_text() if files else ""
+
+        if proc.returncode != 0:
+            errors = "\n".join(f"rank {r} stderr:\n{rank_file(r, 'stderr')[-3000:]}" for r in (0, 1))
+            pytest.fail(f"torchrun exited with {proc.returncode}:\n{errors}\n{proc.stderr[-3000:]}")
+        return {rank: rank_file(rank, "stdout") for rank in (0, 1)}
 
     return run
