@@ -14,8 +14,9 @@ missing from ``classes1M.pkl`` is stored as 1, so the loader's value (stored - 1
 background class whose weight in the class loss is 0.
 
 Token rows (SPEC section 3): ``[CLS] + tok(title + '. ') + tok(ingredients + '. ') +
-tok(instructions)``, the non-empty lines of a part joined by ``'. '`` and ``'..'`` replaced by ``'.'``
-in each part, truncated / padded with id 0 to ``--max_len``; the part row marks -1 CLS, 1 title,
+tok(instructions)``, the non-empty lines of a part joined by ``'. '`` (a whitespace-only line is
+kept, as in the reference, and adds a ``'.'`` token) and ``'..'`` replaced by ``'.'`` in each
+part, truncated / padded with id 0 to ``--max_len``; the part row marks -1 CLS, 1 title,
 2 ingredients, 3 instructions, 0 padding. A record holds one row per indexed language, in
 ``data.langs.LANGS`` order. A language is indexed when its ``layer1_<lang>.json`` covers every
 indexed recipe (otherwise it is skipped with a warning, or, when asked for with
@@ -104,11 +105,14 @@ COMMIT_BYTES = 8 << 20  # record bytes per LMDB write transaction (its dirty pag
 def part_texts(title: str, ingredients: list[str], instructions: list[str]) -> tuple[str, str, str]:
     """The three texts tokenised for a recipe: title, ingredients, instructions (SPEC section 3).
 
-    Empty (whitespace-only) lines are skipped; the title is always kept; ``'..'`` becomes ``'.'``
-    in each part, as in the reference (whose extra whitespace makes no WordPiece token).
+    Empty lines (``""``) are skipped and every other line is kept, whitespace-only ones included,
+    as the reference does (it tests the string's truth): a line ``" "`` between ``"a"`` and ``"b"``
+    gives ``"a.  . b"``, the tokens ``a . . b``. The title is always kept; ``'..'`` becomes
+    ``'.'`` in each part, as in the reference (whose extra whitespace in its joiners, ``'. \\n '``
+    and ``'. \\n\\n '``, makes no WordPiece token).
     """
-    ingr = ". ".join(t for t in ingredients if t.strip())
-    inst = ". ".join(t for t in instructions if t.strip())
+    ingr = ". ".join(t for t in ingredients if t)
+    inst = ". ".join(t for t in instructions if t)
     return ((title + ". ").replace("..", "."), (ingr + ". ").replace("..", "."), inst.replace("..", "."))
 
 

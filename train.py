@@ -90,7 +90,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--textinputs", default="title,ingr,inst", help="recipe parts fed to the encoder, in order")
     g.add_argument("--textAug", default="english,de,ru,fr",
                    help="language augmentation tree ('none' or '': English only; add 'mask' to mask tokens)")
-    g.add_argument("--language", default="0", help="language of validation (code or number, SPEC section 1)")
+    g.add_argument("--language", default="0",
+                   help="unused by training (validation is always English, as in the reference); checked and "
+                        "kept in opts.txt. test.py's --language picks the test language")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch_size", type=int, default=20, help="batch size per process")
@@ -110,7 +112,8 @@ def get_parser() -> argparse.ArgumentParser:
                    help="with --ohem true, average over negatives for this many first epochs, then take the "
                         "hardest (a curriculum for training from random weights; 0, the paper: hardest from the start)")
     g.add_argument("--intraModalLoss", type=b, default=True, help="pool both modalities as negatives")
-    g.add_argument("--warmup", type=int_list, default=[], help="1-based epochs after which frozen groups are released")
+    g.add_argument("--warmup", type=int_list, default=[1],
+                   help="1-based epochs after which heads, vision and word embeddings are released ('': never)")
     g.add_argument("--decayLR", type=int_list, default=[20], help="1-based epochs after which lr is multiplied by 0.1")
     g.add_argument("--alpha", type=float, default=0.3, help="triplet margin")
     g.add_argument("--medr", type=int, default=1000, help="validation bag size (SPEC section 5)")
@@ -118,6 +121,12 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- optimiser state
+
+
+def initial_schedule(args) -> dict:
+    """The schedule state of epoch 0: no decay, each group free as its ``--free*`` flag says."""
+    return {"lr_scale": 1.0, "free": {"heads": args.freeHeads, "vision": args.freeVision,
+                                      "wordemb": args.freeWordEmb, "text": args.freeText}}
 
 
 def group_lrs(args, state: dict) -> dict[str, float]:
@@ -131,7 +140,12 @@ def group_lrs(args, state: dict) -> dict[str, float]:
 
 
 def end_of_epoch_schedule(args, state: dict, epoch: int) -> list[str]:
-    """Apply --warmup / --decayLR after finishing ``epoch`` (0-based); return what happened."""
+    """Apply --warmup / --decayLR after finishing ``epoch`` (0-based); return what happened.
+
+    As the reference does, both release heads, vision and word embeddings (the latter stay frozen
+    under ``--w2vTrain false``, see :func:`group_lrs`) but never the text encoder: ``--freeText
+    false`` freezes it for the whole run.
+    """
     events, finished = [], epoch + 1  # the flags are 1-based epochs
     if finished in args.warmup or finished in args.decayLR:
         for name in ("heads", "vision", "wordemb"):
@@ -171,8 +185,13 @@ def resolve_args(parser, argv) -> tuple[argparse.Namespace, dict | None]:
 
 
 def make_loader(args, partition: str, train: bool, dist_info) -> tuple[DataLoader, RecipeImageDataset]:
+    """The loader of ``partition``: augmented and shuffled for training, English rows otherwise.
+
+    Validation reads the English row whatever ``--language`` says, as the reference does (its
+    validation loader never receives the language); test.py evaluates other languages.
+    """
     dataset = RecipeImageDataset(
-        args.data_path, args.img_path, partition, train=train, language=args.language,
+        args.data_path, args.img_path, partition, train=train, language="en",
         text_aug=args.textAug, textinputs=args.textinputs, max_imgs=args.maxImgs,
         image_size=args.image_size, seed=args.seed)
     sampler = None
@@ -271,8 +290,7 @@ def main(argv=None) -> Path:
         [{"params": [q for q in groups[name] if q.requires_grad], "name": name} for name in GROUPS],
         lr=args.lr, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    sched = {"lr_scale": 1.0, "free": {"heads": args.freeHeads, "vision": args.freeVision,
-                                       "wordemb": args.freeWordEmb, "text": args.freeText}}
+    sched = initial_schedule(args)
     best = {"medR": math.inf, "recall_sum": -math.inf, "validations": 0}
     start_epoch, iteration = args.start_epoch, 0
     local_images = 0  # images this process trained on in this invocation

@@ -6,16 +6,19 @@ Built by ``create_lmdb.py`` (SPEC sections 3, 8; layout in DEVELOPERS.md). Per S
   languages present in the LMDB; evaluation: the ``language`` row), CLS and the parts named by
   ``textinputs`` are kept in title, ingr, inst order, padded with 0 to ``max_len``, and SEP is
   written right after the last kept token (over the last token when the row is full).
-* **Choice tree** (``text_aug="english,de,ru,fr"``): English half of the time (of which the
-  original 1/2, ``de-en`` 1/4, ``ru-en`` 1/4), otherwise ``de``, ``ru`` or ``fr`` uniformly. The
-  English branch holds ``en``, ``de-en``, ``ru-en``; the foreign branch the foreign codes listed
-  in ``text_aug``. Languages absent from the LMDB are dropped and their branch's weight is
-  renormalised over what is left; a branch left empty yields to the other. ``"none"`` or ``""``
-  means English only. With 6 languages the result is ``en`` 1/4, ``de-en`` 1/8, ``ru-en`` 1/8,
-  ``de``, ``ru``, ``fr`` 1/6 each (:attr:`RecipeImageDataset.language_probs`).
-* **Masking** (item ``mask`` in ``text_aug``, training only): each kept title, ingredient or
-  instruction token (never CLS, SEP or padding) is independently replaced by the tokenizer's
-  mask id with probability :data:`MASK_PROB` (0.15).
+* **Choice tree**, the reference's: every draw starts from English. The English branch is
+  ``en`` alone, or, when ``english`` is listed, ``en`` 1/2, ``de-en`` 1/4, ``ru-en`` 1/4; the
+  foreign branch holds the foreign codes listed (``de``, ``ru``, ``fr``), uniformly. With a
+  foreign code listed, each branch has 1/2, so ``english,de,ru,fr`` gives ``en`` 1/4, ``de-en``
+  1/8, ``ru-en`` 1/8, ``de``, ``ru``, ``fr`` 1/6 each, ``de,ru,fr`` gives ``en`` 1/2 and 1/6
+  each, ``fr`` gives ``en`` 1/2, ``fr`` 1/2 (:attr:`RecipeImageDataset.language_probs`).
+  Languages absent from the LMDB are dropped and their branch's weight is renormalised over what
+  is left; a branch left empty yields to the other. ``"none"`` or ``""`` means English only.
+* **Masking** (item ``mask`` in ``text_aug``, training only), the reference's: with ``n`` the
+  length of the kept row (CLS and the selected parts, before SEP), ``k`` is drawn uniformly from
+  ``0 .. floor(n / 4) - 1`` and ``k`` positions uniformly from ``0 .. n - 1`` with replacement
+  (CLS included); they become the tokenizer's mask id. A row with ``n < 4`` is left unmasked
+  (the reference's draw fails on it).
 * **Images.** Training: one of the first ``max_imgs`` images uniformly; evaluation: the first.
   A missing or undecodable image, or a recipe without image entries, gives a :class:`BadSample`
   (never a blank image); :func:`collate_skip_bad` drops it and :class:`BadImageTracker` counts it.
@@ -67,7 +70,7 @@ logger = logging.getLogger(__name__)
 TEXT_AUG_ITEMS = ("english", "de", "ru", "fr", "mask")
 ENGLISH_BRANCH = (("en", 0.5), ("de-en", 0.25), ("ru-en", 0.25))
 FOREIGN_LANGS = ("de", "ru", "fr")
-MASK_PROB = 0.15
+MASK_FRACTION = 4  # k < floor(n / MASK_FRACTION): at most a quarter of the row is masked
 TEXTINPUTS = ("title", "ingr", "inst")
 
 
@@ -122,26 +125,30 @@ def language_distribution(text_aug: str | None, present: Sequence[str]) -> dict[
     """Probability of each language row under the ``text_aug`` choice tree (module docstring).
 
     Args:
-        text_aug: e.g. ``"english,de,ru,fr"``, ``"english,mask"``, ``"none"``.
+        text_aug: e.g. ``"english,de,ru,fr"``, ``"de,ru,fr"``, ``"english,mask"``, ``"none"``.
         present: the language codes stored in the LMDB.
 
     Returns:
         ``{code: probability}`` over languages with a non-zero probability, in row order.
+
+    Raises:
+        ValueError: an unknown ``text_aug`` item, or no language of the tree in the LMDB.
     """
     items, _ = parse_text_aug(text_aug)
-    branches: list[dict[str, float]] = []
-    if "english" in items:
-        branches.append({code: w for code, w in ENGLISH_BRANCH if code in present})
-    branches.append({code: 1.0 for code in FOREIGN_LANGS if code in items and code in present})
-    branches = [b for b in branches if b]
+    # The reference starts every draw from the original English row; only "english" opens the
+    # back-translations to it, and listed foreign languages then replace it half of the time.
+    english = ENGLISH_BRANCH if "english" in items else (("en", 1.0),)
+    listed = [code for code, _ in english] + [code for code in FOREIGN_LANGS if code in items]
+    absent = [code for code in listed if code not in present]
+    if absent and items:
+        logger.warning("text_aug %r: %s not in the LMDB (languages: %s); drawing among the others",
+                       text_aug, ", ".join(absent), ", ".join(present))
+    branches = [{code: w for code, w in english if code in present},
+                {code: 1.0 for code in FOREIGN_LANGS if code in items and code in present}]
+    branches = [b for b in branches if b]  # an empty branch yields to the other
     if not branches:
-        if items:
-            logger.warning("text_aug %r: none of its languages is in the LMDB (%s); using English only",
-                           text_aug, ", ".join(present))
-        if "en" not in present:
-            raise ValueError(f"English is not in the LMDB (languages: {', '.join(present)}); "
-                             f"choose text_aug languages among them")
-        return {"en": 1.0}
+        raise ValueError(f"none of the languages of text_aug {text_aug!r} ({', '.join(listed)}) is in the "
+                         f"LMDB (languages: {', '.join(present)}); choose text_aug languages among them")
     probs: dict[str, float] = {}
     for branch in branches:  # branches share the mass equally; within one, renormalised weights
         total = sum(branch.values())
@@ -162,8 +169,8 @@ def parse_textinputs(textinputs: str | Sequence[str]) -> tuple[int, ...]:
 
 
 def assemble_tokens(ids: np.ndarray, parts: np.ndarray, part_codes: Sequence[int], sep_id: int,
-                    max_len: int, *, mask_id: int | None = None, rng: np.random.Generator | None = None,
-                    mask_prob: float = MASK_PROB) -> np.ndarray:
+                    max_len: int, *, mask_id: int | None = None,
+                    rng: np.random.Generator | None = None) -> np.ndarray:
     """CLS + the selected parts of one stored row, 0-padded to ``max_len``, then SEP.
 
     Args:
@@ -172,9 +179,10 @@ def assemble_tokens(ids: np.ndarray, parts: np.ndarray, part_codes: Sequence[int
         part_codes: the part codes to keep.
         sep_id: written right after the last kept token, or over the last token of a full row.
         max_len: output length.
-        mask_id: when given (with ``rng``), each kept part token becomes ``mask_id`` with
-            probability ``mask_prob``.
-        rng: source of the mask draws (one uniform per kept token, CLS included).
+        mask_id: when given (with ``rng``), ``k ~ U{0 .. floor(n / 4) - 1}`` positions of the
+            ``n`` kept tokens (CLS included), drawn with replacement, become ``mask_id`` before
+            SEP is written; nothing is drawn when ``n < 4``.
+        rng: source of the mask draws: ``k`` first, then the ``k`` positions.
 
     Returns:
         int64 ``(max_len,)``.
@@ -182,8 +190,13 @@ def assemble_tokens(ids: np.ndarray, parts: np.ndarray, part_codes: Sequence[int
     keep = (parts == PART_CLS) | np.isin(parts, np.asarray(part_codes, dtype=parts.dtype))
     kept = ids[keep].astype(np.int64)[:max_len]  # (n,)
     if mask_id is not None and rng is not None:
-        masked = (rng.random(kept.shape[0]) < mask_prob) & (parts[keep][:max_len] > 0)
-        kept[masked] = mask_id
+        # As the reference does: n counts the non-padding ids of the row before SEP (all of
+        # `kept`, whose ids are > 0), and the positions may repeat, so fewer than k may change.
+        n = int(np.count_nonzero(kept > 0))
+        bound = n // MASK_FRACTION
+        if bound > 0:  # the reference's draw fails on rows of fewer than 4 tokens
+            k = int(rng.integers(bound))
+            kept[rng.integers(n, size=k)] = mask_id
     out = np.zeros(max_len, dtype=np.int64)
     out[:kept.shape[0]] = kept
     out[min(kept.shape[0], max_len - 1)] = sep_id

@@ -149,21 +149,24 @@ class FoodSpaceNet(nn.Module):
         return self.embed_images(images), self.embed_recipes(tokens)
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
-        """The four optimiser groups of SPEC section 4; every parameter is in exactly one.
+        """The four optimiser groups; every parameter is in exactly one, in registration order.
 
         ``heads``: both branch heads, the shared linear and both output BNs; ``vision``: the image
-        trunk; ``wordemb``: the word embedding table only (what the reference's ``w2vTrain`` and
-        ``freeWordEmb`` act on); ``text``: the rest of BERT (position/token-type embeddings and
-        their LayerNorm, the layers, the pooler).
+        trunk; ``wordemb``: every tensor under BERT's ``embeddings`` module (word, position and
+        token-type tables and their LayerNorm), the group the reference's ``w2vTrain`` and
+        ``freeWordEmb`` act on; ``text``: the rest of BERT (the layers and the pooler). This is
+        the reference's split: it puts every name containing ``embeddings`` under the text model in
+        the word-embedding group.
         """
-        word = self.text_encoder.word_embeddings.weight
+        embeddings = self.text_encoder.bert.embeddings
+        in_embeddings = {id(p) for p in embeddings.parameters()}
         heads = [*self.visual.head.parameters(), *self.visual.shared.parameters(),
                  *self.visual.out.parameters(), *self.text_head.parameters(), *self.text_out.parameters()]
         return {
             "heads": heads,
             "vision": list(self.visual.backbone.parameters()),
-            "wordemb": [word],
-            "text": [p for p in self.text_encoder.parameters() if p is not word],
+            "wordemb": list(embeddings.parameters()),
+            "text": [p for p in self.text_encoder.parameters() if id(p) not in in_embeddings],
         }
 
     def image_embedder(self) -> ImageEmbedder:

@@ -68,7 +68,7 @@ class TextEncoder(nn.Module):
 
     @property
     def word_embeddings(self) -> nn.Embedding:
-        """The word embedding table (its own optimiser group)."""
+        """The word embedding table (in the word-embedding optimiser group with the rest of BERT's embeddings)."""
         return self.bert.embeddings.word_embeddings
 
     @contextlib.contextmanager

@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_LEN = 48  # short rows: most recipes are truncated
 BASE_ARGS = ["--max_len", str(MAX_LEN), "--maxImgs", "2", "--workers", "1"]
 DROPPED: dict[str, str] = {}  # reason -> the recipe id dropped for it (filled by the fixture)
+BLANKS: dict[str, str] = {}  # "id" -> the recipe given empty and whitespace-only lines (by the fixture)
+BLANK_INGRS = [" ", "", "\t \n"]  # put before its ingredients: "" is skipped, the two others kept
+BLANK_INSTS = ["", "  "]  # put before its instructions
 
 
 def _read_lmdb(path: Path) -> dict[bytes, bytes]:
@@ -60,6 +63,10 @@ def r1m(tmp_path_factory) -> Path:
     # listed twice.
     DROPPED["no_image"] = next(e["id"] for e in layer1 if e["id"] not in with_images)
     DROPPED["not_in_layer1"] = train[2]
+    BLANKS["id"] = train[0]
+    entry = next(e for e in layer1 if e["id"] == train[0])
+    entry["ingredients"] = [{"text": t} for t in BLANK_INGRS] + entry["ingredients"]
+    entry["instructions"] = [{"text": t} for t in BLANK_INSTS] + entry["instructions"]
     (out / "layer1.json").write_text(json.dumps([e for e in layer1 if e["id"] != train[2]]), encoding="utf-8")
     write_keys(out / "train_keys.pkl", [train[0], DROPPED["no_image"], *train[1:], train[3]])
     return out
@@ -73,13 +80,17 @@ def built(r1m, tmp_path_factory) -> tuple[Path, dict]:
     return data_path, manifest
 
 
+def _reference_texts(title: str, ingredients: list[str], instructions: list[str]) -> list[str]:
+    """The reference's three texts, with its own joiners: lines kept when truthy (not stripped)."""
+    return [title + ". \n\n ", ". \n ".join(t for t in ingredients if t) + ". \n\n ",
+            ". \n ".join(t for t in instructions if t)]
+
+
 def _expected_rows(tokenizer, entry: dict, lang: str) -> tuple[np.ndarray, np.ndarray]:
-    """Brute force: SPEC section 3's row of one recipe, one text at a time."""
+    """Brute force: the reference's row of one recipe, one text at a time."""
     suffix = "" if lang == "en" else f"_{lang}"
-    title = entry[f"title{suffix}"]
-    ingrs = [i["text"] for i in entry[f"ingredients{suffix}"] if i["text"].strip()]
-    insts = [i["text"] for i in entry[f"instructions{suffix}"] if i["text"].strip()]
-    texts = [title + ". ", ". ".join(ingrs) + ". ", ". ".join(insts)]
+    texts = _reference_texts(entry[f"title{suffix}"], [i["text"] for i in entry[f"ingredients{suffix}"]],
+                             [i["text"] for i in entry[f"instructions{suffix}"]])
     ids, parts = [tokenizer.cls_token_id], [-1]
     for code, text in zip((1, 2, 3), texts):
         tokens = tokenizer.backend_tokenizer.encode(text.replace("..", "."), add_special_tokens=False).ids
@@ -92,8 +103,25 @@ def _expected_rows(tokenizer, entry: dict, lang: str) -> tuple[np.ndarray, np.nd
 
 def test_part_texts_rules():
     title, ingr, inst = create_lmdb.part_texts("Pie.", ["1 egg.", "", "  ", "flour"], ["Mix..", "", "Bake"])
-    assert (title, ingr, inst) == ("Pie. ", "1 egg. flour. ", "Mix.. Bake")  # str.replace, as the reference
+    # "" skipped, "  " kept; str.replace, as the reference: "1 egg..   . flour" -> "1 egg.   . flour"
+    assert (title, ingr, inst) == ("Pie. ", "1 egg.   . flour. ", "Mix.. Bake")
     assert create_lmdb.part_texts("", [], []) == (". ", ". ", "")
+    assert create_lmdb.part_texts("T", ["", ""], [" "]) == ("T. ", ". ", " ")
+
+
+def test_whitespace_only_lines_give_the_reference_tokens():
+    from data.tokenizer import SPECIAL_TOKENS, build_tokenizer
+
+    tokenizer = build_tokenizer([*SPECIAL_TOKENS, "Pie", "1", "egg", "flour", "Mix", "Bake", "."])
+    encoder = ChunkEncoder(tokenizer)
+    title, ingrs, insts = "Pie", ["1 egg", " ", "", "\t", "flour"], ["", "Mix", "\u3000", "Bake."]
+    ours = [tokenizer.convert_ids_to_tokens(np.frombuffer(b, dtype=np.int32).tolist())
+            for b in encoder(list(create_lmdb.part_texts(title, ingrs, insts)))]
+    # Each whitespace-only line adds a "." token; the empty lines add nothing.
+    assert ours == [["Pie", "."], ["1", "egg", ".", ".", ".", "flour", "."], ["Mix", ".", ".", "Bake", "."]]
+    reference = [tokenizer.convert_ids_to_tokens(tokenizer.backend_tokenizer.encode(
+        t.replace("..", "."), add_special_tokens=False).ids) for t in _reference_texts(title, ingrs, insts)]
+    assert ours == reference
 
 
 TRICKY = ["Crème  brûlée.. ", "  lead and trail  ", "tab\tand\nnewline", "a\u00a0b c\x00d e\x1cf",
@@ -166,6 +194,18 @@ def test_records_match_brute_force(built, r1m):
                 assert tokenizer.unk_token_id not in record.ids[row]
                 truncated += bool(ids[-1])
     assert truncated > 0  # the truncation path was exercised
+    # The recipe with blank lines: its 2 whitespace-only ingredient lines each added a "." right
+    # after the title, where a row built from stripped lines goes on with the first ingredient.
+    rid, dot = BLANKS["id"], tokenizer.convert_tokens_to_ids(".")
+    p = PARTITIONS[next(i for i, q in enumerate(PARTITIONS) if rid in load_keys(keys_file(data_path, q)))]
+    row = decode_record(_read_lmdb(lmdb_dir(data_path, p))[rid.encode()]).ids[0]
+    entry = files["en"][rid]
+    stripped = {**entry, "ingredients": [i for i in entry["ingredients"] if i["text"].strip()]}
+    ids, _ = _expected_rows(tokenizer, stripped, "en")
+    title_len = len(tokenizer.backend_tokenizer.encode(entry["title"] + ". ", add_special_tokens=False).ids)
+    assert row[1 + title_len:3 + title_len].tolist() == [dot, dot]
+    assert row[:3 + title_len].tolist() == [*ids[:1 + title_len].tolist(), dot, dot]
+    assert row[3 + title_len:].tolist() == ids[1 + title_len:MAX_LEN - 2].tolist()
     assert any(rid not in id2class for rid in files["en"])  # some recipes take the background class
 
 

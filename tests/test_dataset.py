@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import pickle
+from collections import Counter
 from pathlib import Path
 
 import lmdb
@@ -306,35 +307,71 @@ def test_tokens_method_matches_getitem(full):
                 assert torch.equal(ds[i].tokens, ds.tokens(i))
 
 
-def test_language_choice_frequencies(full):
-    ds = make(full, train=True)
-    probs = {"en": 1 / 4, "de-en": 1 / 8, "ru-en": 1 / 8, "de": 1 / 6, "ru": 1 / 6, "fr": 1 / 6}
-    assert ds.language_probs == pytest.approx(probs)
-    draws = 4000
+def assert_binomial(counts: dict, probs: dict, draws: int, sigmas: float = 4.0) -> None:
+    """Each count within ``sigmas`` binomial standard deviations of ``draws * p``; p = 0 gives 0."""
+    for key, count in counts.items():
+        p = probs.get(key, 0.0)
+        bound = sigmas * (draws * p * (1 - p)) ** 0.5
+        assert abs(count - draws * p) <= bound, (key, count, draws * p, counts)
+
+
+# The reference's tree: every draw starts from English; "english" adds its back-translations,
+# listed foreign languages take half of the mass.
+TREES = {
+    "english,de,ru,fr": {"en": 1 / 4, "de-en": 1 / 8, "ru-en": 1 / 8, "de": 1 / 6, "ru": 1 / 6, "fr": 1 / 6},
+    "de,ru,fr": {"en": 1 / 2, "de": 1 / 6, "ru": 1 / 6, "fr": 1 / 6},
+    "fr": {"en": 1 / 2, "fr": 1 / 2},
+    "english": {"en": 1 / 2, "de-en": 1 / 4, "ru-en": 1 / 4},
+    "english,ru,mask": {"en": 1 / 4, "de-en": 1 / 8, "ru-en": 1 / 8, "ru": 1 / 2},
+    "de,fr": {"en": 1 / 2, "de": 1 / 4, "fr": 1 / 4},
+    "none": {"en": 1.0},
+    "": {"en": 1.0},
+    "mask": {"en": 1.0},
+}
+
+
+@pytest.mark.parametrize("text_aug", list(TREES))
+def test_language_probabilities_exact(text_aug):
+    got = language_distribution(text_aug, list(LANGS))
+    assert list(got) == [code for code in LANGS if code in TREES[text_aug]]  # row order, no zeros
+    assert got == pytest.approx(TREES[text_aug], rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize(("text_aug", "draws"), [("english,de,ru,fr", 4000), ("de,ru,fr", 2000), ("fr", 1000)])
+def test_language_choice_frequencies(full, text_aug, draws):
+    ds = make(full, train=True, text_aug=text_aug)
+    probs = TREES[text_aug]
+    assert ds.language_probs == pytest.approx(probs, rel=1e-12, abs=0)
     counts = dict.fromkeys(LANGS, 0)
     for n in range(draws):
         ds.set_epoch(n // 4)
-        i = n % 4  # recipes 0..3, 1000 epochs each
+        i = n % 4  # recipes 0..3
         tokens = ds.tokens(i)  # what ds[i] returns (test above), without decoding the image
         code = lang_of(tokens)
         counts[code] += 1
         assert tokens.tolist() == expected_tokens(i, code, (1, 2, 3))  # the whole row is that language
-    chi2 = sum((counts[c] - draws * p) ** 2 / (draws * p) for c, p in probs.items())
-    assert chi2 < 20.5, counts  # 5 degrees of freedom, p = 0.001
+    assert_binomial(counts, probs, draws)  # back-translations never drawn unless "english" is listed
 
 
-def test_branch_yields_when_languages_missing(tmp_path):
+def test_branch_yields_when_languages_missing(tmp_path, caplog):
     tree = "english,de,ru,fr"
     assert language_distribution(tree, ["en", "de"]) == pytest.approx({"en": 0.5, "de": 0.5})
     assert language_distribution(tree, ["en", "de-en"]) == pytest.approx({"en": 2 / 3, "de-en": 1 / 3})
     assert language_distribution(tree, ["en", "ru-en", "fr"]) == pytest.approx(
         {"en": 1 / 3, "ru-en": 1 / 6, "fr": 0.5})
-    assert language_distribution("english", list(LANGS)) == pytest.approx(
-        {"en": 0.5, "de-en": 0.25, "ru-en": 0.25})
-    assert language_distribution("de,fr", list(LANGS)) == pytest.approx({"de": 0.5, "fr": 0.5})
+    # Without "english" the English branch is the original row alone, back-translations or not.
+    assert language_distribution("de,ru,fr", ["en", "de-en", "ru-en", "ru"]) == pytest.approx(
+        {"en": 0.5, "ru": 0.5})
+    assert language_distribution("de,ru,fr", ["en", "de-en", "ru-en"]) == {"en": 1.0}
+    assert language_distribution("de,ru,fr", ["de-en", "fr"]) == {"fr": 1.0}  # no en: foreign yields
+    with caplog.at_level(logging.WARNING, logger="data.dataset"):
+        assert language_distribution("ru", ["en", "de"]) == {"en": 1.0}  # nothing foreign left: English
+    assert "ru not in the LMDB" in caplog.text
     for none in ("none", "", None, "mask"):
         assert language_distribution(none, list(LANGS)) == {"en": 1.0}
-    assert language_distribution("ru", ["en", "de"]) == {"en": 1.0}  # nothing left: English
+    for tree, present in (("none", ["de"]), ("english", ["de", "fr"]), ("fr", ["de-en", "ru"])):
+        with pytest.raises(ValueError, match="none of the languages"):
+            language_distribution(tree, present)
     with pytest.raises(ValueError, match="unknown text_aug"):
         language_distribution("english,klingon", list(LANGS))
     # Through the dataset: an LMDB with en, de-en and fr only.
@@ -343,23 +380,100 @@ def test_branch_yields_when_languages_missing(tmp_path):
     for epoch in range(1200):
         ds.set_epoch(epoch)
         counts[lang_of(ds.tokens(0))] += 1
-    assert counts["ru-en"] == counts["de"] == counts["ru"] == 0
-    for code, p in {"en": 1 / 3, "de-en": 1 / 6, "fr": 0.5}.items():
-        assert abs(counts[code] / 1200 - p) < 0.05, counts
+    assert_binomial(counts, {"en": 1 / 3, "de-en": 1 / 6, "fr": 0.5}, 1200)
 
 
-def test_text_mask(full):
-    ds = make(full, train=True, text_aug="english,mask")
-    masked = kept = 0
-    for epoch in range(300):
+class RecordingRng:
+    """Delegates to a numpy Generator and records the results of ``integers``."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.calls: list[tuple[tuple, dict, np.ndarray | int]] = []
+
+    def integers(self, *args, **kwargs):
+        out = self.rng.integers(*args, **kwargs)
+        self.calls.append((args, kwargs, out))
+        return out
+
+
+def mask_row(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """CLS + ``n - 1`` part tokens (ids 10, 11, ...) then 3 padding zeros."""
+    ids = np.array([2] + list(range(10, 9 + n)) + [0, 0, 0], np.int32)
+    parts = np.array([-1] + [1 + (j % 3) for j in range(n - 1)] + [0, 0, 0], np.int8)
+    return ids, parts
+
+
+def test_mask_seeded_draw_exact():
+    ids, parts = mask_row(21)  # n = 21: k ~ U{0..4}
+    got = assemble_tokens(ids, parts, (1, 2, 3), SPECIAL["sep"], 24, mask_id=SPECIAL["mask"],
+                          rng=np.random.default_rng(7))
+    assert got.tolist() == [2, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 4, 4, 4, 24, 25, 26, 4, 28, 29, 3, 0, 0]
+    rng = np.random.default_rng(7)  # the same draws written out: k, then k positions in 0..n-1
+    k = rng.integers(5)
+    assert k == 4 and rng.integers(21, size=k).tolist() == [13, 14, 18, 12]
+
+
+def test_mask_count_and_positions_distribution():
+    n, draws = 21, 10000
+    ids, parts = mask_row(n)
+    ks, positions = Counter(), Counter()
+    for seed in range(draws):
+        rng = RecordingRng(seed)
+        got = assemble_tokens(ids, parts, (1, 2, 3), SPECIAL["sep"], 24, mask_id=SPECIAL["mask"], rng=rng)
+        (k_args, _, k), (pos_args, pos_kwargs, pos) = rng.calls  # two draws: k, then the positions
+        assert k_args == (5,) and pos_args == (n,) and pos_kwargs == {"size": k} and len(pos) == k
+        ks[int(k)] += 1
+        positions.update(pos.tolist())
+        expected = np.append(ids[:n], [SPECIAL["sep"], 0, 0]).astype(np.int64)
+        expected[pos] = SPECIAL["mask"]
+        assert got.tolist() == expected.tolist()
+    assert set(ks) == set(range(5))  # k in 0 .. floor(21 / 4) - 1, zero included
+    assert_binomial(ks, dict.fromkeys(range(5), 1 / 5), draws)
+    total = sum(positions.values())
+    assert set(positions) == set(range(n))  # CLS (0) included, never beyond the row
+    assert_binomial(positions, dict.fromkeys(range(n), 1 / n), total)
+    # A row of fewer than 4 tokens draws nothing and stays unmasked (the reference fails on it).
+    for short in (1, 2, 3):
+        ids, parts = mask_row(short)
+        rng = RecordingRng(0)
+        got = assemble_tokens(ids, parts, (1, 2, 3), SPECIAL["sep"], 8, mask_id=SPECIAL["mask"], rng=rng)
+        assert rng.calls == [] and SPECIAL["mask"] not in got.tolist()
+    # n counts CLS and the kept parts only: with titles alone, row 0..4 -> n = 5, k ~ U{0}.
+    ids, parts = mask_row(13)
+    rng = RecordingRng(0)
+    assemble_tokens(ids, parts, (1,), SPECIAL["sep"], 24, mask_id=SPECIAL["mask"], rng=rng)
+    assert rng.calls[0][0] == (1,) and rng.calls[1][0] == (5,)
+
+
+def test_text_mask_through_the_dataset(full):
+    # Recipe 5 has 15 part tokens: n = 16 (CLS included), so k ~ U{0..3}; max_len 17 keeps every
+    # position visible (SEP goes after them).
+    ds = make(full, train=True, text_aug="mask", max_len=17)
+    exact = {
+        0: [4, 110500, 110501, 110502, 110503, 120500, 120501, 120502, 4, 120504, 120505, 130500, 130501, 4,
+            130503, 130504, 3],
+        1: [2, 110500, 110501, 110502, 110503, 120500, 120501, 120502, 120503, 120504, 120505, 4, 130501,
+            130502, 130503, 130504, 3],
+    }
+    for epoch, tokens in exact.items():
         ds.set_epoch(epoch)
-        tokens = ds.tokens(5).tolist()  # full row: 15 part tokens, SEP last
-        assert tokens[0] == SPECIAL["cls"] and tokens[-1] == SPECIAL["sep"]
-        masked += tokens[1:-1].count(SPECIAL["mask"])
-        kept += 14
-        unmasked = torch.tensor([t for t in tokens if t != SPECIAL["mask"]])  # CLS first
-        assert lang_of(unmasked) in ("en", "de-en", "ru-en")  # text_aug "english": English rows
-    assert abs(masked / kept - 0.15) < 0.025
+        assert ds.tokens(5).tolist() == tokens
+    draws = 3000
+    distinct, positions = Counter(), Counter()
+    row = expected_tokens(5, "en", (1, 2, 3), max_len=17)
+    for epoch in range(draws):
+        ds.set_epoch(epoch)
+        tokens = ds.tokens(5).tolist()
+        masked = [j for j, t in enumerate(tokens) if t == SPECIAL["mask"]]
+        assert all(t == r for j, (t, r) in enumerate(zip(tokens, row)) if j not in masked)
+        distinct[len(masked)] += 1
+        positions.update(masked)
+    # k uniform on 0..3, positions uniform on 0..15 with replacement: distinct masked positions
+    # D = 0: 1/4; 1: (1 + 1/16 + 1/256) / 4; 2: (15/16 + 45/256) / 4; 3: (210/256) / 4.
+    assert_binomial(distinct, {0: 256 / 1024, 1: 273 / 1024, 2: 285 / 1024, 3: 210 / 1024}, draws)
+    # Each position (CLS included) is masked with probability mean_k(1 - (15/16)^k) = 1473/16384.
+    assert set(positions) == set(range(16))
+    assert_binomial(positions, dict.fromkeys(range(16), 1473 / 16384), draws)
     assert SPECIAL["mask"] not in make(full, train=False, text_aug="english,mask")[5].tokens.tolist()
 
 

@@ -122,11 +122,34 @@ def test_param_groups_partition_the_parameters(model):
     ids = [id(p) for g in groups.values() for p in g]
     assert len(ids) == len(set(ids))
     assert set(ids) == {id(p) for p in model.parameters()}
-    assert groups["wordemb"] == [model.text_encoder.word_embeddings.weight]
-    assert {id(p) for p in groups["vision"]} == {id(p) for p in model.visual.backbone.parameters()}
-    assert id(model.shared.weight) in {id(p) for p in groups["heads"]}
-    assert id(model.text_encoder.bert.pooler.dense.weight) in {id(p) for p in groups["text"]}
     assert all(g for g in groups.values())
+
+
+def test_param_groups_exact_names_as_the_reference_splits(model):
+    name = {id(p): n for n, p in model.named_parameters()}
+    got = {group: [name[id(p)] for p in params] for group, params in model.param_groups().items()}
+    bert = "text_encoder.bert."
+    assert got["wordemb"] == [bert + "embeddings." + t for t in (
+        "word_embeddings.weight", "position_embeddings.weight", "token_type_embeddings.weight",
+        "LayerNorm.weight", "LayerNorm.bias")]
+    layer = bert + "encoder.layer.0."
+    assert got["text"] == [layer + t for t in (
+        "attention.self.query.weight", "attention.self.query.bias", "attention.self.key.weight",
+        "attention.self.key.bias", "attention.self.value.weight", "attention.self.value.bias",
+        "attention.output.dense.weight", "attention.output.dense.bias", "attention.output.LayerNorm.weight",
+        "attention.output.LayerNorm.bias", "intermediate.dense.weight", "intermediate.dense.bias",
+        "output.dense.weight", "output.dense.bias", "output.LayerNorm.weight", "output.LayerNorm.bias",
+    )] + [bert + "pooler.dense.weight", bert + "pooler.dense.bias"]
+    assert got["heads"] == [f"{m}.{k}" for m in ("visual.head.0", "visual.head.1", "visual.shared", "visual.out.0",
+                                                 "text_head.0", "text_head.1", "text_out.0")
+                            for k in ("weight", "bias")]
+    assert set(got["vision"]) == {n for n in name.values() if n.startswith("visual.backbone.")}
+    assert len(got["vision"]) == len(list(model.visual.backbone.parameters())) == 60  # resnet18
+    # The reference's rule on its own names: under the text model, a name containing
+    # "embeddings" is a word-embedding tensor and every other one a text tensor.
+    text_names = [n for n in name.values() if n.startswith("text_encoder.")]
+    assert set(got["wordemb"]) == {n for n in text_names if "embeddings" in n}
+    assert set(got["text"]) == {n for n in text_names if "embeddings" not in n}
 
 
 def test_arch_config_round_trips(tmp_path):

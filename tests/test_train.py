@@ -92,7 +92,8 @@ def test_torchrun_two_cpu_processes(indexed_set, tmp_path, torchrun):
 def test_schedule_release_and_decay():
     args = train.get_parser().parse_args(["--warmup", "2", "--decayLR", "3", "--freeHeads", "no",
                                           "--w2vTrain", "false"])
-    state = {"lr_scale": 1.0, "free": {"heads": False, "vision": True, "wordemb": True, "text": True}}
+    state = train.initial_schedule(args)
+    assert state == {"lr_scale": 1.0, "free": {"heads": False, "vision": True, "wordemb": True, "text": True}}
     assert train.group_lrs(args, state) == {"heads": 0.0, "vision": 1e-4, "wordemb": 0.0, "text": 1e-4}
     assert train.end_of_epoch_schedule(args, state, 0) == []
     assert train.end_of_epoch_schedule(args, state, 1)  # after 1-based epoch 2: release
@@ -101,3 +102,94 @@ def test_schedule_release_and_decay():
     assert state["lr_scale"] == pytest.approx(0.1)
     assert train.group_lrs(args, state)["heads"] == pytest.approx(1e-5)
     assert train.group_lrs(args, state)["wordemb"] == 0.0  # --w2vTrain false: frozen for good
+
+
+def _lr_table(argv: list[str], epochs: int) -> list[dict[str, float]]:
+    """The lr of each group in each epoch, computed the way train.main sets them."""
+    args = train.get_parser().parse_args(argv)
+    state, table = train.initial_schedule(args), []
+    for epoch in range(epochs):
+        table.append(train.group_lrs(args, state))
+        train.end_of_epoch_schedule(args, state, epoch)
+    return table
+
+
+def _row(heads, vision, wordemb, text) -> dict[str, float]:
+    return {"heads": heads, "vision": vision, "wordemb": wordemb, "text": text}
+
+
+B = 1e-4  # the default --lr
+# The reference's rules: after each --warmup epoch (1-based, default "1") heads, vision and word
+# embeddings are released (the latter only with --w2vTrain true); after each --decayLR epoch the
+# lr is multiplied by 0.1 and the same groups released; the text group is never released.
+SCHEDULES = [
+    ([], [_row(B, B, B, B)] * 3),
+    (["--freeVision", "false"], [_row(B, 0, B, B), _row(B, B, B, B), _row(B, B, B, B)]),
+    (["--freeHeads", "false", "--freeWordEmb", "false"], [_row(0, B, 0, B), _row(B, B, B, B), _row(B, B, B, B)]),
+    (["--w2vTrain", "false"], [_row(B, B, 0, B)] * 3),
+    (["--w2vTrain", "false", "--freeWordEmb", "true", "--freeVision", "false"],
+     [_row(B, 0, 0, B), _row(B, B, 0, B), _row(B, B, 0, B)]),
+    (["--freeText", "false", "--freeVision", "false"], [_row(B, 0, B, 0), _row(B, B, B, 0), _row(B, B, B, 0)]),
+    (["--freeVision", "false", "--warmup", "2"], [_row(B, 0, B, B), _row(B, 0, B, B), _row(B, B, B, B)]),
+    (["--freeVision", "false", "--warmup", ""], [_row(B, 0, B, B)] * 3),
+    (["--freeVision", "false", "--warmup", "", "--decayLR", "2"],
+     [_row(B, 0, B, B), _row(B, 0, B, B), _row(B / 10, B / 10, B / 10, B / 10)]),
+    (["--decayLR", "1,2", "--freeText", "false"],
+     [_row(B, B, B, 0), _row(B / 10, B / 10, B / 10, 0), _row(B / 100, B / 100, B / 100, 0)]),
+    (["--freeVision", "false", "--freeText", "false", "--w2vTrain", "false", "--lr", "0.5", "--decayLR", "3"],
+     [_row(0.5, 0, 0, 0), _row(0.5, 0.5, 0, 0), _row(0.5, 0.5, 0, 0), _row(0.05, 0.05, 0, 0)]),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), SCHEDULES)
+def test_group_lrs_per_epoch(argv, expected):
+    assert train.get_parser().parse_args([]).warmup == [1]  # the reference's default '1'
+    assert train.get_parser().parse_args([]).decayLR == [20]
+    got = _lr_table(argv, len(expected))
+    assert len(got) == len(expected)
+    for epoch, (row, want) in enumerate(zip(got, expected)):
+        assert row == pytest.approx(want, rel=1e-12, abs=0), (epoch, row)
+
+
+def test_frozen_groups_stay_frozen_and_validation_is_english(indexed_set, tmp_path, monkeypatch):
+    """End to end, default --warmup: heads and vision released after epoch 1; under --w2vTrain
+    false every tensor under BERT's embeddings module (position and token-type tables and their
+    LayerNorm too) stays untouched while the rest of BERT trains; validation reads English rows
+    whatever --language says."""
+    from data.dataset import RecipeImageDataset
+    from utils.checkpoint import save_checkpoint
+
+    made = []
+
+    class Recording(RecipeImageDataset):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append((self.partition, self.train, self.language, dict(self.language_probs)))
+
+    monkeypatch.setattr(train, "RecipeImageDataset", Recording)
+    argv = _args(indexed_set, tmp_path / "runs", "--epochs", "3", "--max_iters", "1", "--valfreq", "5",
+                 "--projector_every", "0", "--language", "de", "--freeVision", "false", "--freeHeads", "false",
+                 "--w2vTrain", "false", "--decayLR", "2")
+    manifest = train.read_manifest(indexed_set["data"])
+    init = train.build_model(train.get_parser().parse_args(argv), manifest["vocab_size"], manifest["max_len"],
+                             manifest["special_ids"]["pad"])
+    save_checkpoint({"model": init.state_dict()}, tmp_path / "init.pth.tar")
+    run_dir = train.main([*argv, "--model_init_path", str(tmp_path / "init.pth.tar")])
+
+    assert made[1][:3] == ("val", False, "en") and made[1][3] == {"en": 1.0}
+    assert made[0][:2] == ("train", True) and "de" in made[0][3]  # training follows --textAug
+    scalars = _scalars(run_dir)
+    lr = {g: [v for _, v in scalars[f"lr/{g}"]] for g in train.GROUPS}
+    assert lr["heads"] == lr["vision"] == [0.0, pytest.approx(1e-4), pytest.approx(1e-5)]
+    assert lr["wordemb"] == [0.0, 0.0, 0.0]
+    assert lr["text"] == [pytest.approx(1e-4), pytest.approx(1e-4), pytest.approx(1e-5)]
+
+    final = load_checkpoint(run_dir / "models" / "model.pth.tar")["model"]
+    start = init.state_dict()
+    names = {id(p): n for n, p in init.named_parameters()}
+    groups = {g: [names[id(p)] for p in ps] for g, ps in init.param_groups().items()}
+    assert len(groups["wordemb"]) == 5  # word, position, token type, LayerNorm weight and bias
+    for name in groups["wordemb"]:
+        assert torch.equal(final[name], start[name]), name
+    for group in ("heads", "vision", "text"):  # heads and vision trained in epochs 1 and 2
+        assert all(not torch.equal(final[n], start[n]) for n in groups[group]), group
