@@ -28,6 +28,15 @@ Examples::
     python translate_text.py de-en   # facebook/wmt19-de-en, reads layer1_de.json
     python translate_text.py ru-en   # facebook/wmt19-ru-en, reads layer1_ru.json
     torchrun --nproc_per_node 4 translate_text.py de --fp16
+
+The reference code used fairseq's own WMT19 checkpoints (``model1.pt`` of each ensemble). With
+one of those folders (``model1.pt`` beside ``dict.<src>.txt``, ``dict.<tgt>.txt``, ``bpecodes``),
+``--convert_fairseq`` turns it into an FSMT folder (``data/translation.py``,
+``convert_fairseq_checkpoint``; fairseq itself is not needed) that ``--model`` then loads::
+
+    python translate_text.py de --convert_fairseq wmt19.en-de.joined-dict.ensemble/model1.pt \
+        --model models/fairseq-wmt19-en-de --convert_only
+    python translate_text.py de --model models/fairseq-wmt19-en-de --fp16
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import argparse
 import hashlib
 import importlib.util
 import itertools
+import json
 import os
 import sys
 import time
@@ -45,10 +55,12 @@ from typing import Any
 
 from data.recipe1m import Recipe1MError, iter_layer1, layer1_path
 from data.translation import (
+    FairseqConversionError,
     MissingTranslationError,
     TranslateFn,
     TranslationCache,
     collect_unique,
+    convert_fairseq_checkpoint,
     corpus_digest,
     missing_message,
     num_batches,
@@ -61,6 +73,7 @@ from data.translation import (
 
 TARGETS = ("de", "ru", "fr", "de-en", "ru-en")
 SOURCE_LANG = {"de": "en", "ru": "en", "fr": "en", "de-en": "de", "ru-en": "ru"}
+TARGET_LANG = {"de": "de", "ru": "ru", "fr": "fr", "de-en": "en", "ru-en": "en"}
 DEFAULT_MODELS = {
     "de": "facebook/wmt19-en-de",
     "ru": "facebook/wmt19-en-ru",
@@ -85,6 +98,12 @@ def get_parser() -> argparse.ArgumentParser:
                         help="Hugging Face name or local folder of a seq2seq translation model, loaded with "
                              "AutoTokenizer / AutoModelForSeq2SeqLM; None: the model for LANG ("
                              + ", ".join(f"{k}: {v}" for k, v in DEFAULT_MODELS.items()) + ")")
+    parser.add_argument("--convert_fairseq", default=None, metavar="CKPT",
+                        help="first convert this fairseq checkpoint (e.g. wmt19.en-de.joined-dict.ensemble/"
+                             "model1.pt, with dict.<src>.txt, dict.<tgt>.txt and bpecodes beside it) into the new "
+                             "folder --model, then translate with it")
+    parser.add_argument("--convert_only", action="store_true",
+                        help="with --convert_fairseq: stop after the conversion")
     parser.add_argument("--beam", type=int, default=5, help="beam size")
     parser.add_argument("--max_length", type=int, default=200,
                         help="maximum translation length in target tokens (generate's max_length)")
@@ -143,9 +162,12 @@ class HFTranslator:
         fp16: half precision (GPU only).
         beam: beam size.
         max_length: maximum target length (``generate``'s ``max_length``).
+        langs: ``(source, target)``; a model that states its languages (FSMT's ``config.langs``)
+            must translate this pair.
     """
 
-    def __init__(self, name: str, device: Any, fp16: bool, beam: int, max_length: int):
+    def __init__(self, name: str, device: Any, fp16: bool, beam: int, max_length: int,
+                 langs: tuple[str, str] | None = None):
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -156,7 +178,7 @@ class HFTranslator:
                              f"written by save_pretrained, or a Hugging Face model name")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForSeq2SeqLM.from_pretrained(name)
+            model, info = AutoModelForSeq2SeqLM.from_pretrained(name, output_loading_info=True)
         except Exception as err:  # any loading failure gets the same advice
             hints = [f"could not load --model {name!r}: {type(err).__name__}: {err}".strip()]
             if "sentencepiece" in str(err).lower() and importlib.util.find_spec("sentencepiece") is None:
@@ -165,6 +187,15 @@ class HFTranslator:
                 hints.append(f"Without network access, download the model on a connected machine (for "
                              f"instance `hf download {name} --local-dir DIR`) and pass --model DIR, a local path.")
             raise SystemExit("\n".join(hints)) from None
+        # Weights absent from the files are left random: the model would translate garbage for hours.
+        # Sinusoidal position tables are computed, not learnt, so they may be absent.
+        missing = sorted(k for k in info.get("missing_keys", ()) if "embed_positions" not in k)
+        if missing:
+            raise SystemExit(f"--model {name}: the checkpoint lacks {len(missing)} weights "
+                             f"({', '.join(missing[:5])}); they would stay random")
+        model_langs = getattr(model.config, "langs", None)
+        if langs and model_langs and list(model_langs) != list(langs):
+            raise SystemExit(f"--model {name} translates {'-'.join(model_langs)}, not {'-'.join(langs)}")
         self.model = model.half() if fp16 else model
         self.model.to(device).eval()
         self.device = device
@@ -191,6 +222,26 @@ def _distributed() -> tuple[int, int, int] | None:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def convert_model(args: argparse.Namespace) -> Path:
+    """``--convert_fairseq CKPT``: write the FSMT folder ``--model`` from a fairseq checkpoint."""
+    if not args.model:
+        raise SystemExit("--convert_fairseq needs --model DIR: the new folder for the converted model")
+    if _distributed():
+        raise SystemExit("--convert_fairseq under torchrun would convert once per rank; convert first with "
+                         "--convert_only in one process, then launch torchrun with --model DIR")
+    expected = (SOURCE_LANG[args.lang], TARGET_LANG[args.lang])
+    try:
+        out = convert_fairseq_checkpoint(args.convert_fairseq, args.model)
+    except (FairseqConversionError, OSError) as err:
+        raise SystemExit(f"--convert_fairseq: {err}") from None
+    langs = tuple(json.loads((out / "config.json").read_text(encoding="utf-8"))["langs"])
+    print(f"converted {args.convert_fairseq} ({'-'.join(langs)}) into {out}", flush=True)
+    if langs != expected:
+        raise SystemExit(f"{args.convert_fairseq} translates {'-'.join(langs)}, but {args.lang} needs "
+                         f"{'-'.join(expected)}; the converted model is in {out}")
+    return out
+
+
 def _check_args(args: argparse.Namespace) -> None:
     for flag in ("beam", "max_length", "batch_size"):
         if getattr(args, flag) < 1:
@@ -212,6 +263,12 @@ def main(argv: Sequence[str] | None = None, translate_fn: TranslateFn | None = N
     args = get_parser().parse_args(argv)
     _check_args(args)
     lang, src_lang = args.lang, SOURCE_LANG[args.lang]
+    if args.convert_fairseq:
+        converted = convert_model(args)
+        if args.convert_only:
+            return {"converted": str(converted), "output": None}
+    elif args.convert_only:
+        raise SystemExit("--convert_only needs --convert_fairseq CKPT")
     source = layer1_path(args.r1m_path, src_lang)
     if not source.is_file():
         hint = f" (run `python translate_text.py {src_lang}` first)" if src_lang != "en" else ""
@@ -264,7 +321,8 @@ def main(argv: Sequence[str] | None = None, translate_fn: TranslateFn | None = N
         print(f"{rank_tag}{total} batches of up to {args.batch_size} sentences; {len(done)} already in "
               f"{cache.dir}; {len(todo)} to translate here", flush=True)
         if todo:
-            fn = translate_fn or HFTranslator(model_name, device, fp16, args.beam, args.max_length)
+            fn = translate_fn or HFTranslator(model_name, device, fp16, args.beam, args.max_length,
+                                              langs=(src_lang, TARGET_LANG[lang]))
             cache.prepare()
             n_sent = sum(min(args.batch_size, len(unique) - b * args.batch_size) for b in todo)
             start = time.perf_counter()

@@ -22,6 +22,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -433,4 +434,304 @@ def build_tiny_fsmt(out_dir: str | os.PathLike, corpus: Iterable[str], langs: tu
         model = FSMTForConditionalGeneration(config).eval()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+# --------------------------------------------------------------------------- fairseq -> FSMT
+
+class FairseqConversionError(ValueError):
+    """A fairseq checkpoint folder that cannot become an FSMT model; the message names the file."""
+
+
+# What fairseq stores besides weights: version counters, and its sinusoidal position module's
+# buffer (an empty ``_float_tensor``; before mid-2019 the table itself, ``weights``). None carries
+# information: FSMT computes the same sinusoids.
+_FAIRSEQ_IGNORED = re.compile(r"^(encoder|decoder)\.(version|embed_positions\.(_float_tensor|weights))$")
+
+
+class _Inert:
+    """Stand-in for a class a fairseq checkpoint refers to outside its weights (meters, numpy scalars).
+
+    Unpickling builds one of these instead of importing anything: the arguments and state are kept
+    as plain values, no code of the original class runs.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+@contextmanager
+def _safe_globals(allowed: list[Any]) -> Iterator[None]:
+    """``torch.serialization.safe_globals`` (torch >= 2.5), or the global allow-list of torch 2.4."""
+    import torch
+
+    if hasattr(torch.serialization, "safe_globals"):
+        with torch.serialization.safe_globals(allowed):
+            yield
+    else:
+        torch.serialization.add_safe_globals(allowed)
+        yield
+
+
+def load_fairseq_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a fairseq ``model*.pt`` with ``torch.load(weights_only=True)``, never running its code.
+
+    The checkpoint's ``args`` is an ``argparse.Namespace`` (allowed explicitly); anything else it
+    refers to outside ``torch`` (training meters, numpy scalars of old trainers) becomes an
+    inert :class:`_Inert` object. Both the legacy and the zip format of ``torch.save`` load.
+
+    Raises:
+        FairseqConversionError: unreadable file, or a refused ``torch`` global.
+    """
+    import argparse
+    import pickle
+
+    import torch
+
+    allowed: list[Any] = [argparse.Namespace]
+    for _ in range(100):  # one more inert class per unknown global the file names
+        try:
+            with _safe_globals(allowed):
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            break
+        except pickle.UnpicklingError as err:
+            match = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
+            name = match[1] if match else None
+            if name is None or name.startswith("torch.") or name == "torch":
+                raise FairseqConversionError(f"{path}: cannot read the checkpoint safely: {err}") from None
+            module, _, qualname = name.rpartition(".")
+            allowed.append(type(qualname, (_Inert,), {"__module__": module, "__qualname__": qualname}))
+        except (OSError, RuntimeError, EOFError) as err:
+            raise FairseqConversionError(f"{path}: not a readable torch checkpoint: {err}") from None
+    else:
+        raise FairseqConversionError(f"{path}: too many unknown classes in the checkpoint")
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise FairseqConversionError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
+    return state
+
+
+def read_fairseq_dict(path: str | os.PathLike) -> dict[str, int]:
+    """A fairseq ``dict.<lang>.txt`` as ``{token: index}``, as ``fairseq.data.Dictionary.load`` numbers it.
+
+    Indices 0-3 are ``<s> <pad> </s> <unk>``; each line ``<token> <count> [#fairseq:overwrite]``
+    adds the next index (an overwriting line takes a new index, like fairseq's ``add_symbol``).
+    """
+    indices = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    size = len(indices)  # fairseq's symbol count: an overwritten token keeps its old row too
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            token, _, field = line.rstrip().rpartition(" ")
+            overwrite = field == "#fairseq:overwrite"
+            if overwrite:
+                token, _, field = token.rpartition(" ")
+            if not token or not re.fullmatch(r"-?\d+", field):
+                raise FairseqConversionError(f"{path}: line {number}: expected '<token> <count>', got {line!r}")
+            if token in indices and not overwrite:
+                raise FairseqConversionError(f"{path}: line {number}: duplicate token {token!r}")
+            indices[token] = size
+            size += 1
+    return indices
+
+
+def fsmt_vocab(fairseq_indices: dict[str, int]) -> dict[str, int]:
+    """fairseq's BPE vocabulary in FSMT's spelling: ``ab@@`` (word goes on) -> ``ab``, ``ab`` -> ``ab</w>``."""
+    specials = ("<s>", "<pad>", "</s>", "<unk>")
+    vocab = {}
+    for token, index in fairseq_indices.items():
+        if token in specials:
+            vocab[token] = index
+        elif token.endswith("@@"):
+            vocab[token[:-2]] = index
+        else:
+            vocab[token + "</w>"] = index
+    return vocab
+
+
+def _upgrade_fairseq_state(model_state: dict[str, Any]) -> dict[str, Any]:
+    """Rename old fairseq weights to the current names FSMT mirrors (what fairseq's upgrades do).
+
+    ``in_proj_weight`` / ``in_proj_bias`` (q, k, v stacked) are split; ``layer_norms.<i>`` get
+    their names; an unshared ``decoder.embed_out`` becomes ``decoder.output_projection.weight``.
+    """
+    state = dict(model_state)
+    for key in [k for k in state if k.endswith(".in_proj_weight") or k.endswith(".in_proj_bias")]:
+        prefix, kind = key.rsplit(".in_proj_", 1)
+        qkv = state.pop(key)
+        dim = qkv.shape[0] // 3
+        for i, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            state[f"{prefix}.{name}.{kind}"] = qkv[i * dim:(i + 1) * dim]
+    names = {"encoder": ("self_attn_layer_norm", "final_layer_norm"),
+             "decoder": ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm")}
+    for key in list(state):
+        match = re.fullmatch(r"(encoder|decoder)\.layers\.(\d+)\.layer_norms\.(\d+)\.(weight|bias)", key)
+        if match and int(match[3]) < len(names[match[1]]):
+            state[f"{match[1]}.layers.{match[2]}.{names[match[1]][int(match[3])]}.{match[4]}"] = state.pop(key)
+    if "decoder.embed_out" in state and "decoder.output_projection.weight" not in state:
+        state["decoder.output_projection.weight"] = state.pop("decoder.embed_out")
+    return state
+
+
+def _fairseq_model_args(state: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The model's hyper-parameters: ``args`` (old fairseq) or ``cfg["model"]`` plus the task's languages."""
+    args = state.get("args")
+    if args is None and isinstance(state.get("cfg"), dict):
+        cfg = state["cfg"]
+        model = cfg.get("model")
+        args = {**(vars(cfg["task"]) if hasattr(cfg.get("task"), "__dict__") else cfg.get("task") or {}),
+                **(vars(model) if hasattr(model, "__dict__") else model or {})}
+    elif args is not None and hasattr(args, "__dict__"):
+        args = vars(args)
+    if not isinstance(args, dict):
+        raise FairseqConversionError(f"{path}: no model settings ('args' or 'cfg') in the checkpoint")
+    return args
+
+
+def convert_fairseq_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *,
+                               length_penalty: float = 1.0, num_beams: int = 5, early_stopping: bool = True) -> Path:
+    """Convert a fairseq transformer translation checkpoint into an FSMT model folder.
+
+    Reads ``checkpoint`` (e.g. ``wmt19.en-de.joined-dict.ensemble/model1.pt``) and, beside it,
+    ``dict.<src>.txt``, ``dict.<tgt>.txt`` and ``bpecodes`` (older releases: ``code``). Writes
+    ``out_dir`` (must not exist; written aside, then renamed into place) loadable with
+    ``AutoTokenizer`` / ``AutoModelForSeq2SeqLM``: weights, ``config.json``, the generation
+    settings, ``vocab-src.json``, ``vocab-tgt.json``, ``merges.txt``, ``tokenizer_config.json``.
+    This is what transformers' old ``convert_fsmt_original_pytorch_checkpoint_to_pytorch.py`` did,
+    without fairseq: the weights are read from the file (old names upgraded like fairseq does),
+    the settings from its ``args``. Only what FSMT can represent converts: post-norm layers,
+    sinusoidal positions, a shared or separate output projection; anything else is refused.
+
+    Args:
+        checkpoint: the fairseq ``.pt`` file.
+        out_dir: the FSMT folder to create.
+        length_penalty: beam search's length penalty; 1.0 is fairseq's default ``--lenpen``.
+        num_beams: the default beam size stored with the model.
+        early_stopping: end a sentence's beam search once it has ``num_beams`` finished
+            hypotheses, as fairseq's generator does (Hugging Face's FSMT ports store False).
+
+    Returns:
+        ``out_dir`` as a Path.
+
+    Raises:
+        FairseqConversionError: naming the file and what does not fit.
+    """
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import FSMTConfig, FSMTForConditionalGeneration, FSMTTokenizer
+
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if out_dir.exists():
+        raise FairseqConversionError(f"{out_dir}: already exists; give a new folder for the converted model")
+    folder = checkpoint.parent
+    state = load_fairseq_checkpoint(checkpoint)
+    args = _fairseq_model_args(state, checkpoint)
+    src, tgt = args.get("source_lang"), args.get("target_lang")
+    if not src or not tgt:
+        raise FairseqConversionError(f"{checkpoint}: the checkpoint names no source_lang / target_lang")
+    unsupported = {"encoder_normalize_before": "pre-norm encoder layers",
+                   "decoder_normalize_before": "pre-norm decoder layers",
+                   "encoder_learned_pos": "learned encoder positions", "decoder_learned_pos": "learned decoder positions",
+                   "no_token_positional_embeddings": "no positional embeddings",
+                   "layernorm_embedding": "a layer norm on the embeddings", "cross_self_attention": "cross+self attention",
+                   "adaptive_softmax_cutoff": "an adaptive softmax", "adaptive_input": "adaptive inputs"}
+    found = [f"{flag}={args[flag]!r} ({what})" for flag, what in unsupported.items() if args.get(flag)]
+    activation = args.get("activation_fn", "relu")
+    if activation not in ("relu", "gelu"):
+        found.append(f"activation_fn={activation!r}")
+    if found:
+        raise FairseqConversionError(f"{checkpoint}: FSMT cannot represent {', '.join(found)}")
+
+    weights = _upgrade_fairseq_state(state["model"])
+    not_tensors = [k for k, v in weights.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise FairseqConversionError(f"{checkpoint}: 'model' holds non-tensors: {not_tensors[:5]}")
+    weights = {k: v for k, v in weights.items() if not _FAIRSEQ_IGNORED.match(k)}
+    for key in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
+        if key not in weights:
+            raise FairseqConversionError(f"{checkpoint}: no {key} among the weights")
+    if "decoder.output_projection.weight" not in weights:  # shared input/output embedding
+        weights["decoder.output_projection.weight"] = weights["decoder.embed_tokens.weight"]
+
+    def layers(side: str) -> int:
+        return len({int(m[1]) for k in weights if (m := re.match(rf"{side}\.layers\.(\d+)\.", k))})
+
+    def heads(side: str) -> int:
+        value = args.get(f"{side}_attention_heads")
+        if not isinstance(value, int) or value < 1:
+            raise FairseqConversionError(f"{checkpoint}: no {side}_attention_heads in the checkpoint's settings")
+        return value
+
+    src_rows, d_model = weights["encoder.embed_tokens.weight"].shape
+    tgt_rows = weights["decoder.embed_tokens.weight"].shape[0]
+    dicts = {}
+    for side, lang, rows in (("src", src, src_rows), ("tgt", tgt, tgt_rows)):
+        path = folder / f"dict.{lang}.txt"
+        if not path.is_file():
+            raise FairseqConversionError(f"{path}: missing (the {side} dictionary of {checkpoint})")
+        dicts[side] = read_fairseq_dict(path)
+        size = max(dicts[side].values()) + 1
+        if size > rows:
+            raise FairseqConversionError(f"{path}: {size} tokens, but the model has {rows} embeddings")
+    bpe = next((folder / n for n in ("bpecodes", "code") if (folder / n).is_file()), None)
+    if bpe is None:
+        raise FairseqConversionError(f"{folder}: no bpecodes (or code) file beside {checkpoint.name}")
+    tie = bool(args.get("share_all_embeddings"))
+    if tie and not (torch.equal(weights["encoder.embed_tokens.weight"], weights["decoder.embed_tokens.weight"])
+                    and torch.equal(weights["decoder.output_projection.weight"],
+                                    weights["decoder.embed_tokens.weight"])):
+        raise FairseqConversionError(f"{checkpoint}: share_all_embeddings is set but the embeddings differ")
+    if layers("encoder") == 0 or layers("decoder") == 0:
+        raise FairseqConversionError(f"{checkpoint}: no encoder or decoder layers among the weights")
+    config = FSMTConfig(
+        langs=[src, tgt], src_vocab_size=src_rows, tgt_vocab_size=tgt_rows, d_model=d_model,
+        encoder_layers=layers("encoder"), decoder_layers=layers("decoder"),
+        encoder_attention_heads=heads("encoder"), decoder_attention_heads=heads("decoder"),
+        encoder_ffn_dim=weights["encoder.layers.0.fc1.weight"].shape[0],
+        decoder_ffn_dim=weights["decoder.layers.0.fc1.weight"].shape[0],
+        max_position_embeddings=int(args.get("max_source_positions") or 1024),
+        activation_function=activation, scale_embedding=not args.get("no_scale_embedding", False),
+        dropout=float(args.get("dropout", 0.1)), attention_dropout=float(args.get("attention_dropout", 0.0)),
+        activation_dropout=float(args.get("activation_dropout", args.get("relu_dropout", 0.0)) or 0.0),
+        tie_word_embeddings=tie, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+        decoder_start_token_id=2, forced_eos_token_id=2, num_beams=num_beams,
+        length_penalty=length_penalty, early_stopping=early_stopping)
+    model = FSMTForConditionalGeneration(config).eval()
+    expected = {k[len("model."):] for k in model.state_dict() if ".embed_positions." not in k}
+    extra, missing = sorted(set(weights) - expected), sorted(expected - set(weights))
+    if extra or missing:
+        raise FairseqConversionError(f"{checkpoint}: weights FSMT has no place for: {extra[:8]}; "
+                                     f"FSMT weights the checkpoint lacks: {missing[:8]}")
+    shapes = model.state_dict()
+    wrong = [k for k, v in weights.items() if tuple(v.shape) != tuple(shapes[f"model.{k}"].shape)]
+    if wrong:
+        raise FairseqConversionError(f"{checkpoint}: unexpected shapes for {wrong[:8]} (inconsistent settings)")
+    with torch.no_grad():
+        model.model.load_state_dict(weights, strict=False)  # positions: FSMT's own sinusoids
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        files = {"src_vocab_file": work / "vocab-src.json", "tgt_vocab_file": work / "vocab-tgt.json",
+                 "merges_file": work / "merges.txt"}
+        vocabs = {side: fsmt_vocab(d) for side, d in dicts.items()}
+        for side in ("src", "tgt"):
+            files[f"{side}_vocab_file"].write_text(json.dumps(vocabs[side], ensure_ascii=False, indent=1),
+                                                   encoding="utf-8")
+        # fastBPE lines are "a b count", subword-nmt's "a b" after a "#version" header: keep "a b".
+        merges = [" ".join(line.split()[:2]) for line in bpe.read_text(encoding="utf-8").splitlines()
+                  if line.strip() and not line.startswith("#version")]
+        files["merges_file"].write_text("".join(m + "\n" for m in merges), encoding="utf-8")
+        lower = not any(ch.isupper() for token in vocabs["src"] for ch in token)
+        tokenizer = FSMTTokenizer(langs=[src, tgt], do_lower_case=lower, model_max_length=1024,
+                                  **{k: str(v) for k, v in files.items()})
+        model.save_pretrained(work)
+        tokenizer.save_pretrained(work)
+        os.replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     return out_dir

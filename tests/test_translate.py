@@ -1,10 +1,14 @@
-"""translate_text.py: alignment, empty texts, deduplication, crash-safe resume, shards, CLI end to end."""
+"""translate_text.py: alignment, empty texts, deduplication, crash-safe resume, shards, CLI end to end,
+fairseq checkpoints converted to FSMT."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -13,13 +17,17 @@ import torch
 import translate_text
 from data.recipe1m import iter_layer1
 from data.translation import (
+    FairseqConversionError,
     TranslationCache,
     batch_digest,
     build_tiny_fsmt,
     collect_unique,
+    convert_fairseq_checkpoint,
     is_empty,
+    load_fairseq_checkpoint,
     num_batches,
     parse_shard,
+    read_fairseq_dict,
     sort_key,
     translate_batches,
 )
@@ -359,3 +367,206 @@ def test_bench_runs_both_ways():
     assert result["sentences"] == len(texts) and result["unique"] == len(set(texts))
     assert result["ours_sps"] > 0 and result["reference_sps"] > 0 and result["sorted_no_dedup_sps"] > 0
     assert result["ratio"] == pytest.approx(result["ours_sps"] / result["reference_sps"])
+
+
+# --------------------------------------------------------------------------- fairseq checkpoints
+
+class AverageMeter:
+    """Stands for fairseq.meters.AverageMeter, which old fairseq trainers pickled into extra_state."""
+
+    def __init__(self):
+        self.avg, self.count = 0.5, 3
+
+
+def export_fairseq(hf_dir: Path, out: Path, *, old_names: bool, shared: bool, legacy: bool,
+                   **arg_changes) -> Path:
+    """Write ``hf_dir``'s FSMT model as a fairseq release folder: model1.pt, dict.en.txt, dict.de.txt, bpecodes.
+
+    ``old_names``: 2019 fairseq names (stacked ``in_proj_weight``, ``layer_norms.<i>``, ``embed_out``,
+    version counters, a pickled training meter), as in the WMT19 ``model1.pt``; else today's names.
+    ``shared``: the model has one embedding for encoder, decoder and output (``share_all_embeddings``).
+    ``legacy``: torch's pre-1.6 file format (what fairseq wrote in 2019).
+    """
+    from transformers import FSMTForConditionalGeneration
+
+    model = FSMTForConditionalGeneration.from_pretrained(hf_dir)
+    cfg = model.config
+    weights = {k: v.clone() for k, v in model.model.state_dict().items() if ".embed_positions." not in k}
+    if not shared:  # an unshared output projection is fairseq's decoder.embed_out
+        weights["decoder.embed_out"] = weights.pop("decoder.output_projection.weight")
+    else:
+        del weights["decoder.output_projection.weight"]
+    if old_names:
+        for key in [k for k in weights if k.endswith(".q_proj.weight") or k.endswith(".q_proj.bias")]:
+            prefix, kind = key.rsplit(".q_proj.", 1)
+            weights[f"{prefix}.in_proj_{kind}"] = torch.cat(
+                [weights.pop(f"{prefix}.{n}.{kind}") for n in ("q_proj", "k_proj", "v_proj")])
+        for side, norms in (("encoder", ["self_attn_layer_norm", "final_layer_norm"]),
+                            ("decoder", ["self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"])):
+            for key in [k for k in weights if k.startswith(f"{side}.layers.")]:
+                for i, norm in enumerate(norms):
+                    if f".{norm}." in key:
+                        weights[key.replace(f".{norm}.", f".layer_norms.{i}.")] = weights.pop(key)
+        for side in ("encoder", "decoder"):
+            weights[f"{side}.version"] = torch.tensor([3.0])
+            weights[f"{side}.embed_positions._float_tensor"] = torch.tensor([])
+        weights["encoder.embed_positions.weights"] = torch.randn(9, cfg.d_model)  # pre-2019.08 sinusoid table
+    else:
+        weights["decoder.output_projection.weight"] = weights.get("decoder.embed_out",
+                                                                  weights["decoder.embed_tokens.weight"])
+        weights.pop("decoder.embed_out", None)
+    args = argparse.Namespace(
+        arch="transformer_wmt_en_de_big", source_lang="en", target_lang="de", bpe="fastbpe", tokenizer="moses",
+        encoder_embed_dim=cfg.d_model, decoder_embed_dim=cfg.d_model,
+        encoder_attention_heads=cfg.encoder_attention_heads, decoder_attention_heads=cfg.decoder_attention_heads,
+        max_source_positions=cfg.max_position_embeddings, max_target_positions=cfg.max_position_embeddings,
+        share_all_embeddings=shared, share_decoder_input_output_embed=shared, no_scale_embedding=False,
+        encoder_normalize_before=False, decoder_normalize_before=False, encoder_learned_pos=False,
+        decoder_learned_pos=False, activation_fn="relu", dropout=0.2, attention_dropout=0.1, relu_dropout=0.0)
+    for key, value in arg_changes.items():
+        setattr(args, key, value)
+    out.mkdir(parents=True)
+    # A pickled class of a module that is not installed at conversion time, as fairseq's meters are.
+    package, meters = types.ModuleType("fairseq"), types.ModuleType("fairseq.meters")
+    package.meters, meters.AverageMeter = meters, AverageMeter
+    AverageMeter.__module__ = "fairseq.meters"
+    sys.modules.update({"fairseq": package, "fairseq.meters": meters})
+    try:
+        torch.save({"args": args, "model": weights, "optimizer_history": [{"num_updates": 7}],
+                    "extra_state": {"train_meters": {"loss": AverageMeter()}}}, out / "model1.pt",
+                   _use_new_zipfile_serialization=not legacy)
+    finally:
+        del sys.modules["fairseq"], sys.modules["fairseq.meters"]
+        AverageMeter.__module__ = __name__
+    vocab = json.loads((hf_dir / "vocab-src.json").read_text(encoding="utf-8"))
+    lines = [(tok[:-4] if tok.endswith("</w>") else tok + "@@") for tok, _ in sorted(vocab.items(), key=lambda x: x[1])
+             if tok not in ("<s>", "<pad>", "</s>", "<unk>")]
+    for lang in ("en", "de"):
+        (out / f"dict.{lang}.txt").write_text("".join(f"{tok} {100 - i}\n" for i, tok in enumerate(lines)),
+                                             encoding="utf-8")
+    merges = (hf_dir / "merges.txt").read_text(encoding="utf-8").splitlines()
+    (out / "bpecodes").write_text("".join(f"{' '.join(m.split()[:2])} {900 - i}\n" for i, m in enumerate(merges)),
+                                  encoding="utf-8")
+    return out / "model1.pt"
+
+
+@pytest.fixture(scope="module")
+def tiny_fsmt_shared(tmp_path_factory, tiny_fsmt) -> Path:
+    """The tiny model with one embedding table for encoder input, decoder input and decoder output.
+
+    Its layer norms get random gains and biases, so that mixing two of them up changes the output.
+    """
+    from transformers import FSMTForConditionalGeneration, FSMTTokenizer
+
+    model = FSMTForConditionalGeneration.from_pretrained(tiny_fsmt)
+    model.config.tie_word_embeddings = True
+    shared = model.model.decoder.embed_tokens.weight
+    model.model.encoder.embed_tokens.weight = shared
+    model.model.decoder.output_projection.weight = shared
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layer_norm" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
+    out = tmp_path_factory.mktemp("fsmt_shared")
+    model.save_pretrained(out)
+    FSMTTokenizer.from_pretrained(tiny_fsmt).save_pretrained(out)
+    return out
+
+
+def test_fairseq_checkpoint_converts_to_the_same_model(tmp_path, tiny_fsmt, reference_run):
+    """2019-style fairseq release folder -> --convert_fairseq -> the translations of the original model."""
+    ckpt = export_fairseq(tiny_fsmt, tmp_path / "wmt19.en-de", old_names=True, shared=False, legacy=True)
+    r1m = write_layer1(tmp_path / "r1m")
+    converted = tmp_path / "converted"
+    result = translate_text.main(["de", "--convert_fairseq", str(ckpt), "--model", str(converted), "--r1m_path",
+                                  str(r1m), "--beam", BEAM, "--max_length", MAX_LEN, "--batch_size", BATCH,
+                                  "--no_cuda"])
+    assert result["output"] == str(r1m / "layer1_de.json")
+    assert (r1m / "layer1_de.json").read_bytes() == reference_run[0]  # aligned entries, same translations
+    config = json.loads((converted / "config.json").read_text(encoding="utf-8"))
+    assert config["langs"] == ["en", "de"] and config["tie_word_embeddings"] is False
+    generation = json.loads((converted / "generation_config.json").read_text(encoding="utf-8"))
+    # fairseq's generator: beam 5, --lenpen 1, a sentence ends when its beam has 5 finished hypotheses.
+    assert (generation["num_beams"], generation["length_penalty"], generation["early_stopping"]) == (5, 1.0, True)
+    for name in ("vocab-src.json", "vocab-tgt.json"):
+        assert json.loads((converted / name).read_text(encoding="utf-8")) == \
+            json.loads((tiny_fsmt / "vocab-src.json").read_text(encoding="utf-8"))
+    pairs = [line.split()[:2] for line in (tiny_fsmt / "merges.txt").read_text(encoding="utf-8").splitlines()]
+    assert [line.split() for line in (converted / "merges.txt").read_text(encoding="utf-8").splitlines()] == pairs
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".converted")]  # no temporary folder left
+
+    # A second conversion into the same folder is refused; the folder is kept.
+    with pytest.raises(SystemExit, match="already exists"):
+        translate_text.main(["de", "--convert_fairseq", str(ckpt), "--model", str(converted), "--convert_only"])
+    # The en-de model is no Russian translator.
+    with pytest.raises(SystemExit, match="translates en-de, not en-ru"):
+        translate_text.main(["ru", "--model", str(converted), "--r1m_path", str(r1m), "--no_cuda"])
+
+
+@pytest.mark.parametrize("old_names", [True, False], ids=["2019-names", "current-names"])
+def test_fairseq_shared_embeddings_zip_format(tmp_path, tiny_fsmt_shared, old_names):
+    """share_all_embeddings, the zip format, old or current weight names: the original's logits."""
+    from transformers import FSMTForConditionalGeneration
+
+    ckpt = export_fairseq(tiny_fsmt_shared, tmp_path / "release", old_names=old_names, shared=True, legacy=False)
+    result = translate_text.main(["de", "--convert_fairseq", str(ckpt), "--model", str(tmp_path / "conv"),
+                                  "--convert_only"])
+    assert result == {"converted": str(tmp_path / "conv"), "output": None}
+    assert json.loads((tmp_path / "conv" / "config.json").read_text(encoding="utf-8"))["tie_word_embeddings"] is True
+    original = FSMTForConditionalGeneration.from_pretrained(tiny_fsmt_shared).eval()
+    converted = FSMTForConditionalGeneration.from_pretrained(tmp_path / "conv").eval()
+    ids = torch.tensor([[5, 9, 12, 2], [7, 2, 1, 1]])
+    decoder = torch.tensor([[2, 6, 8], [2, 4, 1]])
+    with torch.no_grad():
+        want = original(input_ids=ids, attention_mask=ids.ne(1), decoder_input_ids=decoder).logits
+        got = converted(input_ids=ids, attention_mask=ids.ne(1), decoder_input_ids=decoder).logits
+    assert torch.allclose(got, want, atol=1e-5) and want.std() > 0.1
+
+
+def test_fairseq_checkpoint_is_read_without_running_code(tmp_path, tiny_fsmt):
+    ckpt = export_fairseq(tiny_fsmt, tmp_path / "release", old_names=True, shared=False, legacy=True)
+    state = load_fairseq_checkpoint(ckpt)  # fairseq.meters is not importable here
+    meter = state["extra_state"]["train_meters"]["loss"]
+    assert type(meter).__name__ == "AverageMeter" and not isinstance(meter, AverageMeter)
+    assert meter.state == {"avg": 0.5, "count": 3} and state["args"].source_lang == "en"
+
+
+def test_fairseq_dict_numbering(tmp_path):
+    path = tmp_path / "dict.en.txt"
+    path.write_text("the 90\nca@@ 80\nke 70\nthe 5 #fairseq:overwrite\n", encoding="utf-8")
+    assert read_fairseq_dict(path) == {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "the": 7, "ca@@": 5, "ke": 6}
+    path.write_text("the 90\nthe 80\n", encoding="utf-8")
+    with pytest.raises(FairseqConversionError, match=r"dict\.en\.txt: line 2: duplicate token 'the'"):
+        read_fairseq_dict(path)
+    path.write_text("the\n", encoding="utf-8")
+    with pytest.raises(FairseqConversionError, match="line 1: expected"):
+        read_fairseq_dict(path)
+
+
+def test_fairseq_checkpoints_fsmt_cannot_hold(tmp_path, tiny_fsmt):
+    prenorm = export_fairseq(tiny_fsmt, tmp_path / "prenorm", old_names=True, shared=False, legacy=True,
+                             encoder_normalize_before=True)
+    with pytest.raises(FairseqConversionError, match="encoder_normalize_before=True"):
+        convert_fairseq_checkpoint(prenorm, tmp_path / "out1")
+    ckpt = export_fairseq(tiny_fsmt, tmp_path / "nodict", old_names=True, shared=False, legacy=True)
+    (ckpt.parent / "dict.de.txt").unlink()
+    with pytest.raises(SystemExit, match=r"dict\.de\.txt: missing"):
+        translate_text.main(["de", "--convert_fairseq", str(ckpt), "--model", str(tmp_path / "out2"),
+                             "--convert_only"])
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
+    with pytest.raises(SystemExit, match="--convert_only needs --convert_fairseq"):
+        translate_text.main(["de", "--convert_only"])
+
+
+def test_model_with_missing_weights_is_refused(tmp_path, tiny_fsmt):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_fsmt, broken)
+    weights = load_file(broken / "model.safetensors")
+    del weights["model.decoder.output_projection.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    r1m = write_layer1(tmp_path / "r1m")
+    with pytest.raises(SystemExit, match=r"lacks 1 weights \(model\.decoder\.output_projection\.weight\)"):
+        translate_text.main(fsmt_args(r1m, broken))
