@@ -10,9 +10,9 @@ found as GAN_train.py finds them (:mod:`utils.encoder_run`). For every recipe of
 embedding file (none dropped):
 
 * ``<out_dir>/<recipe id>/generated_<k>.png``: ``--num_images`` images generated from the recipe
-  embedding with ``--noise_mode`` (BATCH_RANDOM: z and the conditioning noise drawn per recipe
-  from a generator seeded with ``--seed + k``; SINGLE_RANDOM: one seeded vector for all recipes;
-  ZERO: z = 0 and c = mu), ``real.png`` (the real image as D saw it: resize 256, centre crop 224,
+  embedding with ``--noise_mode`` (the reference's modes, :mod:`models.gan_sampling`: BATCH_RANDOM
+  z per recipe, SINGLE_RANDOM one z for all recipes, ZERO z = 0, each with the conditioning noise
+  drawn per recipe; MEAN: z = 0 and c = mu; all seeded with ``--seed + k``), ``real.png`` (the real image as D saw it: resize 256, centre crop 224,
   128 px) and ``recipe.txt`` (title, ingredients, instructions from ``<r1m_path>/layer1*.json``,
   or decoded from the LMDB tokens when that file is absent). ``<out_dir>`` defaults to
   ``<GAN run>/generated``.
@@ -78,9 +78,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--r1m_path", default=None, help="Recipe1M folder for the recipe texts (default: G's run)")
     p.add_argument("--language", default=None, help="language of the recipe embeddings (default: G's)")
     p.add_argument("--noise_mode", type=parse_noise_mode, default="ZERO",
-                   help="noise of the saved images: BATCH_RANDOM, SINGLE_RANDOM or ZERO")
+                   help="noise of the saved images: BATCH_RANDOM, SINGLE_RANDOM, ZERO (the reference's) or MEAN")
     p.add_argument("--num_images", type=int, default=1, help="images saved per recipe (with a random noise mode)")
-    p.add_argument("--score_noise_mode", type=parse_noise_mode, default="ZERO", help="noise of the scored images")
+    p.add_argument("--score_noise_mode", type=parse_noise_mode, default="ZERO",
+                   help="noise of the scored images (ZERO: z = 0, conditioning noise per recipe, as the reference)")
     p.add_argument("--medr", type=int_list, default=[1000], help="bag sizes (SPEC section 5), e.g. 1000,10000")
     p.add_argument("--seed", type=int, default=1234, help="seed of the noise and of the bags")
     p.add_argument("--metrics_json", default="", help="write the scores to this JSON file")
@@ -261,8 +262,8 @@ def main(argv=None) -> dict:
     if args.num_images < 1:
         raise SystemExit(f"--num_images {args.num_images}: give at least 1")
     num_images = args.num_images
-    if args.noise_mode == "ZERO" and num_images > 1:
-        print("--noise_mode ZERO gives one image per recipe; saving 1")
+    if args.noise_mode == "MEAN" and num_images > 1:
+        print("--noise_mode MEAN gives one image per recipe; saving 1")
         num_images = 1
     shrink = args.frechet_shrinkage
     try:

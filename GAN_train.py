@@ -21,10 +21,11 @@ bilinear upsampling to the encoder's input size: 224 for the paper's encoder; an
 other crops (``train.py --image_size``) gets its own size, the scale its targets were computed at.
 
 Validation each epoch: images generated for every val recipe (:mod:`models.gan_sampling`;
-``--val_noise_mode``, default ZERO: z = 0 and c = mu, as GAN_test scores; other modes are seeded
-with ``--seed``, so every epoch sees the same noise) are embedded by the encoder and ranked
-against the val recipe embeddings (generated image -> recipe, bags of ``--medr`` under SPEC
-section 5's rules). The best epoch (highest R@1 + R@5 + R@10) and the last one are kept.
+``--val_noise_mode``, default BATCH_RANDOM: random z and random conditioning noise, as the
+reference validates, drawn from a generator seeded with ``--seed`` so every epoch sees the same
+noise) are embedded by the encoder and ranked against the val recipe embeddings (generated image
+-> recipe, bags of ``--medr``; README "Evaluation protocol"). The best epoch (highest R@1 + R@5 + R@10) and
+the last one are kept.
 
 Run folder ``<encoder_dir>/GAN_runs/GAN_<%Y%m%d-%H%M%S>/``: ``G_best``, ``D_best``, ``G_last``,
 ``D_last`` ``.pth.tar`` (weights_only loadable; each with its optimiser, the GAN config, the
@@ -36,9 +37,9 @@ images generated from their recipes with a fixed noise).
 Learning rate (the reference's flags): without ``--auto_drop_lr``, G's lr is divided by 10 after
 the 0-based epoch ``--drop_G_lr_epoch`` (D's after ``--drop_D_lr_epoch``; 0 or less: never), as
 the reference's ``epoch == drop_G_lr_epoch`` test does; with ``--auto_drop_lr true`` both are
-halved, at most ``--auto_drop_times`` times, whenever more than ``--auto_drop_after_epochs``
-epochs passed without a validation improvement *since the best epoch or the last drop* (the
-reference never resets that count after a drop, so it halved on consecutive epochs).
+halved after every epoch that ends more than ``--auto_drop_after_epochs`` epochs after the best
+one, at most ``--auto_drop_times`` times in all. As in the reference, the count is not reset by a
+drop, so a run that stopped improving halves on consecutive epochs.
 """
 
 from __future__ import annotations
@@ -69,7 +70,14 @@ from models.gan import (
     imagenet_to_pixels,
     to_imagenet,
 )
-from models.gan_losses import class_weights, discriminator_loss, generator_loss
+from models.gan_losses import (
+    class_weights,
+    cycle_cos_loss,
+    discriminator_loss,
+    g_adversarial_loss,
+    g_class_loss,
+    generator_loss,
+)
 from models.gan_sampling import generate, parse_noise_mode
 from utils import distributed as du
 from utils.checkpoint import load_checkpoint, save_checkpoint, to_plain
@@ -82,6 +90,7 @@ from utils.encoder_run import (
     load_image_encoder,
     load_partition_embeddings,
 )
+from utils.frechet import frechet_distance
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
 from utils.metrics import evaluate_retrieval, format_results
 from utils.runs import TextLog, unique_dir
@@ -123,7 +132,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop_G_lr_epoch", type=int, default=30, help="G's lr /10 after this 0-based epoch (<= 0: never)")
     g.add_argument("--drop_D_lr_epoch", type=int, default=30, help="D's lr /10 after this 0-based epoch (<= 0: never)")
     g.add_argument("--auto_drop_lr", type=str2bool, default=False,
-                   help="instead, halve both lrs after --auto_drop_after_epochs epochs without improvement")
+                   help="instead, halve both lrs after each epoch more than --auto_drop_after_epochs past the best")
     g.add_argument("--auto_drop_times", type=int, default=3, help="at most this many automatic halvings")
     g.add_argument("--auto_drop_after_epochs", type=int, default=10, help="patience (epochs) of the automatic drop")
     g.add_argument("--trained_G_model_path", default="", help="G checkpoint for GAN_test.py (accepted, unused here)")
@@ -133,10 +142,14 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default="", help="GAN_RUN_DIR: continue from its G_last / D_last checkpoints")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (GPU)")
     g.add_argument("--medr", type=int, default=1000, help="validation bag size (SPEC section 5)")
-    g.add_argument("--val_noise_mode", type=parse_noise_mode, default="ZERO",
-                   help="noise of validation: ZERO (z = 0, c = mu), SINGLE_RANDOM or BATCH_RANDOM (seeded)")
+    g.add_argument("--val_noise_mode", type=parse_noise_mode, default="BATCH_RANDOM",
+                   help="noise of validation, seeded with --seed: BATCH_RANDOM (the reference's), SINGLE_RANDOM, "
+                        "ZERO or MEAN (z = 0, c = mu)")
     g.add_argument("--grid_n", type=int, default=8, help="val recipes in the fixed-noise grid (0: no grid)")
     g.add_argument("--log_every", type=int, default=50, help="iterations between text log lines")
+    g.add_argument("--probe_every", type=int, default=0,
+                   help="iterations between measurements of each G loss term's gradient at G's output "
+                        "(TensorBoard G/grad/<term>; 0: never)")
     g.add_argument("--max_bad_images", type=float, default=0.01,
                    help="fraction of unreadable images of a partition that stops the run")
     return p
@@ -156,15 +169,19 @@ class Nets(NamedTuple):
 
 
 def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight, *, w_img_img: float,
-             w_img_rec: float, ctx) -> dict[str, float]:
-    """One step: G forward, D update, G update against the updated D (SPEC section 6).
+             w_img_rec: float, ctx, probe: bool = False) -> dict[str, float]:
+    """One step: G forward, D update, G update against the updated D (docs/synthesis.md).
 
     Args:
         real: (B, 3, 128, 128) ImageNet-normalised real images; rec_emb, img_emb: (B, D); labels: (B,).
         weight: (numClasses,) class weights (0 for background).
+        probe: also measure how hard each G loss term pulls on G's output: the norm of its
+            gradient with respect to the generated images, per image (``G/grad/<term>``).
 
     Returns:
-        Every loss term as a float (``G/cycle_*`` only when its weight is > 0).
+        Every loss term as a float (``G/cycle_*`` only when its weight is > 0), D's accuracy on real
+        and on generated images (``D/acc_real``, ``D/acc_fake``: the fraction on the right side of
+        the decision threshold), and with ``probe`` the gradient norms.
     """
     G, D = nets.G, nets.D
     z = torch.randn(rec_emb.shape[0], cfg.z_dim, device=rec_emb.device)  # (B, Z) from the global RNG
@@ -189,17 +206,39 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
             gen_emb = encode_fake(nets.encoder, fake, cfg.output_space)  # (B, D)
     g = generator_loss(out, labels, weight, mu, logvar, gen_emb=gen_emb, img_emb=img_emb, rec_emb=rec_emb,
                        w_img_img=w_img_img, w_img_rec=w_img_rec)
+    grads = probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_img_img, w_img_rec) \
+        if probe else {}
     nets.opt_G.zero_grad(set_to_none=True)
     nets.scaler_G.scale(g.loss).backward()
     nets.scaler_G.step(nets.opt_G)
     nets.scaler_G.update()
     terms = {"D/loss": d.loss.detach(), "D/real_fake": d.real_fake, "D/class": d.cls, "G/loss": g.loss.detach(),
-             "G/adversarial": g.adversarial, "G/class": g.cls, "G/kl": g.kl}
+             "G/adversarial": g.adversarial, "G/class": g.cls, "G/kl": g.kl,
+             "D/acc_real": (real_out[0].detach() > 0).float().mean(), "D/acc_fake": (fake_out[0].detach() < 0).float().mean(),
+             **grads}
     if g.img_img is not None:
         terms["G/cycle_img_img"] = g.img_img
     if g.img_rec is not None:
         terms["G/cycle_img_rec"] = g.img_rec
     return {k: float(v) for k, v in terms.items()}
+
+
+def probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_img_img, w_img_rec) -> dict:
+    """Norm of each weighted G loss term's gradient at G's output, per image (a diagnostic).
+
+    The terms are rebuilt from the same graph (cheap: they are functions of D's outputs and the
+    encoder's embeddings), so the step itself is unchanged; only extra backward passes are paid.
+    """
+    named = {"adversarial": g_adversarial_loss(out[0]), "class": g_class_loss(out[1], labels, weight)}
+    if w_img_img > 0:
+        named["cycle_img_img"] = w_img_img * cycle_cos_loss(gen_emb, img_emb)
+    if w_img_rec > 0:
+        named["cycle_img_rec"] = w_img_rec * cycle_cos_loss(gen_emb, rec_emb)
+    grads = {}
+    for name, term in named.items():
+        (grad,) = torch.autograd.grad(term, fake, retain_graph=True)  # (B, 3, 128, 128)
+        grads[f"G/grad/{name}"] = grad.float().flatten(1).norm(dim=1).mean()
+    return grads
 
 
 # --------------------------------------------------------------------------- schedule
@@ -209,12 +248,11 @@ def end_of_epoch_lr(args, sched: dict, epoch: int, best_epoch: int) -> list[str]
     """Apply the reference's lr drops after finishing ``epoch`` (0-based); return what happened."""
     events = []
     if args.auto_drop_lr:
-        since = epoch - max(best_epoch, sched["last_drop"])
-        if sched["auto_drops"] < args.auto_drop_times and since > args.auto_drop_after_epochs:
+        # The reference's rule: no reset after a drop, so a stalled run halves every epoch.
+        if sched["auto_drops"] < args.auto_drop_times and epoch - best_epoch > args.auto_drop_after_epochs:
             sched["lr_G"] /= 2
             sched["lr_D"] /= 2
             sched["auto_drops"] += 1
-            sched["last_drop"] = epoch
             events.append(f"auto drop {sched['auto_drops']}/{args.auto_drop_times}: lr G {sched['lr_G']:.3g}, "
                           f"D {sched['lr_D']:.3g}")
         return events
@@ -341,7 +379,8 @@ def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, wr
             continue
         terms = gan_step(nets, cfg, batch.images.to(device, non_blocking=True), batch.rec_embs.to(device),
                          batch.img_embs.to(device), batch.classes.to(device), weight,
-                         w_img_img=args.W_IMG_IMG_COS_LOSS, w_img_rec=args.W_IMG_REC_COS_LOSS, ctx=ctx)
+                         w_img_img=args.W_IMG_IMG_COS_LOSS, w_img_rec=args.W_IMG_REC_COS_LOSS, ctx=ctx,
+                         probe=args.probe_every > 0 and it % args.probe_every == 0)
         iteration += 1
         images += batch.images.shape[0]
         if writer is not None:
@@ -355,19 +394,40 @@ def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, wr
     return iteration, images
 
 
-def validate_epoch(args, epoch, G, encoder, val_rec, device, ctx, writer, log, sched) -> dict[str, float]:
-    """Generated image -> recipe retrieval on the val split (bags of ``--medr``); logs and returns the metrics."""
+def spread(embs: torch.Tensor) -> float:
+    """Mean pairwise cosine distance of L2-normalised rows (0 when every row is the same: mode collapse)."""
+    n = embs.shape[0]
+    total = embs.double().sum(0)  # (D,)
+    mean_cos = (total.dot(total) - n) / (n * (n - 1))  # off-diagonal mean of the Gram matrix
+    return float(1.0 - mean_cos)
+
+
+def validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, writer, log, sched) -> dict[str, float]:
+    """Generated image -> recipe retrieval on the val split (bags of ``--medr``); logs and returns the metrics.
+
+    Also logged: the Frechet distance between the generated and the real val image embeddings
+    (``val/frechet``), and the spread (mean pairwise cosine distance) of the generated embeddings
+    beside that of the recipe embeddings they come from: a G that ignores its condition has a spread
+    near 0 whatever the recipes.
+    """
     gen = generate(G, val_rec, mode=args.val_noise_mode, seed=args.seed, batch_size=args.batch_size,
                    device=device, ctx=ctx, encoder=encoder, desc="val")  # (Nv, D)
     results = evaluate_retrieval(gen, val_rec, medr=[args.medr], seed=args.seed)
     key = next(iter(results))
     metrics = results[key]["im2rec"]
+    fd = frechet_distance(val_img.numpy(), gen.numpy(), shrinkage="auto").distance
+    spreads = spread(gen), spread(val_rec)
     log(format_results({key: {"n": results[key]["n"], "bags": results[key]["bags"], "fake2rec": metrics}},
                        title=f"val epoch {epoch}: generated image -> recipe"))
+    log(f"val epoch {epoch}: Frechet distance to real images {fd:.4f}; spread of generated embeddings "
+        f"{spreads[0]:.4f} (recipes {spreads[1]:.4f})")
     writer.add_scalar("lr/G", sched["lr_G"], epoch)
     writer.add_scalar("lr/D", sched["lr_D"], epoch)
     for name in ("medR", "R@1", "R@5", "R@10"):
         writer.add_scalar(f"val/{name}", metrics[name], epoch)
+    writer.add_scalar("val/frechet", fd, epoch)
+    writer.add_scalar("val/spread_generated", spreads[0], epoch)
+    writer.add_scalar("val/spread_recipes", spreads[1], epoch)
     return metrics
 
 
@@ -439,6 +499,7 @@ def _main(argv: list[str]) -> Path:
     val_set = GANDataset(args.data_path, args.img_path, "val", embs["val"], train=False, seed=args.seed,
                          num_classes=cfg.num_classes)
     val_rec = torch.from_numpy(np.ascontiguousarray(embs["val"]["rec_embeds"], dtype=np.float32))  # (Nv, D)
+    val_img = torch.from_numpy(np.ascontiguousarray(embs["val"]["img_embeds"], dtype=np.float32))  # (Nv, D)
 
     G, D = Generator(cfg).to(device), Discriminator128(cfg).to(device)
     D.logits_class.requires_grad_(False)  # defined but unused (SPEC section 6): no optimiser, no DDP hook
@@ -451,7 +512,7 @@ def _main(argv: list[str]) -> Path:
                              weight_decay=args.weight_decay)
     scaler_G = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     scaler_D = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    sched = {"lr_G": args.lr, "lr_D": args.lr, "auto_drops": 0, "last_drop": -1}
+    sched = {"lr_G": args.lr, "lr_D": args.lr, "auto_drops": 0}
     best = {"recall_sum": -math.inf, "epoch": -1, "medR": math.inf}
     start_epoch, iteration = 0, 0
     local_images = 0  # images this process trained on in this invocation
@@ -505,7 +566,7 @@ def _main(argv: list[str]) -> Path:
 
         improved = False
         if dist_info.is_main:
-            metrics = validate_epoch(args, epoch, G, encoder, val_rec, device, ctx, writer, log, sched)
+            metrics = validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, writer, log, sched)
             trace.append([epoch, sched["lr_G"], metrics["medR"], metrics["R@1"], metrics["R@5"], metrics["R@10"]])
             write_trace(run_dir / "trace.csv", trace)
             if grid is not None:

@@ -36,16 +36,16 @@ This is ACME's ``G_NET`` with ``BRANCH_NUM`` 2 *without* its 64 px image head ``
 generator does not have it. Here it is optional (``GANConfig.head64``, off by default), for a
 researcher who wants the 64 px image as well.
 
-**Output space.** SPEC section 6: D compares G's tanh output with ImageNet-normalised real images,
-and the frozen FoodSpace image encoder expects ImageNet-normalised input. ``GANConfig.output_space``
-says how a tanh output maps into that space (:func:`to_imagenet`):
+**Output space.** D compares G's tanh output with ImageNet-normalised real images, and the frozen
+FoodSpace image encoder expects ImageNet-normalised input. ``GANConfig.output_space`` says how a
+tanh output maps into that space (:func:`to_imagenet`):
 
-- ``"pixel"`` (default): the tanh output is an RGB image with [-1, 1] standing for pixel values
-  [0, 1] (the StackGAN convention); it is mapped by ``((x + 1) / 2 - mean) / std`` before D and the
-  encoder see it. Every colour is reachable.
-- ``"imagenet"`` (the reference, bit for bit): the tanh output is used as an ImageNet-normalised
-  image as it is. The reachable pixel range is then only ``mean +- std`` per channel (about
-  0.26-0.71 for red), so generated images are low in contrast and D can tell them by range alone.
+- ``"imagenet"`` (default, the reference bit for bit): the tanh output is used as an
+  ImageNet-normalised image as it is. The reachable pixel range is then only ``mean +- std`` per
+  channel (about 0.26-0.71 for red), so saved images are low in contrast.
+- ``"pixel"`` (``--G_output_space pixel``, this project's option): the tanh output is an RGB image
+  with [-1, 1] standing for pixel values [0, 1] (the StackGAN convention), mapped by
+  ``((x + 1) / 2 - mean) / std`` before D and the encoder see it. Every colour is reachable.
 
 The training script must feed D with ``to_imagenet(fake, cfg.output_space)`` (or
 ``Generator.to_imagenet``), the same space the encoder gets in :func:`models.gan_losses.encode_generated`,
@@ -66,8 +66,7 @@ from utils.checkpoint import PlainConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)  # the reference's GAN_test has 0.255 for the last: a typo
-OUTPUT_SPACES = ("pixel", "imagenet")
-NOISE_MODES = ("random", "fixed", "zero")
+OUTPUT_SPACES = ("imagenet", "pixel")
 
 
 @dataclass
@@ -87,8 +86,9 @@ class GANConfig(PlainConfig):
     r_num: int = 2
     emb_dim: int = 1024
     num_classes: int = 1048
-    output_space: str = "pixel"
+    output_space: str = "imagenet"
     head64: bool = False
+    emb_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -99,6 +99,9 @@ class GANConfig(PlainConfig):
             elif field.name == "head64":
                 if not isinstance(value, bool):
                     raise ValueError(f"GANConfig.head64 must be a bool, got {value!r}")
+            elif field.name == "emb_scale":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                    raise ValueError(f"GANConfig.emb_scale must be a positive number, got {value!r}")
             elif not isinstance(value, int) or isinstance(value, bool) or value < (0 if field.name == "r_num" else 1):
                 raise ValueError(f"GANConfig.{field.name} must be a positive integer, got {value!r}")
         if self.gf_dim % 2:
@@ -109,7 +112,8 @@ class GANConfig(PlainConfig):
         """Build from the flags of :func:`add_gan_arch_args`."""
         return cls(z_dim=args.Z_DIM, gf_dim=args.GF_DIM, df_dim=args.DF_DIM, ef_dim=args.EMBEDDING_DIM,
                    r_num=args.R_NUM, emb_dim=args.embDim, num_classes=args.numClasses,
-                   output_space=args.G_output_space, head64=args.G_head64)
+                   output_space=args.G_output_space, head64=args.G_head64,
+                   emb_scale=emb_scale_value(args.G_emb_scale, args.embDim))
 
 
 def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -126,11 +130,27 @@ def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--numClasses", type=int, default=d.num_classes,
                    help="number of semantic classes of D's class head (1048 with background)")
     g.add_argument("--G_output_space", choices=OUTPUT_SPACES, default=d.output_space,
-                   help="how G's tanh output maps to ImageNet-normalised space: 'pixel' ([-1,1] = pixels "
-                        "[0,1], then normalised) or 'imagenet' (used as is, the reference)")
+                   help="how G's tanh output maps to ImageNet-normalised space: 'imagenet' (used as is, "
+                        "the reference) or 'pixel' ([-1,1] = pixels [0,1], then normalised)")
+    g.add_argument("--G_emb_scale", default="1",
+                   help="multiply G's input embeddings by this ('sqrt': by sqrt(embDim), giving unit-variance "
+                        "components); 1 is the reference (see README, synthesis on a CPU)")
     g.add_argument("--G_head64", action="store_true",
                    help="also build a 64 px image head (not in the reference; adds 27*GF_DIM parameters)")
     return parser
+
+
+def emb_scale_value(text: str | float, emb_dim: int) -> float:
+    """``--G_emb_scale``: a positive number, or ``sqrt`` for ``sqrt(embDim)``."""
+    if str(text).strip().lower() == "sqrt":
+        return float(emb_dim) ** 0.5
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"--G_emb_scale {text!r}: give a positive number or 'sqrt'")
+    return value
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -236,36 +256,6 @@ def conditioning_sample(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tenso
     return mu + torch.exp(0.5 * logvar) * eps  # (B, E)
 
 
-def make_noise(n: int, z_dim: int, mode: str = "random", *, generator: torch.Generator | None = None,
-               seed: int = 1234, device: torch.device | str | None = None) -> torch.Tensor:
-    """The generator's ``z`` for ``n`` samples (GAN_test's three choices).
-
-    Args:
-        n: batch size.
-        z_dim: noise size.
-        mode: ``"random"`` (N(0, 1) per sample, from ``generator``), ``"fixed"`` (one N(0, 1)
-            vector drawn from a fresh generator seeded with ``seed``, the same for every sample
-            and every call) or ``"zero"``.
-        generator: source of ``"random"`` draws (its device is where they are drawn).
-        seed: seed of the ``"fixed"`` vector.
-        device: where the result goes.
-
-    Returns:
-        ``(n, z_dim)`` float32.
-    """
-    if mode == "random":
-        dev = generator.device if generator is not None else device
-        z = torch.randn(n, z_dim, generator=generator, device=dev)
-    elif mode == "fixed":
-        one = torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed))
-        z = one.expand(n, z_dim).clone()
-    elif mode == "zero":
-        z = torch.zeros(n, z_dim)
-    else:
-        raise ValueError(f"unknown noise mode {mode!r}; choose one of {', '.join(NOISE_MODES)}")
-    return z.to(device) if device is not None else z
-
-
 class CondAugment(nn.Module):
     """``Linear(embDim, 4 ef)`` + GLU -> ``mu``, ``logvar`` (``ef`` each); the reference's CA_NET."""
 
@@ -354,7 +344,7 @@ class Generator(nn.Module):
 
         Args:
             emb: ``(B, embDim)`` FoodSpace embeddings (recipe or image).
-            z: ``(B, Z_DIM)`` noise (see :func:`make_noise`; zeros for zero noise).
+            z: ``(B, Z_DIM)`` noise (see :func:`models.gan_sampling.draw_noise`).
             eps: ``(B, EMBEDDING_DIM)`` conditioning noise (zeros: ``c = mu``); drawn when None.
             generator: draws ``eps`` reproducibly when it is None (see :func:`conditioning_sample`).
             return_64: also return the 64 px image (needs ``cfg.head64``).
@@ -369,7 +359,9 @@ class Generator(nn.Module):
             raise ValueError(f"expected noise ({emb.shape[0]}, {self.cfg.z_dim}), got {tuple(z.shape)}")
         if return_64 and self.img_net1 is None:
             raise ValueError("return_64 needs a generator built with GANConfig(head64=True) (--G_head64)")
-        mu, logvar = self.ca_net(emb)  # (B, E) each
+        # The embeddings are L2-normalised, so each of their D components is ~1/sqrt(D): far below
+        # the unit scale the CA layer's init assumes, which leaves mu ~0 beside eps ~1 (emb_scale).
+        mu, logvar = self.ca_net(emb * self.cfg.emb_scale if self.cfg.emb_scale != 1 else emb)  # (B, E) each
         c = conditioning_sample(mu, logvar, eps=eps, generator=generator)  # (B, E)
         h1 = self.h_net1(z.to(c.dtype), c)  # (B, gf, 64, 64)
         h2 = self.h_net2(h1, c)  # (B, gf/2, 128, 128)
@@ -450,7 +442,7 @@ def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-def to_imagenet(fake: torch.Tensor, space: str = "pixel") -> torch.Tensor:
+def to_imagenet(fake: torch.Tensor, space: str = "imagenet") -> torch.Tensor:
     """Map G's tanh output ``(B, 3, H, W)`` into ImageNet-normalised space (see the module docs)."""
     if space == "imagenet":
         return fake
@@ -460,7 +452,7 @@ def to_imagenet(fake: torch.Tensor, space: str = "pixel") -> torch.Tensor:
     return ((fake + 1.0) * 0.5 - mean) / std  # per-channel affine, keeps the memory format
 
 
-def to_pixels(fake: torch.Tensor, space: str = "pixel") -> torch.Tensor:
+def to_pixels(fake: torch.Tensor, space: str = "imagenet") -> torch.Tensor:
     """Map G's tanh output ``(B, 3, H, W)`` to RGB in [0, 1] for saving (clamped)."""
     if space == "pixel":
         return ((fake + 1.0) * 0.5).clamp(0.0, 1.0)

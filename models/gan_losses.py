@@ -115,7 +115,7 @@ def freeze_encoder(encoder: nn.Module) -> nn.Module:
     return encoder
 
 
-def encode_generated(image_embedder: nn.Module, fake_128: torch.Tensor, space: str = "pixel") -> torch.Tensor:
+def encode_generated(image_embedder: nn.Module, fake_128: torch.Tensor, space: str = "imagenet") -> torch.Tensor:
     """Embed generated images with the frozen FoodSpace image encoder, keeping gradients to G.
 
     ``fake_128`` (G's tanh output) is mapped into ImageNet-normalised space with

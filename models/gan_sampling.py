@@ -1,11 +1,26 @@
-"""Noise modes and image generation with a trained G, for validation, grids and GAN_test.py (SPEC section 6).
+"""Noise modes and image generation with a trained G, for validation, grids and GAN_test.py.
 
-Three noise modes (:data:`NOISE_MODES`, parsed by :func:`parse_noise_mode`): ``BATCH_RANDOM``
-draws ``z`` and the conditioning noise per sample from a seeded generator, ``SINGLE_RANDOM``
-shares one seeded vector of each among all samples, ``ZERO`` sets both to zero (c = mu).
-:func:`draw_noise` draws them up front for all samples, so :func:`generate`, which runs G in eval
-mode over FoodSpace embeddings in batches and returns the generated images' encoder embeddings
-(:func:`utils.encoder_run.encode_fake`), gives the same result for any batch size.
+G turns a FoodSpace embedding into ``c = mu + sigma * eps`` (conditioning augmentation) and
+generates from ``[c, z]``. The reference's three noise modes differ only in ``z``; its
+conditioning augmentation draws ``eps`` afresh for every recipe in every mode, in training and
+in eval mode alike:
+
+=================  ==============================  =============================
+mode               z                               eps
+=================  ==============================  =============================
+``BATCH_RANDOM``   drawn per recipe                drawn per recipe
+``SINGLE_RANDOM``  one vector shared by all        drawn per recipe
+``ZERO``           0                               drawn per recipe
+``MEAN``           0                               0, so ``c = mu`` (this project's)
+=================  ==============================  =============================
+
+``MEAN`` is not in the reference: it makes G a deterministic function of the embedding, which
+shows what G has learnt without the sampling noise (docs/synthesis.md).
+
+:func:`draw_noise` draws everything up front from one generator seeded with ``seed`` (so the same
+command gives the same images, whatever the batch size); :func:`generate` runs G in eval mode
+over embeddings in batches and returns the generated images' encoder embeddings
+(:func:`utils.encoder_run.encode_fake`).
 """
 
 from __future__ import annotations
@@ -15,36 +30,41 @@ import argparse
 import torch
 from tqdm import tqdm
 
-from models.gan import GANConfig, Generator, make_noise
+from models.gan import GANConfig, Generator
 from utils.encoder_run import encode_fake
 
-NOISE_MODES = ("BATCH_RANDOM", "SINGLE_RANDOM", "ZERO")  # models.gan.make_noise: random, fixed, zero
+NOISE_MODES = ("BATCH_RANDOM", "SINGLE_RANDOM", "ZERO", "MEAN")
 
 
 def parse_noise_mode(value: str) -> str:
-    """``BATCH_RANDOM`` / ``SINGLE_RANDOM`` / ``ZERO`` (or random / fixed / zero), any case -> canonical name."""
+    """``BATCH_RANDOM`` / ``SINGLE_RANDOM`` / ``ZERO`` / ``MEAN`` (or random / fixed / zero), any case -> name."""
     text = str(value).strip().upper()
     aliases = {"RANDOM": "BATCH_RANDOM", "FIXED": "SINGLE_RANDOM"}
     text = aliases.get(text, text)
     if text not in NOISE_MODES:
-        raise argparse.ArgumentTypeError(f"noise mode {value!r}: use BATCH_RANDOM, SINGLE_RANDOM or ZERO")
+        raise argparse.ArgumentTypeError(f"noise mode {value!r}: use BATCH_RANDOM, SINGLE_RANDOM, ZERO or MEAN")
     return text
 
 
 def draw_noise(n: int, cfg: GANConfig, mode: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``z`` (n, Z_DIM) and the conditioning noise ``eps`` (n, EMBEDDING_DIM) of a noise mode, on the CPU.
 
-    BATCH_RANDOM: both drawn per sample from a generator seeded with ``seed``; SINGLE_RANDOM: one
-    seeded vector each, shared by every sample; ZERO: both zero (c = mu). Everything is drawn up
-    front for all ``n`` samples, so results do not depend on the batch size.
+    One ``torch.Generator`` seeded with ``seed`` draws, in this order, ``z`` (``n`` rows for
+    BATCH_RANDOM, one row repeated for SINGLE_RANDOM, nothing for ZERO and MEAN), then ``eps``
+    (``n`` rows; zeros for MEAN). See the module docstring for what each mode means.
     """
     mode = parse_noise_mode(mode)
+    if mode == "MEAN":
+        return torch.zeros(n, cfg.z_dim), torch.zeros(n, cfg.ef_dim)
+    gen = torch.Generator().manual_seed(seed)
     if mode == "BATCH_RANDOM":
-        gen = torch.Generator().manual_seed(seed)
-        return make_noise(n, cfg.z_dim, "random", generator=gen), torch.randn(n, cfg.ef_dim, generator=gen)
-    if mode == "SINGLE_RANDOM":
-        return make_noise(n, cfg.z_dim, "fixed", seed=seed), make_noise(n, cfg.ef_dim, "fixed", seed=seed + 1)
-    return torch.zeros(n, cfg.z_dim), torch.zeros(n, cfg.ef_dim)
+        z = torch.randn(n, cfg.z_dim, generator=gen)
+    elif mode == "SINGLE_RANDOM":
+        z = torch.randn(1, cfg.z_dim, generator=gen).expand(n, -1).clone()
+    else:  # ZERO
+        z = torch.zeros(n, cfg.z_dim)
+    eps = torch.randn(n, cfg.ef_dim, generator=gen)  # per recipe in every mode, as the reference
+    return z, eps
 
 
 @torch.no_grad()

@@ -21,7 +21,6 @@ from models.gan import (
     conditioning_sample,
     count_parameters,
     imagenet_to_pixels,
-    make_noise,
     to_imagenet,
     to_pixels,
 )
@@ -148,18 +147,6 @@ def test_conditioning_sample_formula_and_generator():
         conditioning_sample(mu, logvar, eps=torch.zeros(4, 5))
 
 
-def test_noise_modes():
-    a = make_noise(3, 10, "random", generator=torch.Generator().manual_seed(1))
-    b = make_noise(3, 10, "random", generator=torch.Generator().manual_seed(1))
-    assert a.shape == (3, 10) and torch.equal(a, b) and not torch.equal(a[0], a[1])
-    f1, f2 = make_noise(3, 10, "fixed", seed=7), make_noise(5, 10, "fixed", seed=7)
-    assert torch.equal(f1[0], f1[2]) and torch.equal(f1[0], f2[4]) and f1.abs().sum() > 0
-    assert not torch.equal(f1[0], make_noise(1, 10, "fixed", seed=8)[0])
-    assert torch.equal(make_noise(2, 10, "zero"), torch.zeros(2, 10))
-    with pytest.raises(ValueError, match="noise mode"):
-        make_noise(2, 10, "gaussian")
-
-
 def test_generation_is_reproducible_with_fixed_seeds():
     g, _ = _small_gd()
     g.eval()
@@ -167,7 +154,7 @@ def test_generation_is_reproducible_with_fixed_seeds():
 
     def run(seed):
         gen = torch.Generator().manual_seed(seed)
-        z = make_noise(3, 10, "random", generator=gen)
+        z = torch.randn(3, 10, generator=gen)
         with torch.no_grad():
             return g(emb, z, generator=gen)[0]
 
@@ -175,8 +162,8 @@ def test_generation_is_reproducible_with_fixed_seeds():
     assert not torch.allclose(run(11), run(12))
     # zero noise everywhere: deterministic without any generator
     with torch.no_grad():
-        a = g(emb, make_noise(3, 10, "zero"), eps=torch.zeros(3, 6))[0]
-        b = g(emb, make_noise(3, 10, "zero"), eps=torch.zeros(3, 6))[0]
+        a = g(emb, torch.zeros(3, 10), eps=torch.zeros(3, 6))[0]
+        b = g(emb, torch.zeros(3, 10), eps=torch.zeros(3, 6))[0]
     assert torch.equal(a, b)
 
 
@@ -352,9 +339,9 @@ def test_encode_generated_maps_upsamples_and_needs_a_frozen_encoder():
     expected_in = F.interpolate(to_imagenet(fake, "pixel"), size=(224, 224), mode="bilinear", align_corners=True)
     assert torch.allclose(enc.seen[-1], expected_in, atol=1e-5)
     # mapping then upsampling equals upsampling then mapping (the mapping is per-channel affine)
-    up_then_map = to_imagenet(F.interpolate(fake, size=(224, 224), mode="bilinear", align_corners=True))
+    up_then_map = to_imagenet(F.interpolate(fake, size=(224, 224), mode="bilinear", align_corners=True), "pixel")
     assert torch.allclose(enc.seen[-1], up_then_map, atol=1e-5)
-    encode_generated(enc, fake, space="imagenet")
+    encode_generated(enc, fake)  # the default space is the reference's: G's output as it is
     assert torch.allclose(enc.seen[-1], F.interpolate(fake, size=(224, 224), mode="bilinear",
                                                        align_corners=True), atol=1e-6)
 
@@ -412,3 +399,22 @@ def test_bench_gan_step_quick_runs(tmp_path):
     assert out["speedup"] > 0 and (tmp_path / "b.json").is_file()
     with pytest.raises(SystemExit, match="ours_formats"):
         main(["--quick", "--ours_formats", "cl,cl"])
+
+
+def test_emb_scale_multiplies_the_input_and_defaults_to_the_reference():
+    from models.gan import emb_scale_value
+
+    assert GANConfig().emb_scale == 1.0
+    assert emb_scale_value("sqrt", 128) == pytest.approx(128 ** 0.5) and emb_scale_value("2.5", 8) == 2.5
+    for bad in ("0", "-1", "big"):
+        with pytest.raises(ValueError, match="G_emb_scale"):
+            emb_scale_value(bad, 8)
+    with pytest.raises(ValueError, match="emb_scale"):
+        GANConfig(emb_scale=0.0)
+    scaled, plain = _small_gd(emb_scale=4.0)[0].eval(), _small_gd()[0].eval()
+    assert GANConfig.from_dict(scaled.cfg.to_dict()) == scaled.cfg
+    emb, z, eps = torch.randn(3, 32), torch.randn(3, 10), torch.randn(3, 6)
+    with torch.no_grad():
+        a, mu_a, _ = scaled(emb, z, eps=eps)
+        b, mu_b, _ = plain(emb * 4.0, z, eps=eps)
+    assert torch.equal(mu_a, mu_b) and torch.equal(a, b)

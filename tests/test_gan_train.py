@@ -39,7 +39,7 @@ GAN_TINY = ["--Z_DIM", "8", "--GF_DIM", "4", "--DF_DIM", "4", "--EMBEDDING_DIM",
             "--embDim", "32", "--batch_size", "8", "--max_iters", "2", "--workers", "0", "--no_cuda",
             "--grid_n", "4", "--medr", "1000"]
 LOSS_TAGS = ("D/loss", "D/real_fake", "D/class", "G/loss", "G/adversarial", "G/class", "G/kl",
-             "G/cycle_img_img", "G/cycle_img_rec")
+             "G/cycle_img_img", "G/cycle_img_rec", "D/acc_real", "D/acc_fake")
 
 
 @pytest.fixture(scope="module")
@@ -195,8 +195,9 @@ def test_gan_test_outputs_and_metrics(gan_runs, encoder_run, indexed_set, tmp_pa
         assert entry["n"] == n and entry["bags"] == 1
         assert 1 <= entry["medR"] <= n and 0 <= entry["R@1"] <= entry["R@5"] <= entry["R@10"] <= 1
 
-    # Brute force: zero noise (z = 0, c = mu), bilinear upsampling to the encoder's crop size (64 here),
-    # the frozen encoder, dense ranks.
+    # Brute force: the reference's zero noise (z = 0, eps per recipe from the seeded stream), G's output
+    # as it is (the reference's ImageNet space), shrunk to the encoder's crop size (64 here) with
+    # antialiasing, the frozen encoder, dense ranks.
     ckpt = torch.load(g_path, weights_only=True)
     G = Generator(GANConfig.from_dict(ckpt["gan"]))
     G.load_state_dict(ckpt["model"])
@@ -207,12 +208,11 @@ def test_gan_test_outputs_and_metrics(gan_runs, encoder_run, indexed_set, tmp_pa
     encoder.eval()
     rec = torch.from_numpy(emb["rec_embeds"])
     with torch.no_grad():
-        fake, _, _ = G(rec, torch.zeros(n, 8), eps=torch.zeros(n, 8))
-        x = ((fake + 1) / 2 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-            [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        eps = torch.randn(n, 8, generator=torch.Generator().manual_seed(1234))  # --seed 1234
+        x, _, _ = G(rec, torch.zeros(n, 8), eps=eps)
         size = enc_ckpt["image_size"]
         assert size == 64 and ckpt["encoder"]["input_size"] == 64
-        gen = encoder(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)).double()
+        gen = encoder(F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)).double()
     sims = F.normalize(gen, dim=1) @ F.normalize(rec.double(), dim=1).T  # (N, N)
     ranks = 1 + (sims > sims.diagonal()[:, None]).sum(1).numpy()
     assert metrics["fake2rec"]["all"]["medR"] == pytest.approx(float(np.median(ranks)))
@@ -261,6 +261,35 @@ def test_gan_step_updates_g_and_d_but_not_the_encoder():
     assert not any(k.startswith("logits_class") for k in changed["D"])  # defined but unused
     assert changed["E"] == [] and all(p.grad is None for p in nets.encoder.parameters())
     assert nets.encoder.training is False
+    assert 0 <= terms["D/acc_real"] <= 1 and terms["D/acc_fake"] in (0, 1 / 3, 2 / 3, 1)
+
+
+def test_probe_measures_each_term_at_the_output_and_leaves_the_step_unchanged():
+    from contextlib import nullcontext
+
+    real = torch.randn(3, 3, 128, 128)
+    rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
+    results = []
+    for probe in (False, True):
+        cfg, nets = _tiny_nets()
+        torch.manual_seed(9)
+        terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
+                                   w_img_img=32.0, w_img_rec=32.0, ctx=nullcontext(), probe=probe)
+        results.append((terms, nets.G.state_dict()))
+    (plain, g_plain), (probed, g_probed) = results
+    assert all(torch.equal(g_plain[k], g_probed[k]) for k in g_plain)
+    assert all(plain[k] == probed[k] for k in plain)
+    grads = {k: v for k, v in probed.items() if k.startswith("G/grad/")}
+    assert set(grads) == {"G/grad/adversarial", "G/grad/class", "G/grad/cycle_img_img", "G/grad/cycle_img_rec"}
+    assert all(v > 0 and math.isfinite(v) for v in grads.values())
+
+
+def test_gan_step_without_cycle_terms():
+    from contextlib import nullcontext
+
+    cfg, nets = _tiny_nets()
+    real = torch.randn(3, 3, 128, 128)
+    rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
     # Cycle weights 0 switch the terms (and the encoder) off.
     nets.encoder.forward = None  # would fail if called
     terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([1, 2, 3]), class_weights(5),
@@ -268,19 +297,104 @@ def test_gan_step_updates_g_and_d_but_not_the_encoder():
     assert "G/cycle_img_img" not in terms and "G/cycle_img_rec" not in terms
 
 
-def test_noise_modes_and_batch_size_independence():
+def test_noise_modes_follow_the_reference():
+    """z as the reference's GAN_test sets it per mode; eps (conditioning noise) per recipe in every mode."""
     cfg = GANConfig(z_dim=8, gf_dim=4, df_dim=4, ef_dim=6, r_num=1, emb_dim=32, num_classes=5)
-    z, eps = draw_noise(5, cfg, "ZERO", 1)
-    assert z.shape == (5, 8) and eps.shape == (5, 6) and not z.any() and not eps.any()
+
+    def stream(*shapes):
+        gen = torch.Generator().manual_seed(1)
+        return [torch.randn(*shape, generator=gen) for shape in shapes]
+
+    z, eps = draw_noise(5, cfg, "BATCH_RANDOM", 1)
+    z_ref, eps_ref = stream((5, 8), (5, 6))
+    assert torch.equal(z, z_ref) and torch.equal(eps, eps_ref) and not torch.equal(z[0], z[1])
     z, eps = draw_noise(5, cfg, "SINGLE_RANDOM", 1)
-    assert torch.equal(z, z[:1].expand(5, 8)) and torch.equal(eps, eps[:1].expand(5, 6)) and z.abs().sum() > 0
-    z1, eps1 = draw_noise(5, cfg, "BATCH_RANDOM", 1)
-    z2, _ = draw_noise(5, cfg, "random", 1)
-    assert torch.equal(z1, z2) and not torch.equal(z1[0], z1[1])
-    assert not torch.equal(z1, draw_noise(5, cfg, "BATCH_RANDOM", 2)[0])
-    with pytest.raises(Exception, match="BATCH_RANDOM, SINGLE_RANDOM or ZERO"):
+    z_one, eps_ref = stream((1, 8), (5, 6))
+    assert torch.equal(z, z_one.expand(5, 8)) and torch.equal(eps, eps_ref) and not torch.equal(eps[0], eps[1])
+    z, eps = draw_noise(5, cfg, "ZERO", 1)
+    (eps_ref,) = stream((5, 6))
+    assert z.shape == (5, 8) and not z.any() and torch.equal(eps, eps_ref)
+    z, eps = draw_noise(5, cfg, "MEAN", 1)  # this project's deterministic mode: c = mu
+    assert not z.any() and not eps.any() and eps.shape == (5, 6)
+    assert torch.equal(draw_noise(5, cfg, "random", 1)[0], draw_noise(5, cfg, "BATCH_RANDOM", 1)[0])
+    assert not torch.equal(draw_noise(5, cfg, "BATCH_RANDOM", 2)[0], draw_noise(5, cfg, "BATCH_RANDOM", 1)[0])
+    with pytest.raises(Exception, match="BATCH_RANDOM, SINGLE_RANDOM, ZERO or MEAN"):
         parse_noise_mode("loud")
 
+    # generate() feeds exactly these to G: ZERO mode is c = mu + sigma * eps, not c = mu.
+    from contextlib import nullcontext
+
+    torch.manual_seed(0)
+    G = Generator(cfg).eval()
+    embs = F.normalize(torch.randn(5, 32), dim=1)
+    pixels = []
+    generate(G, embs, mode="ZERO", seed=1, batch_size=2, device="cpu", ctx=nullcontext(),
+             on_batch=lambda start, px: pixels.append(px))
+    with torch.no_grad():
+        expected = G.to_pixels(G(embs, torch.zeros(5, 8), eps=eps_ref)[0])
+        mean_only = G.to_pixels(G(embs, torch.zeros(5, 8), eps=torch.zeros(5, 6))[0])
+    assert torch.allclose(torch.cat(pixels), expected, atol=1e-6)
+    assert not torch.allclose(expected, mean_only, atol=1e-3)
+
+
+def test_output_space_is_the_references_by_default():
+    """D and the encoder get G's tanh output as it is (taken for an ImageNet-normalised image)."""
+    from contextlib import nullcontext
+
+    cfg, nets = _tiny_nets()
+    assert cfg.output_space == "imagenet" and GAN_train.get_parser().parse_args([]).G_output_space == "imagenet"
+    seen = {}
+    nets.D.register_forward_pre_hook(lambda m, inputs: seen.setdefault("D", []).append(inputs[0].detach().clone()))
+    nets.encoder.register_forward_pre_hook(lambda m, inputs: seen.setdefault("E", inputs[0].detach().clone()))
+    G_before = {k: v.clone() for k, v in nets.G.state_dict().items()}
+    real = torch.randn(3, 3, 128, 128)
+    rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
+    torch.manual_seed(5)
+    GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
+                       w_img_img=32.0, w_img_rec=32.0, ctx=nullcontext())
+    # Replay G's forward (train mode, same z and eps draws from the global RNG) with the old weights.
+    replay = Generator(cfg)
+    replay.load_state_dict(G_before)
+    torch.manual_seed(5)
+    z = torch.randn(3, cfg.z_dim)
+    fake = replay(rec, z)[0].detach()
+    assert torch.equal(seen["D"][0], real) and torch.allclose(seen["D"][1], fake, atol=1e-6)
+    size = nets.encoder.input_size if hasattr(nets.encoder, "input_size") else 224
+    expected = F.interpolate(fake, size=(size, size), mode="bilinear", align_corners=True)
+    assert torch.allclose(seen["E"], expected, atol=1e-5)
+
+
+def test_validation_noise_is_the_references_seeded():
+    """Validation generates with random z and random eps (BATCH_RANDOM), seeded: the same every epoch."""
+    from contextlib import nullcontext
+
+    cfg, nets = _tiny_nets()
+    args = GAN_train.get_parser().parse_args(["--medr", "6", "--seed", "3", "--batch_size", "4"])
+    assert args.val_noise_mode == "BATCH_RANDOM"
+    val_rec = F.normalize(torch.randn(6, 32), dim=1)
+
+    class Writer:
+        def add_scalar(self, *a):
+            pass
+
+    sched = {"lr_G": 1e-4, "lr_D": 1e-4}
+    val_img = F.normalize(torch.randn(6, 32), dim=1)
+    m1 = GAN_train.validate_epoch(args, 0, nets.G, nets.encoder, val_rec, val_img, "cpu", nullcontext(), Writer(),
+                                  print, sched)
+    m2 = GAN_train.validate_epoch(args, 1, nets.G, nets.encoder, val_rec, val_img, "cpu", nullcontext(), Writer(),
+                                  print, sched)
+    assert m1 == m2
+    z, eps = draw_noise(6, cfg, "BATCH_RANDOM", 3)
+    nets.G.eval()
+    with torch.no_grad():
+        gen = GAN_train.encode_fake(nets.encoder, nets.G(val_rec, z, eps=eps)[0], cfg.output_space)
+    nets.G.train()
+    expected = GAN_train.evaluate_retrieval(gen, val_rec, medr=[6], seed=3)["6"]["im2rec"]
+    assert m1 == expected
+
+
+def test_generation_is_independent_of_the_batch_size():
+    cfg = GANConfig(z_dim=8, gf_dim=4, df_dim=4, ef_dim=6, r_num=1, emb_dim=32, num_classes=5)
     from contextlib import nullcontext
 
     torch.manual_seed(0)
@@ -314,18 +428,28 @@ def test_real_image_view():
 def test_lr_schedule():
     args = Namespace(auto_drop_lr=False, drop_G_lr_epoch=2, drop_D_lr_epoch=0, auto_drop_times=2,
                      auto_drop_after_epochs=1)
-    sched = {"lr_G": 1e-4, "lr_D": 1e-4, "auto_drops": 0, "last_drop": -1}
+    sched = {"lr_G": 1e-4, "lr_D": 1e-4, "auto_drops": 0}
     for epoch in range(5):
         GAN_train.end_of_epoch_lr(args, sched, epoch, best_epoch=0)
     assert sched["lr_G"] == pytest.approx(1e-5) and sched["lr_D"] == pytest.approx(1e-4)  # D: never
     args.auto_drop_lr = True
-    sched = {"lr_G": 1e-4, "lr_D": 1e-4, "auto_drops": 0, "last_drop": -1}
+    sched = {"lr_G": 1e-4, "lr_D": 1e-4, "auto_drops": 0}
     lrs = []
-    for epoch in range(8):  # best at epoch 0; patience 1: drop when 2 epochs passed since best or last drop
+    # The reference's rule: best at epoch 0, patience 1: halve after every epoch more than 1 past the
+    # best (epochs 2, 3, ...), no reset after a drop, at most auto_drop_times (2) drops.
+    for epoch in range(8):
         GAN_train.end_of_epoch_lr(args, sched, epoch, best_epoch=0)
         lrs.append(sched["lr_G"])
-    assert lrs == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 2.5e-5, 2.5e-5, 2.5e-5, 2.5e-5])  # at most 2 drops
+    assert lrs == pytest.approx([1e-4, 1e-4, 5e-5, 2.5e-5, 2.5e-5, 2.5e-5, 2.5e-5, 2.5e-5])
     assert sched["lr_D"] == pytest.approx(2.5e-5) and sched["auto_drops"] == 2
+    # A new best restarts the count: best at epoch 3 -> next drop after epoch 5.
+    args.auto_drop_times = 3
+    sched = {"lr_G": 1e-4, "lr_D": 1e-4, "auto_drops": 0}
+    lrs = []
+    for epoch in range(7):
+        GAN_train.end_of_epoch_lr(args, sched, epoch, best_epoch=0 if epoch < 3 else 3)
+        lrs.append(sched["lr_G"])
+    assert lrs == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 5e-5, 2.5e-5, 1.25e-5])
 
 
 # --------------------------------------------------------------------------- Frechet distance
@@ -391,3 +515,24 @@ def test_scripts_import_without_side_effects():
         assert all(a.help for a in parser._actions if a.option_strings and a.dest != "help")
     args = GAN_train.get_parser().parse_args([])
     assert (args.batch_size, args.Z_DIM, args.W_IMG_IMG_COS_LOSS, args.drop_G_lr_epoch) == (48, 100, 32.0, 30)
+
+
+def test_encode_fake_shrinks_with_antialias_and_grows_as_the_reference():
+    from utils.encoder_run import encode_fake
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return x.flatten(1)[:, :4]
+
+    enc = freeze_encoder(Probe())
+    fake = torch.rand(2, 3, 128, 128) * 2 - 1
+    enc.input_size = 64  # a demo-size encoder: G's 128 px output is shrunk like PIL shrank the real images
+    encode_fake(enc, fake, "imagenet")
+    assert torch.allclose(seen[-1], F.interpolate(fake, size=(64, 64), mode="bilinear", antialias=True), atol=1e-6)
+    enc.input_size = 160  # larger: bilinear upsampling with align_corners, the reference's layer
+    encode_fake(enc, fake, "imagenet")
+    assert torch.allclose(seen[-1], F.interpolate(fake, size=(160, 160), mode="bilinear", align_corners=True),
+                          atol=1e-6)

@@ -117,7 +117,13 @@ def encode_fake(encoder: torch.nn.Module, images: torch.Tensor, space: str) -> t
         return encode_generated(encoder, images, space)
     if encoder.training or any(p.requires_grad for p in encoder.parameters()):
         raise ValueError("the image encoder must be frozen: call models.gan_losses.freeze_encoder(encoder) first")
-    x = F.interpolate(to_imagenet(images, space), size=(size, size), mode="bilinear", align_corners=True)
+    # Smaller encoders (demo sizes) are fed by shrinking: antialias it as PIL's resize did for the
+    # real images the targets come from, or the encoder sees (and G is taught through) aliased samples.
+    x = to_imagenet(images, space)
+    if size < x.shape[-1]:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    else:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
     return encoder(x)  # (B, D)
 
 
