@@ -472,7 +472,10 @@ def _main(argv: list[str]) -> Path:
               f"using the encoder's")
     if not ckpt_G:
         args.embDim, args.imFeatDim = arch.emb_dim, arch.image_feat_dim
-    cfg = GANConfig.from_dict(ckpt_G["gan"]) if ckpt_G else GANConfig.from_args(args)
+    try:
+        cfg = GANConfig.from_dict(ckpt_G["gan"]) if ckpt_G else GANConfig.from_args(args)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
 
     embs = {p: load_partition_embeddings(files.embeddings[p], args.data_path, p) for p in ("train", "val")}
     for p, e in embs.items():

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from utils.host import matmul_flops
 from utils.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent
@@ -31,6 +32,18 @@ CURRICULUM = 2  # epochs of mean negatives before the hardest ones (and the lr d
 MODEL_FLAGS = ["--image_backbone", "resnet18", "--image_pretrained", "none", "--text_init", "none",
                "--image_size", "64", "--BERT_hidden", "128", "--BERT_layers", "2", "--BERT_heads", "2",
                "--BERT_intermediate", "256", "--embDim", "128"]
+# The generator at CPU scale (README: "Synthesis on a CPU"): a small G and D, and the two
+# departures from the paper's settings that let it learn in a few hundred steps: G's input scaled
+# to unit-variance components (--G_emb_scale sqrt) and outputs read as pixels (--G_output_space pixel).
+GAN_FLAGS = ["--embDim", "128", "--Z_DIM", "32", "--GF_DIM", "16", "--DF_DIM", "16", "--EMBEDDING_DIM", "64",
+             "--R_NUM", "1", "--G_emb_scale", "sqrt", "--G_output_space", "pixel"]
+
+# Seconds each stage took at the defaults on the machine this demo was sized on (2 cores, fp32
+# matmul MEASURED_GFLOPS), used to estimate the total on another machine by its matmul speed.
+MEASURED_GFLOPS = 0.0
+MEASURED_SECONDS = {}
+GAN_BATCH, GAN_LR = 16, "5e-4"
+BUDGET_MINUTES = 20.0  # the demo is sized to finish within this on a 2-core AVX2 host
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -77,6 +90,18 @@ def latest(pattern: str) -> Path:
     return Path(matches[-1])
 
 
+def estimate(gflops: float) -> str:
+    """One line: this host's matmul speed and the demo's expected total here."""
+    line = f"[demo] host: fp32 matmul {gflops:.0f} GFLOP/s"
+    if MEASURED_GFLOPS and MEASURED_SECONDS:
+        total = sum(MEASURED_SECONDS.values()) * MEASURED_GFLOPS / gflops / 60
+        line += (f"; the demo took {sum(MEASURED_SECONDS.values()) / 60:.1f} min on a {MEASURED_GFLOPS:.0f} GFLOP/s "
+                 f"2-core machine, so expect about {total:.0f} min here")
+        if total > BUDGET_MINUTES:
+            line += f" (more than the {BUDGET_MINUTES:.0f} min it is sized for; --gan_epochs 1 shortens it)"
+    return line
+
+
 def main(argv=None) -> dict:
     args = get_parser().parse_args(sys.argv[1:] if argv is None else argv)
     out = Path(args.out).resolve()
@@ -84,6 +109,7 @@ def main(argv=None) -> dict:
     r1m, data, runs = out / "Recipe1M", out / "loader_data", out / "runs"
     run = Pipeline(out, args.force)
     workers = str(args.workers)
+    print(estimate(matmul_flops() / 1e9), flush=True)
     start = time.time()
 
     run.stage("synthetic", ["-m", "data.synthetic", "--out", str(r1m), "--recipes", str(args.recipes),
@@ -104,44 +130,52 @@ def main(argv=None) -> dict:
                        "--workers", workers, "--no_cuda", "--vis", "6",
                        "--metrics_json", str(out / "retrieval.json")])
     gan_flags = ["--encoder_dir", str(run_dir), "--no_cuda", "--workers", workers]
-    run.stage("gan_train", ["GAN_train.py", *gan_flags, "--embDim", "128", "--epochs", str(args.gan_epochs), "--batch_size", "32",
-                            "--Z_DIM", "32", "--GF_DIM", "16", "--DF_DIM", "16", "--EMBEDDING_DIM", "64",
-                            "--R_NUM", "1", "--lr", "2e-4", "--max_iters", str(args.gan_iters)])
+    if not (out / ".done_gan_train").exists():
+        (out / ".done_gan_test").unlink(missing_ok=True)
+    run.stage("gan_train", ["GAN_train.py", *gan_flags, *GAN_FLAGS, "--epochs", str(args.gan_epochs),
+                            "--batch_size", str(GAN_BATCH), "--lr", GAN_LR, "--medr", "100",
+                            "--max_iters", str(args.gan_iters)])
     gan_run = latest(str(run_dir / "GAN_runs" / "GAN_*"))
-    run.stage("gan_test", ["GAN_test.py", *gan_flags, "--trained_G_model_path", str(gan_run / "G_best.pth.tar"),
-                           "--noise_mode", "ZERO", "--metrics_json", str(out / "synthesis.json")])
-    return summary(out, run_dir, gan_run, time.time() - start)
+    run.stage("gan_test", ["GAN_test.py", *gan_flags, "--trained_G_model_path", str(gan_run / "G_last.pth.tar"),
+                           "--synthesis_n", "8", "--metrics_json", str(out / "synthesis.json")])
+    return summary(out, run_dir, gan_run, time.time() - start, run.timings)
 
 
-def summary(out: Path, run_dir: Path, gan_run: Path, seconds: float) -> dict:
-    """Print retrieval and synthesis scores with the chance level beside them."""
+def _row(name: str, m: dict) -> str:
+    return (f"  {name:24s} medR {m['medR']:7.1f}  R@1 {100 * m['R@1']:5.1f}%  R@5 {100 * m['R@5']:5.1f}%  "
+            f"R@10 {100 * m['R@10']:5.1f}%")
+
+
+def summary(out: Path, run_dir: Path, gan_run: Path, seconds: float, timings: dict[str, float]) -> dict:
+    """Print retrieval and synthesis scores side by side, with the chance level."""
     retrieval = json.loads((out / "retrieval.json").read_text())["test"]["en"]
     synthesis = json.loads((out / "synthesis.json").read_text())
     lines = ["", "=" * 78, "X-MRS demo on the synthetic Recipe1M (test split, English)", "=" * 78]
-    for entry in retrieval.values():
+    for bag, entry in retrieval.items():
         n = entry["n"]
-        lines.append(f"retrieval, bags of {n} ({entry['bags']} bags): chance R@1 {100 / n:.2f}%, "
-                     f"chance medR {(n + 1) / 2:.1f}")
-        for direction in ("im2rec", "rec2im"):
-            m = entry[direction]
-            lines.append(f"  {direction:7s} medR {m['medR']:7.1f}  R@1 {100 * m['R@1']:5.1f}%  "
-                         f"R@5 {100 * m['R@5']:5.1f}%  R@10 {100 * m['R@10']:5.1f}%")
-    for key in ("fake2rec", "rec2fake", "fake2img", "img2fake"):
-        for bag, entry in synthesis[key].items():
-            m = entry
-            if "medR" not in m:  # {"n", "bags", "im2rec": {...}} layout
-                m = entry.get("im2rec", entry)
-            lines.append(f"synthesis {key:8s} bag {bag:>4s}: medR {m['medR']:7.1f}  R@1 {100 * m['R@1']:5.1f}%  "
-                         f"R@5 {100 * m['R@5']:5.1f}%  R@10 {100 * m['R@10']:5.1f}%")
-    if "frechet_distance" in synthesis:
-        fd = synthesis["frechet_distance"]
-        lines.append(f"Frechet distance (FoodSpace image features): {fd if not isinstance(fd, dict) else fd}")
+        lines.append(f"bags of {n} ({entry['bags']} bag(s)): chance R@1 {100 / n:.2f}%, chance medR {(n + 1) / 2:.1f}")
+        lines.append(_row("real image -> recipe", entry["im2rec"]))
+        fake = synthesis["fake2rec"].get(bag)
+        if fake is not None:
+            lines.append(_row("generated -> recipe", fake))
+            real = entry["im2rec"]
+            lines.append(f"  generated / real: medR x{fake['medR'] / real['medR']:.2f}, "
+                         f"R@10 x{fake['R@10'] / max(real['R@10'], 1e-12):.2f}")
+        lines.append(_row("recipe -> real image", entry["rec2im"]))
+        if fake is not None:
+            lines.append(_row("recipe -> generated", synthesis["rec2fake"][bag]))
+            lines.append(_row("generated -> real image", synthesis["fake2img"][bag]))
+    lines.append(f"Frechet distance, real vs generated FoodSpace image features: {synthesis['frechet_distance']:.4f} "
+                 f"(generated with --score_noise_mode {synthesis.get('score_noise_mode', '?')})")
+    if timings:
+        lines.append("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     lines += [f"TensorBoard: tensorboard --logdir {run_dir}   (synthesis: {gan_run})",
               f"retrieval figures: {run_dir / 'vis'}",
               f"synthesis images: {gan_run / 'generated'}  figure: {gan_run / 'synthesis.png'}",
               f"total {seconds / 60:.1f} min"]
     print("\n".join(lines), flush=True)
-    return {"retrieval": retrieval, "synthesis": synthesis, "run_dir": str(run_dir), "gan_run": str(gan_run)}
+    return {"retrieval": retrieval, "synthesis": synthesis, "run_dir": str(run_dir), "gan_run": str(gan_run),
+            "timings": timings}
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ from tqdm import tqdm
 from bench.common import run_with_threads
 from models.foodspace import ArchConfig, FoodSpaceNet
 from models.losses import batch_hard_triplet
+from utils.host import matmul_flops
 
 QUICK_ARCH = dict(image_backbone="resnet18", emb_dim=64, bert_layers=1, bert_heads=2, bert_hidden=64,
                   bert_intermediate=128, vocab_size=1000)
@@ -226,18 +227,6 @@ class TrainPath:
             enc.set_attn_implementation(previous)
             self.optimizer.zero_grad(set_to_none=True)
         return counter.get_total_flops()
-
-
-def matmul_flops(n: int = 2048, reps: int = 4) -> float:
-    """Best FLOP/s of an ``n x n`` fp32 matmul on this machine, now."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(reps):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 / best
 
 
 def run(args: argparse.Namespace) -> dict:

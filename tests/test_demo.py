@@ -19,7 +19,14 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert {"fake2rec", "rec2fake", "fake2img", "img2fake", "frechet_distance"} <= set(synthesis)
     assert summary["retrieval"] == retrieval["test"]["en"]
     printed = capsys.readouterr().out
-    assert "chance R@1" in printed and "TensorBoard" in printed
+    assert "chance R@1" in printed and "TensorBoard" in printed and "host: fp32 matmul" in printed
+    # generated -> recipe is printed beside real image -> recipe, from the same bag
+    bag = next(iter(retrieval["test"]["en"]))
+    fake = synthesis["fake2rec"][bag]
+    assert demo._row("generated -> recipe", fake) in printed
+    assert demo._row("real image -> recipe", entry["im2rec"]) in printed
+    assert f"generated -> recipe      medR {fake['medR']:7.1f}" in printed
+    assert f"generated / real: medR x{fake['medR'] / entry['im2rec']['medR']:.2f}" in printed
 
     # A second run reuses every finished stage and prints the same summary.
     again = demo.main(argv)

@@ -112,6 +112,10 @@ def test_run_folder_checkpoints_trace_and_events(gan_runs, encoder_run):
         assert [s for s, _ in scalars[f"val/{name}"]] == [0, 1]
         assert [v for _, v in scalars[f"val/{name}"]] == pytest.approx([float(r[2 + k]) for r in rows[1:]])
     assert [v for _, v in scalars["lr/G"]] == pytest.approx([1e-4, 1e-4])
+    for tag in ("val/frechet", "val/spread_generated", "val/spread_recipes"):
+        assert [s for s, _ in scalars[tag]] == [0, 1] and all(v >= 0 for _, v in scalars[tag]), tag
+    # the recipes' spread is the val recipe embeddings' own: the same every epoch
+    assert scalars["val/spread_recipes"][0][1] == scalars["val/spread_recipes"][1][1] > 0
     assert "val/fixed_noise_grid" in images
     with Image.open(run / "grid_e001.png") as grid:  # 2 rows (real, generated) x 4 val recipes
         assert grid.size == (4 * 130 + 2, 2 * 130 + 2)
@@ -515,6 +519,14 @@ def test_scripts_import_without_side_effects():
         assert all(a.help for a in parser._actions if a.option_strings and a.dest != "help")
     args = GAN_train.get_parser().parse_args([])
     assert (args.batch_size, args.Z_DIM, args.W_IMG_IMG_COS_LOSS, args.drop_G_lr_epoch) == (48, 100, 32.0, 30)
+
+
+def test_spread_against_brute_force():
+    x = F.normalize(torch.randn(7, 5, dtype=torch.float64), dim=1)
+    cos = x @ x.T
+    brute = 1 - (cos.sum() - cos.diagonal().sum()) / (7 * 6)
+    assert GAN_train.spread(x) == pytest.approx(float(brute), rel=1e-12)
+    assert GAN_train.spread(x[:1].expand(6, 5)) == pytest.approx(0.0, abs=1e-12)  # mode collapse
 
 
 def test_encode_fake_shrinks_with_antialias_and_grows_as_the_reference():
