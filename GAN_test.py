@@ -12,20 +12,20 @@ embedding file (none dropped):
 * ``<out_dir>/<recipe id>/generated_<k>.png``: ``--num_images`` images generated from the recipe
   embedding with ``--noise_mode`` (the reference's modes, :mod:`models.gan_sampling`: BATCH_RANDOM
   z per recipe, SINGLE_RANDOM one z for all recipes, ZERO z = 0, each with the conditioning noise
-  drawn per recipe; MEAN: z = 0 and c = mu; all seeded with ``--seed + k``), ``real.png`` (the real image as D saw it: resize 256, centre crop 224,
-  128 px) and ``recipe.txt`` (title, ingredients, instructions from ``<r1m_path>/layer1*.json``,
+  drawn per recipe; MEAN: z = 0 and c = mu; all seeded with ``--seed + k``), ``real.png`` (the
+  real image as D saw it: resize 256, centre crop 224, 128 px) and ``recipe.txt`` (title, ingredients, instructions from ``<r1m_path>/layer1*.json``,
   or decoded from the LMDB tokens when that file is absent). ``<out_dir>`` defaults to
   ``<GAN run>/generated``.
 * Scores, from the generated tensors in memory (no image re-read) with ``--score_noise_mode``
-  (default ZERO, as SPEC section 6 asks): generated image -> recipe (``fake2rec``), recipe ->
+  (default ZERO, as the reference scores): generated image -> recipe (``fake2rec``), recipe ->
   generated image (``rec2fake``), generated -> real image (``fake2img``) and real -> generated
   image (``img2fake``), with SPEC section 5's protocol (bags of ``--medr``, seeded with ``--seed``)
   plus ``"all"``, the whole test set ranked in chunks. Real images are test.py's ``img_embeds``
   (the first image of each recipe, as the cycle loss used).
 * ``frechet_distance``: the Frechet distance between real and generated images in the FoodSpace
   image-encoder embedding space (:mod:`utils.frechet`). Both sides go through the same path: a
-  128 px image, bilinearly upsampled to the encoder's input size (224) and encoded, so the distance measures content, not
-  resolution. With fewer images than dimensions a shrunk covariance is used and a note says so.
+  128 px image, resized to the encoder's input size (bilinear; antialiased when shrinking) and
+  encoded, so the distance measures content, not resolution. With fewer images than dimensions a shrunk covariance is used and a note says so.
 * ``<GAN run>/synthesis.png``: per recipe its title, the real image, ``--synthesis_k`` images
   generated from its recipe embedding and as many from its real image embedding (same noises).
 """
