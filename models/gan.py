@@ -133,24 +133,26 @@ def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="how G's tanh output maps to ImageNet-normalised space: 'imagenet' (used as is, "
                         "the reference) or 'pixel' ([-1,1] = pixels [0,1], then normalised)")
     g.add_argument("--G_emb_scale", default="1",
-                   help="multiply G's input embeddings by this ('sqrt': by sqrt(embDim), giving unit-variance "
-                        "components); 1 is the reference (see README, synthesis on a CPU)")
+                   help="multiply G's input embeddings by this: a number, 'sqrt' (sqrt(embDim): unit-variance "
+                        "components) or 'K*sqrt'; 1 is the reference (docs/synthesis.md)")
     g.add_argument("--G_head64", action="store_true",
                    help="also build a 64 px image head (not in the reference; adds 27*GF_DIM parameters)")
     return parser
 
 
 def emb_scale_value(text: str | float, emb_dim: int) -> float:
-    """``--G_emb_scale``: a positive number, or ``sqrt`` for ``sqrt(embDim)``."""
-    if str(text).strip().lower() == "sqrt":
-        return float(emb_dim) ** 0.5
+    """``--G_emb_scale``: a positive number, ``sqrt`` for ``sqrt(embDim)`` or ``K*sqrt`` for ``K sqrt(embDim)``."""
+    value = str(text).strip().lower().replace(" ", "")
+    factor = 1.0
+    if value.endswith("sqrt"):
+        factor, value = float(emb_dim) ** 0.5, value[:-4].rstrip("*") or "1"
     try:
-        value = float(text)
+        scale = float(value) * factor
     except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"--G_emb_scale {text!r}: give a positive number or 'sqrt'")
-    return value
+        scale = -1.0
+    if not scale > 0:
+        raise ValueError(f"--G_emb_scale {text!r}: give a positive number, 'sqrt' or 'K*sqrt'")
+    return scale
 
 
 # ----------------------------------------------------------------------------- building blocks

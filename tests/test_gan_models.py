@@ -406,7 +406,8 @@ def test_emb_scale_multiplies_the_input_and_defaults_to_the_reference():
 
     assert GANConfig().emb_scale == 1.0
     assert emb_scale_value("sqrt", 128) == pytest.approx(128 ** 0.5) and emb_scale_value("2.5", 8) == 2.5
-    for bad in ("0", "-1", "big"):
+    assert emb_scale_value("2*sqrt", 128) == pytest.approx(2 * 128 ** 0.5) == emb_scale_value("2 * SQRT", 128)
+    for bad in ("0", "-1", "big", "0*sqrt", "x*sqrt"):
         with pytest.raises(ValueError, match="G_emb_scale"):
             emb_scale_value(bad, 8)
     with pytest.raises(ValueError, match="emb_scale"):
