@@ -363,7 +363,7 @@ class Generator(nn.Module):
             raise ValueError("return_64 needs a generator built with GANConfig(head64=True) (--G_head64)")
         # The embeddings are L2-normalised, so each of their D components is ~1/sqrt(D): far below
         # the unit scale the CA layer's init assumes, which leaves mu ~0 beside eps ~1 (emb_scale).
-        mu, logvar = self.ca_net(emb * self.cfg.emb_scale if self.cfg.emb_scale != 1 else emb)  # (B, E) each
+        mu, logvar = self.ca_net(emb * self.cfg.emb_scale)  # (B, E) each; x 1.0 is exact
         c = conditioning_sample(mu, logvar, eps=eps, generator=generator)  # (B, E)
         h1 = self.h_net1(z.to(c.dtype), c)  # (B, gf, 64, 64)
         h2 = self.h_net2(h1, c)  # (B, gf/2, 128, 128)
