@@ -194,7 +194,17 @@ class GpuChecks:
         return _run([sys.executable, *args], self.timeout, {"CUDA_VISIBLE_DEVICES": ""} if self.cpu else None)
 
     def _torchrun(self, nproc: int, *args: str) -> str:
-        return self._py("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args)
+        """Run under torchrun; returns each rank's stdout in rank order (then torchrun's own output).
+
+        The ranks share torchrun's stdout, where their lines can interleave mid-line; with
+        ``--redirects 3`` each rank writes to its own file instead, read back here.
+        """
+        log_dir = Path(tempfile.mkdtemp(prefix="torchrun_logs_", dir=self.out))
+        own = self._py("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                       "--log_dir", str(log_dir), "--redirects", "3", *args)
+        ranks = [f.read_text(encoding="utf-8", errors="replace")
+                 for rank in range(nproc) for f in sorted(log_dir.glob(f"**/attempt_0/{rank}/stdout.log"))]
+        return "".join(ranks) + own
 
     def synthetic(self) -> str:
         self._py("-m", "data.synthetic", "--out", str(self.r1m), "--recipes", str(self.recipes), "--seed", "3",
