@@ -544,6 +544,10 @@ def test_encode_fake_shrinks_with_antialias_and_grows_as_the_reference():
     enc.input_size = 64  # a demo-size encoder: G's 128 px output is shrunk like PIL shrank the real images
     encode_fake(enc, fake, "imagenet")
     assert torch.allclose(seen[-1], F.interpolate(fake, size=(64, 64), mode="bilinear", antialias=True), atol=1e-6)
+    for half in (torch.float16, torch.bfloat16):  # under autocast: no half-precision antialias kernel on CPU
+        encode_fake(enc, fake.to(half), "imagenet")
+        assert seen[-1].dtype == half
+        assert torch.allclose(seen[-1].float(), seen[0], atol=2e-2)
     enc.input_size = 160  # larger: bilinear upsampling with align_corners, the reference's layer
     encode_fake(enc, fake, "imagenet")
     assert torch.allclose(seen[-1], F.interpolate(fake, size=(160, 160), mode="bilinear", align_corners=True),

@@ -121,7 +121,9 @@ def encode_fake(encoder: torch.nn.Module, images: torch.Tensor, space: str) -> t
     # real images the targets come from, or the encoder sees (and G is taught through) aliased samples.
     x = to_imagenet(images, space)
     if size < x.shape[-1]:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        # in float32: the antialiased kernel has no half-precision CPU version (fp16/bf16 autocast)
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True).to(x.dtype)
     else:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)
     return encoder(x)  # (B, D)
