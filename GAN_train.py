@@ -24,8 +24,8 @@ Validation each epoch: images generated for every val recipe (:mod:`models.gan_s
 ``--val_noise_mode``, default BATCH_RANDOM: random z and random conditioning noise, as the
 reference validates, drawn from a generator seeded with ``--seed`` so every epoch sees the same
 noise) are embedded by the encoder and ranked against the val recipe embeddings (generated image
--> recipe, bags of ``--medr``; README "Evaluation protocol"). The best epoch (highest R@1 + R@5 + R@10) and
-the last one are kept.
+-> recipe, bags of ``--medr``; README "Evaluation protocol"). The best epoch (highest R@1 + R@5 +
+R@10) and the last one are kept.
 
 Run folder ``<encoder_dir>/GAN_runs/GAN_<%Y%m%d-%H%M%S>/``: ``G_best``, ``D_best``, ``G_last``,
 ``D_last`` ``.pth.tar`` (weights_only loadable; each with its optimiser, the GAN config, the
@@ -214,8 +214,8 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
     nets.scaler_G.update()
     terms = {"D/loss": d.loss.detach(), "D/real_fake": d.real_fake, "D/class": d.cls, "G/loss": g.loss.detach(),
              "G/adversarial": g.adversarial, "G/class": g.cls, "G/kl": g.kl,
-             "D/acc_real": (real_out[0].detach() > 0).float().mean(), "D/acc_fake": (fake_out[0].detach() < 0).float().mean(),
-             **grads}
+             "D/acc_real": (real_out[0].detach() > 0).float().mean(),  # logits: real when > 0
+             "D/acc_fake": (fake_out[0].detach() < 0).float().mean(), **grads}
     if g.img_img is not None:
         terms["G/cycle_img_img"] = g.img_img
     if g.img_rec is not None:
