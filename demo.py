@@ -93,13 +93,12 @@ def latest(pattern: str) -> Path:
 
 def estimate(gflops: float) -> str:
     """One line: this host's matmul speed and the demo's expected total here."""
-    line = f"[demo] host: fp32 matmul {gflops:.0f} GFLOP/s"
-    if MEASURED_GFLOPS and MEASURED_SECONDS:
-        total = sum(MEASURED_SECONDS.values()) * MEASURED_GFLOPS / gflops / 60
-        line += (f"; the demo took {sum(MEASURED_SECONDS.values()) / 60:.1f} min on a {MEASURED_GFLOPS:.0f} GFLOP/s "
-                 f"2-core machine, so expect about {total:.0f} min here")
-        if total > BUDGET_MINUTES:
-            line += f" (more than the {BUDGET_MINUTES:.0f} min it is sized for; --gan_epochs 1 shortens it)"
+    measured = sum(MEASURED_SECONDS.values()) / 60  # minutes at MEASURED_GFLOPS
+    total = measured * MEASURED_GFLOPS / gflops
+    line = (f"[demo] host: fp32 matmul {gflops:.0f} GFLOP/s; the demo took {measured:.1f} min on a "
+            f"{MEASURED_GFLOPS:.0f} GFLOP/s 2-core machine, so expect about {total:.0f} min here")
+    if total > BUDGET_MINUTES:
+        line += f" (more than the {BUDGET_MINUTES:.0f} min it is sized for; --gan_epochs 1 shortens it)"
     return line
 
 

@@ -33,3 +33,11 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert printed.count("done before, reused") == 6
     assert again["retrieval"] == summary["retrieval"]
+
+
+def test_time_estimate_scales_with_the_hosts_matmul_speed():
+    minutes = sum(demo.MEASURED_SECONDS.values()) / 60
+    same = demo.estimate(demo.MEASURED_GFLOPS)
+    assert f"expect about {minutes:.0f} min here" in same and "more than" not in same
+    slow = demo.estimate(demo.MEASURED_GFLOPS / 4)  # 4x slower: 4x the time, past the budget
+    assert f"expect about {4 * minutes:.0f} min here" in slow and "more than the 20 min" in slow
