@@ -223,6 +223,14 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
     return {k: float(v) for k, v in terms.items()}
 
 
+def build_optimizers(G: torch.nn.Module, D: torch.nn.Module, lr: float, weight_decay: float):
+    """The reference's Adam (betas 0.5, 0.999) for G and for D's trained parameters."""
+    opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+    opt_D = torch.optim.Adam([q for q in D.parameters() if q.requires_grad], lr=lr, betas=(0.5, 0.999),
+                             weight_decay=weight_decay)
+    return opt_G, opt_D
+
+
 def probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_img_img, w_img_rec) -> dict:
     """Norm of each weighted G loss term's gradient at G's output, per image (a diagnostic).
 
@@ -510,9 +518,7 @@ def _main(argv: list[str]) -> Path:
         init_weights(G, args.resume_G, "G")
     if args.resume_D and not ckpt_G:
         init_weights(D, args.resume_D, "D")
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999), weight_decay=args.weight_decay)
-    opt_D = torch.optim.Adam([q for q in D.parameters() if q.requires_grad], lr=args.lr, betas=(0.5, 0.999),
-                             weight_decay=args.weight_decay)
+    opt_G, opt_D = build_optimizers(G, D, lr=args.lr, weight_decay=args.weight_decay)
     scaler_G = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     scaler_D = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     sched = {"lr_G": args.lr, "lr_D": args.lr, "auto_drops": 0}

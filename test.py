@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
     if missing:
         raise SystemExit(f"language {missing[0]} is not in {data_path} (it holds {', '.join(manifest['languages'])})")
 
-    device = resolve_device(args.no_cuda, gpu=args.gpu)
+    device = resolve_device(args.no_cuda, args.gpu)
     ctx = autocast_context(device, args.amp)
     model = FoodSpaceNet(ArchConfig.from_dict(ckpt["arch"]), image_pretrained="none", text_init="none")
     model.load_state_dict(ckpt["model"])

@@ -157,6 +157,37 @@ def end_of_epoch_schedule(args, state: dict, epoch: int) -> list[str]:
     return events
 
 
+def build_optimizer(model: FoodSpaceNet, lr: float, weight_decay: float, w2v_train: bool) -> torch.optim.Adam:
+    """Adam over the four named groups of ``GROUPS``; ``w2v_train=False`` freezes the word embeddings for good."""
+    groups = model.param_groups()
+    if not w2v_train:
+        for param in groups["wordemb"]:
+            param.requires_grad_(False)
+    return torch.optim.Adam(
+        [{"params": [q for q in groups[name] if q.requires_grad], "name": name} for name in GROUPS],
+        lr=lr, weight_decay=weight_decay)
+
+
+def train_step(train_model, optimizer, scaler, images, tokens, *, ctx, alpha: float, intra_modal: bool, ohem: bool,
+               world_size: int = 1):
+    """One optimisation step on a batch; returns the loss terms (``models.losses.TripletOutput``).
+
+    Args:
+        images: (B, 3, S, S) on the device, in the memory format of the model; tokens: (B, T).
+    """
+    with ctx:
+        img_emb, rec_emb = train_model(images, tokens)  # (B, D) each, L2-normalised
+    # Negatives come from the global batch; gradients reach this rank's rows only, so the
+    # loss is scaled by the world size to undo DDP's gradient averaging.
+    out = batch_hard_triplet(du.gather_with_grad(img_emb.float()), du.gather_with_grad(rec_emb.float()),
+                             alpha=alpha, intra_modal=intra_modal, ohem=ohem)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out.loss * world_size).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return out
+
+
 def set_lrs(optimizer, lrs: dict[str, float]) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lrs[group["name"]]
@@ -249,7 +280,7 @@ def main(argv=None) -> Path:
     parser = get_parser()
     args, ckpt = resolve_args(parser, argv)
     dist_info = du.init_distributed(use_cuda=not args.no_cuda and torch.cuda.is_available())
-    device = resolve_device(args.no_cuda, dist_info.local_rank if dist_info.distributed else None, args.gpu)
+    device = resolve_device(args.no_cuda, args.gpu, dist_info.local_rank if dist_info.distributed else None)
     seed_everything(args.seed + dist_info.rank)
     ctx = autocast_context(device, args.amp)  # the one place deciding precision
 
@@ -282,13 +313,7 @@ def main(argv=None) -> Path:
     model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    groups = model.param_groups()
-    if not args.w2vTrain:
-        for param in groups["wordemb"]:
-            param.requires_grad_(False)
-    optimizer = torch.optim.Adam(
-        [{"params": [q for q in groups[name] if q.requires_grad], "name": name} for name in GROUPS],
-        lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, w2v_train=args.w2vTrain)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     sched = initial_schedule(args)
     best = {"medR": math.inf, "recall_sum": -math.inf, "validations": 0}
@@ -341,16 +366,8 @@ def main(argv=None) -> Path:
             if args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             tokens = batch.tokens.to(device, non_blocking=True)  # (B, T), T = longest row in the batch
-            with ctx:
-                img_emb, rec_emb = train_model(images, tokens)  # (B, D) each, L2-normalised
-            # Negatives come from the global batch; gradients reach this rank's rows only, so the
-            # loss is scaled by the world size to undo DDP's gradient averaging.
-            out = batch_hard_triplet(du.gather_with_grad(img_emb.float()), du.gather_with_grad(rec_emb.float()),
-                                     alpha=args.alpha, intra_modal=args.intraModalLoss, ohem=ohem)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.loss * dist_info.world_size).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            out = train_step(train_model, optimizer, scaler, images, tokens, ctx=ctx, alpha=args.alpha,
+                             intra_modal=args.intraModalLoss, ohem=ohem, world_size=dist_info.world_size)
             iteration += 1
             local_images += images.shape[0]
             bar.update(1)

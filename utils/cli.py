@@ -1,12 +1,31 @@
-"""Command-line helpers shared by the scripts: reference-style booleans, explicit flags, device."""
+"""Command-line helpers shared by the scripts: help format, booleans, explicit flags, device, exits."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from typing import TypeVar
 
 import torch
+
+from utils.errors import InputError
+
+T = TypeVar("T")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` keeps the module docstring's layout and shows every flag's default."""
+
+
+def run_main(body: Callable[[], T]) -> T:
+    """Run a script's body; bad input (:class:`InputError`) exits with one line, never a traceback."""
+    try:
+        return body()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def str2bool(value: str | bool) -> bool:
@@ -19,6 +38,7 @@ def str2bool(value: str | bool) -> bool:
     if text in {"no", "false", "f", "n", "0"}:
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (yes/no/true/false), got {value!r}")
+
 
 
 def int_list(value: str) -> list[int]:
@@ -45,11 +65,29 @@ def explicit_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
     return set(vars(known))
 
 
-def resolve_device(no_cuda: bool, local_rank: int | None = None, gpu: int = 0) -> torch.device:
-    """CUDA when available and not refused, else CPU. Under torchrun the local rank picks the GPU."""
-    if no_cuda or not torch.cuda.is_available():
+def resolve_device(no_cuda: bool = False, device: str | int | Sequence | None = None,
+                   local_rank: int | None = None) -> torch.device:
+    """The one device resolver of the scripts.
+
+    CPU when ``no_cuda``, when ``device`` is ``"cpu"`` or without CUDA; under torchrun
+    (``local_rank`` given) the local rank picks the GPU; else ``cuda:<device>`` (default 0). A
+    list (the reference's ``--device 0 1``) uses its first entry: several GPUs mean torchrun.
+
+    Raises:
+        InputError: ``device`` is neither ``"cpu"`` nor a CUDA index.
+    """
+    if isinstance(device, (list, tuple)):
+        if len(device) > 1:
+            print(f"--device {' '.join(map(str, device))}: using the first only (several GPUs: use torchrun)")
+        device = device[0] if device else None
+    if no_cuda or str(device).lower() == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda", local_rank if local_rank is not None else gpu)
+    if local_rank is not None:
+        return torch.device("cuda", local_rank)
+    try:
+        return torch.device("cuda", int(device) if device is not None else 0)
+    except ValueError:
+        raise InputError(f"--device {device!r}: give a CUDA index or 'cpu'") from None
 
 
 def autocast_context(device: torch.device, amp: str):
