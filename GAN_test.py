@@ -1,4 +1,4 @@
-"""Generate images for every test recipe with a trained G and score them (SPEC sections 1, 5, 6, 8).
+"""Generate images for every test recipe with a trained G and score them (docs/synthesis.md).
 
     python GAN_test.py --trained_G_model_path runs/<run>/GAN_runs/GAN_<stamp>/G_best.pth.tar
     python GAN_test.py --encoder_dir runs/<run> --trained_G_model_path G.pth.tar --noise_mode BATCH_RANDOM \\
@@ -6,7 +6,7 @@
 
 G is rebuilt from the configuration stored in its checkpoint (no architecture flags). The image
 encoder and the test embeddings come from ``--encoder_dir`` (default: the one G was trained with),
-found as GAN_train.py finds them (:mod:`utils.encoder_run`). For every recipe of the test
+found as GAN_train.py finds them (:func:`utils.runs.find_encoder_files`). For every recipe of the test
 embedding file (none dropped):
 
 * ``<out_dir>/<recipe id>/generated_<k>.png``: ``--num_images`` images generated from the recipe
@@ -19,7 +19,7 @@ embedding file (none dropped):
 * Scores, from the generated tensors in memory (no image re-read) with ``--score_noise_mode``
   (default ZERO, as the reference scores): generated image -> recipe (``fake2rec``), recipe ->
   generated image (``rec2fake``), generated -> real image (``fake2img``) and real -> generated
-  image (``img2fake``), with SPEC section 5's protocol (bags of ``--medr``, seeded with ``--seed``)
+  image (``img2fake``), with docs/evaluation.md's protocol (bags of ``--medr``, seeded with ``--seed``)
   plus ``"all"``, the whole test set ranked in chunks. Real images are test.py's ``img_embeds``
   (the first image of each recipe, as the cycle loss used).
 * ``frechet_distance``: the Frechet distance between real and generated images in the FoodSpace
@@ -28,6 +28,16 @@ embedding file (none dropped):
   encoded, so the distance measures content, not resolution. With fewer images than dimensions a shrunk covariance is used and a note says so.
 * ``<GAN run>/synthesis.png``: per recipe its title, the real image, ``--synthesis_k`` images
   generated from its recipe embedding and as many from its real image embedding (same noises).
+
+With ``--recipe recipe.json`` (one recipe in layer1 format, or a list: see ``search.py``) it
+generates images for recipes that are not in the LMDB instead, and scores nothing: each recipe is
+embedded by the text encoder of the checkpoint G was trained with (``<encoder_dir>/models/<ckpt>.pth.tar``),
+through the query path of ``search.py`` (:mod:`data.query`: the run's tokenizer and text rules),
+and G draws ``--num_images`` images with ``--noise_mode`` (seeds ``--seed + k``). Written to
+``<out_dir>`` (default ``<GAN run>/from_recipe``): ``<recipe id>/generated_<k>.png``,
+``<recipe id>/recipe.txt``, ``<recipe id>/nearest.txt`` (the ``--nearest`` real photos closest to
+the recipe in the encoder run's index, as ``search.py --recipe`` finds them) and ``recipes.png``
+(per recipe: its text, the generated images, the nearest real photos with their cosine).
 """
 
 from __future__ import annotations
@@ -45,48 +55,67 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data.dataset import BadImageTracker
-from data.gan_dataset import GANDataset, collate_gan, read_record
+from data.gan_dataset import GANDataset, collate_gan, load_partition_embeddings, read_record
 from data.langs import parse_language
-from data.lmdb_format import PART_INGR, PART_INST, PART_TITLE, TOKENIZER_DIR, lmdb_dir
-from data.recipe1m import Recipe1MError, iter_layer1, layer1_path
-from models.gan import GANConfig, Generator, imagenet_to_pixels
-from models.gan_sampling import generate, parse_noise_mode
-from utils.checkpoint import load_checkpoint
-from utils.cli import autocast_context, int_list, str2bool
-from utils.encoder_run import (
-    GANDataError,
-    encode_fake,
-    encoder_run_opts,
-    find_encoder_files,
-    load_image_encoder,
-    load_partition_embeddings,
+from data.lmdb_format import (
+    PART_INGR,
+    PART_INST,
+    PART_TITLE,
+    TOKENIZER_DIR,
+    RecordReader,
+    lmdb_dir,
+    part_text,
 )
+from data.recipe1m import Recipe1MError, iter_layer1, layer1_path
+from models.foodspace import load_image_encoder
+from models.gan import GANConfig, Generator, imagenet_to_pixels
+from models.gan_losses import encode_generated
+from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
+from utils.checkpoint import load_checkpoint
+from utils.cli import BOOL, HelpFormatter, autocast_context, int_list, resolve_device, run_main, str2bool
+from utils.errors import CheckpointError
 from utils.frechet import frechet_distance
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
-from utils.metrics import evaluate_retrieval, format_results, rank_metrics, ranks_chunked
+from utils.metrics import evaluate_retrieval, format_results, rank_metrics, ranks_chunked, results_by_bag
+from utils.runs import (
+    GENERATED_DIR,
+    RECIPE_FIGURE,
+    RECIPE_GEN_DIR,
+    SYNTHESIS_FIGURE,
+    checkpoint_path,
+    encoder_run_opts,
+    find_encoder_files,
+)
 
 TILE = 128
 
 
 def get_parser() -> argparse.ArgumentParser:
     """GAN_test.py's flags (the data flags default to those G was trained with)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--trained_G_model_path", required=True, help="G checkpoint written by GAN_train.py")
-    p.add_argument("--encoder_dir", default=None, help="train.py run folder (default: the one G was trained with)")
-    p.add_argument("--data_path", default=None, help="folder written by create_lmdb.py (default: G's run)")
-    p.add_argument("--img_path", default=None, help="root of the images (default: G's run)")
-    p.add_argument("--r1m_path", default=None, help="Recipe1M folder for the recipe texts (default: G's run)")
-    p.add_argument("--language", default=None, help="language of the recipe embeddings (default: G's)")
+    p.add_argument("--encoder_dir", default=None, help="train.py run folder (None: the one G was trained with)")
+    p.add_argument("--data_path", default=None, help="folder written by create_lmdb.py (None: G's run)")
+    p.add_argument("--img_path", default=None, help="root of the images (None: G's run)")
+    p.add_argument("--r1m_path", default=None, help="Recipe1M folder for the recipe texts (None: G's run)")
+    p.add_argument("--language", default=None, help="language of the recipe embeddings (None: G's)")
     p.add_argument("--noise_mode", type=parse_noise_mode, default="ZERO",
-                   help="noise of the saved images: BATCH_RANDOM, SINGLE_RANDOM, ZERO (the reference's) or MEAN")
+                   help=f"noise of the saved images: {noise_mode_help()} (MEAN is this project's)")
     p.add_argument("--num_images", type=int, default=1, help="images saved per recipe (with a random noise mode)")
     p.add_argument("--score_noise_mode", type=parse_noise_mode, default="ZERO",
-                   help="noise of the scored images (ZERO: z = 0, conditioning noise per recipe, as the reference)")
-    p.add_argument("--medr", type=int_list, default=[1000], help="bag sizes (SPEC section 5), e.g. 1000,10000")
+                   help=f"noise of the scored images: {noise_mode_help()} (ZERO: z = 0, conditioning noise per "
+                        "recipe, as the reference)")
+    p.add_argument("--medr", type=int_list, default=[1000], help="bag sizes (docs/evaluation.md), e.g. 1000,10000")
     p.add_argument("--seed", type=int, default=1234, help="seed of the noise and of the bags")
     p.add_argument("--metrics_json", default="", help="write the scores to this JSON file")
-    p.add_argument("--out_dir", default=None, help="per-recipe folders go here (default: <GAN run>/generated)")
-    p.add_argument("--save_images", type=str2bool, default=True, help="write the per-recipe folders")
+    p.add_argument("--out_dir", default=None,
+                   help="per-recipe folders go here (None: <GAN run>/generated, with --recipe <GAN run>/from_recipe)")
+    p.add_argument("--recipe", default=None, metavar="JSON",
+                   help="generate for the recipes of this file (layer1 format, one or a list) instead of the test split")
+    p.add_argument("--nearest", type=int, default=3, help="with --recipe: real photos nearest to each recipe shown")
+    p.add_argument("--index_parts", default="available",
+                   help="with --recipe: partitions searched for the nearest photos (search.py --index_parts)")
+    p.add_argument("--save_images", type=str2bool, metavar=BOOL, default=True, help="write the per-recipe folders")
     p.add_argument("--synthesis_n", type=int, default=8, help="recipes in synthesis.png (0: no figure)")
     p.add_argument("--synthesis_k", type=int, default=3, help="noises per recipe in synthesis.png")
     p.add_argument("--frechet_shrinkage", default="auto",
@@ -141,16 +170,12 @@ def recipe_texts(ids: list[str], r1m_path, data_path, lang: str) -> dict[str, tu
 
         tokenizer = load_tokenizer(Path(data_path) / TOKENIZER_DIR)
         source = f"LMDB tokens decoded with {Path(data_path) / TOKENIZER_DIR} (no {lang} text in layer1)"
+        records = RecordReader(lmdb_dir(data_path, "test"))
         for rid in missing:
-            try:
-                record = read_record(lmdb_dir(data_path, "test"), rid)
-            except GANDataError as err:
-                raise SystemExit(f"error: {err}") from None
-            row = record.langs.index(lang) if lang in record.langs else 0
-            ids_row, parts = record.ids[row], record.parts[row]
+            record = read_record(records, rid)
 
-            def part(code, ids_row=ids_row, parts=parts) -> str:
-                return tokenizer.decode(ids_row[parts == code].tolist()).strip()
+            def part(code, record=record) -> str:
+                return part_text(record, tokenizer, lang, code)
 
             texts[rid] = (part(PART_TITLE).rstrip(". "), _lines(re.split(r"\s*\.\s+", part(PART_INGR))),
                           _lines(re.split(r"\s*\.\s+", part(PART_INST))), source)
@@ -170,7 +195,7 @@ def recipe_text(rid: str, text: tuple[str, list[str], list[str], str]) -> str:
 
 
 def paired_scores(queries: torch.Tensor, candidates: torch.Tensor, medr, seed: int) -> tuple[dict, dict]:
-    """Both directions under SPEC section 5, keyed by bag, plus ``"all"`` (whole set, in chunks)."""
+    """Both directions under docs/evaluation.md, keyed by bag, plus ``"all"`` (whole set, in chunks)."""
     results = evaluate_retrieval(queries, candidates, medr=medr, seed=seed)
     fwd = {k: {"n": v["n"], "bags": v["bags"], **v["im2rec"]} for k, v in results.items()}
     bwd = {k: {"n": v["n"], "bags": v["bags"], **v["rec2im"]} for k, v in results.items()}
@@ -179,15 +204,6 @@ def paired_scores(queries: torch.Tensor, candidates: torch.Tensor, medr, seed: i
         fwd["all"] = {"n": n, "bags": 1, **rank_metrics(ranks_chunked(queries, candidates))}
         bwd["all"] = {"n": n, "bags": 1, **rank_metrics(ranks_chunked(candidates, queries))}
     return fwd, bwd
-
-
-def score_table(metrics: dict) -> str:
-    rows = {}
-    for direction in ("fake2rec", "rec2fake", "fake2img", "img2fake"):
-        for bag, entry in metrics[direction].items():
-            row = rows.setdefault(bag, {"n": entry["n"], "bags": entry["bags"]})
-            row[direction] = {k: entry[k] for k in ("medR", "R@1", "R@5", "R@10")}
-    return format_results(rows, title="generated images, test split")
 
 
 # --------------------------------------------------------------------------- figure
@@ -220,27 +236,138 @@ def synthesis_figure(rows: list[tuple[str, Image.Image, list[Image.Image], list[
     return sheet
 
 
+# --------------------------------------------------------------------------- --recipe
+
+
+def folder_names(ids: list[str]) -> list[str]:
+    """A distinct, file-system-safe folder name per recipe id."""
+    names: list[str] = []
+    for rid in ids:
+        base = re.sub(r"[^A-Za-z0-9._-]+", "_", rid).strip("._") or "recipe"
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = f"{base}_{n}"
+        names.append(name)
+    return names
+
+
+def recipes_figure(rows: list[tuple[str, list[Image.Image], list[tuple[Image.Image, float]]]], n: int,
+                   k: int) -> Image.Image:
+    """Header, then per recipe: its text, ``n`` generated images, ``k`` nearest real photos with their cosine."""
+    gap, text_w = 4, 200
+    header = [("recipe", text_w)] + [(f"generated {j + 1}", TILE) for j in range(n)]
+    header += [(f"nearest photo {j + 1}", TILE) for j in range(k)]
+    width = sum(w + gap for _, w in header)
+    sheet = Image.new("RGB", (width, 20 + len(rows) * (TILE + gap)), (235, 235, 235))
+    x = 0
+    for name, w in header:
+        sheet.paste(_label(name, w, 18, 1), (x, 0))
+        x += w + gap
+    for r, (text, generated, nearest) in enumerate(rows):
+        y = 20 + r * (TILE + gap)
+        sheet.paste(_label(text, text_w, TILE, 9), (0, y))
+        for c, tile in enumerate(generated):
+            sheet.paste(tile, (text_w + gap + c * (TILE + gap), y))
+        for c, (photo, score) in enumerate(nearest):
+            tile = photo.resize((TILE, TILE))
+            draw = ImageDraw.Draw(tile)
+            draw.rectangle([0, TILE - 15, 50, TILE - 1], fill=(0, 0, 0))
+            draw.text((3, TILE - 13), f"{score:.3f}", fill=(255, 255, 255))
+            sheet.paste(tile, (text_w + gap + (n + c) * (TILE + gap), y))
+    return sheet
+
+
+def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) -> dict:
+    """``--recipe``: images for recipes that are not in the LMDB (module docstring); returns what was written."""
+    from data.query import read_recipe_json
+    from search import RunSearch, parse_parts
+    from utils.vis import image_tile
+
+    recipes = read_recipe_json(args.recipe, lang)  # bad input stops before anything is loaded
+    if args.num_images < 1:
+        raise SystemExit(f"--num_images {args.num_images}: give at least 1")
+    num_images = args.num_images
+    if args.noise_mode == "MEAN" and num_images > 1:
+        print("--noise_mode MEAN gives one image per recipe; saving 1")
+        num_images = 1
+    opts = ckpt.get("opts", {})
+    device = resolve_device(args.no_cuda, args.device)
+    ctx = autocast_context(device, args.amp)
+    trained_with = ckpt.get("encoder", {}).get("ckpt_name")
+    checkpoint = checkpoint_path(encoder_dir, trained_with) if trained_with else None
+    if checkpoint is not None and not checkpoint.is_file():
+        print(f"note: G was trained with the encoder of {trained_with}, whose checkpoint {checkpoint} is gone; "
+              f"embedding with the run's default checkpoint")
+        checkpoint = None
+    searcher = RunSearch(encoder_dir, checkpoint=str(checkpoint) if checkpoint else None, lang=lang,
+                         parts=parse_parts(args.index_parts), data_path=args.data_path or opts.get("data_path"),
+                         img_path=args.img_path or opts.get("img_path"), device=device)
+    cfg = GANConfig.from_dict(ckpt["gan"])
+    G = Generator(cfg)
+    G.load_state_dict(ckpt["model"])
+    G.to(device).eval()
+    rec = torch.from_numpy(searcher.embed_recipes(recipes, args.batch_size))  # (R, D)
+    if rec.shape[1] != cfg.emb_dim:
+        raise SystemExit(f"{searcher.ckpt_path}: recipe embeddings of size {rec.shape[1]}, G expects {cfg.emb_dim}")
+    out_dir = Path(args.out_dir) if args.out_dir else g_path.parent / RECIPE_GEN_DIR
+    folders = folder_names([r.id for r in recipes])
+    print(f"G {g_path} (epoch {ckpt.get('epoch')}) | {len(recipes)} recipe(s) from {args.recipe} embedded with "
+          f"{searcher.ckpt_path.name} ({lang})")
+
+    tiles: list[list[Image.Image]] = [[] for _ in recipes]
+    for k in range(num_images):
+        def on_batch(start: int, pixels: torch.Tensor, k=k) -> None:
+            for j in range(pixels.shape[0]):
+                image = to_pil(pixels[j])
+                save_png(image, out_dir / folders[start + j] / f"generated_{k}.png")
+                tiles[start + j].append(image)
+        generate(G, rec, mode=args.noise_mode, seed=args.seed + k, batch_size=args.batch_size, device=device,
+                 ctx=ctx, on_batch=on_batch, desc=f"images {k}")
+    nearest: list[list[dict]] = [[] for _ in recipes]
+    if args.nearest > 0:
+        scores, rows = searcher.search(rec.numpy(), "images", args.nearest)
+        for r in range(len(recipes)):
+            for rank, (score, row) in enumerate(zip(scores[r].tolist(), rows[r].tolist()), 1):
+                nearest[r].append({"rank": rank, "score": round(float(score), 6), **searcher.describe(row)})
+
+    written, fig_rows = [], []
+    for r, (recipe, folder) in enumerate(zip(recipes, folders)):
+        folder_path = out_dir / folder
+        atomic_write_text(folder_path / "recipe.txt", recipe_text(recipe.id, (
+            recipe.title.strip(), _lines(recipe.ingredients), _lines(recipe.instructions), str(args.recipe))))
+        lines = [f"{n['rank']}\t{n['score']:.4f}\t{n['recipe_id']}\t{n['title']}\t{n['path']}" for n in nearest[r]]
+        atomic_write_text(folder_path / "nearest.txt", "rank\tcosine\trecipe id\ttitle\timage\n"
+                          + "".join(line + "\n" for line in lines))
+        text = recipe.title.strip() + ": " + ", ".join(_lines(recipe.ingredients))
+        fig_rows.append((text, tiles[r], [(image_tile(n["path"]), n["score"]) for n in nearest[r]]))
+        written.append({"id": recipe.id, "folder": str(folder_path),
+                        "generated": [str(folder_path / f"generated_{k}.png") for k in range(num_images)],
+                        "nearest": nearest[r]})
+        print(f"{recipe.id}: {num_images} image(s) -> {folder_path}; nearest photos: "
+              + (", ".join(f"{n['recipe_id']} ({n['score']:.3f})" for n in nearest[r]) or "none"))
+    figure = out_dir / RECIPE_FIGURE
+    save_png(recipes_figure(fig_rows, num_images, len(nearest[0]) if nearest else 0), figure)
+    print(f"figure -> {figure}")
+    return {"recipes": written, "figure": str(figure), "checkpoint": str(searcher.ckpt_path),
+            "noise_mode": args.noise_mode, "seed": args.seed}
+
+
 # --------------------------------------------------------------------------- main
-
-
-def pick_device(no_cuda: bool, device: str | None) -> torch.device:
-    """CPU when asked or without CUDA, else ``cuda:<device>`` (default 0)."""
-    if no_cuda or not torch.cuda.is_available() or str(device).lower() == "cpu":
-        return torch.device("cpu")
-    try:
-        return torch.device("cuda", int(device or 0))
-    except ValueError:
-        raise SystemExit(f"--device {device!r}: give a CUDA index or 'cpu'") from None
 
 
 def main(argv=None) -> dict:
     """Generate, save and score; returns the metrics written by ``--metrics_json``."""
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv) -> dict:
     args = get_parser().parse_args(sys.argv[1:] if argv is None else argv)
     g_path = Path(args.trained_G_model_path)
     try:
         ckpt = load_checkpoint(g_path)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise SystemExit(f"--trained_G_model_path: {err}") from None
+    except CheckpointError as err:
+        raise CheckpointError(f"--trained_G_model_path: {err}") from None
     if ckpt.get("kind") != "gan_G":
         raise SystemExit(f"{g_path} is not a generator checkpoint of GAN_train.py (kind={ckpt.get('kind')!r})")
     opts = ckpt.get("opts", {})
@@ -248,6 +375,8 @@ def main(argv=None) -> dict:
     if not encoder_dir:
         raise SystemExit("--encoder_dir is required (G's checkpoint does not name one)")
     lang = parse_language(args.language if args.language is not None else opts.get("language", "en"))
+    if args.recipe:
+        return recipe_images(args, ckpt, g_path, Path(encoder_dir), lang)
     files = find_encoder_files(encoder_dir, lang, partitions=("test",))
     trained_with = ckpt.get("encoder", {}).get("ckpt_name")
     if trained_with and trained_with != files.ckpt_name:
@@ -256,7 +385,7 @@ def main(argv=None) -> dict:
     data_path = Path(args.data_path or opts.get("data_path") or enc_opts.get("data_path") or "data/loader_data")
     img_path = Path(args.img_path or opts.get("img_path") or enc_opts.get("img_path") or "data/Recipe1M/images")
     r1m_path = args.r1m_path or opts.get("r1m_path")
-    out_dir = Path(args.out_dir) if args.out_dir else g_path.parent / "generated"
+    out_dir = Path(args.out_dir) if args.out_dir else g_path.parent / GENERATED_DIR
     if not args.medr:
         raise SystemExit("--medr: give at least one bag size, e.g. 1000")
     if args.num_images < 1:
@@ -271,7 +400,7 @@ def main(argv=None) -> dict:
     except ValueError:
         pass
 
-    device = pick_device(args.no_cuda, args.device)
+    device = resolve_device(args.no_cuda, args.device)
     ctx = autocast_context(device, args.amp)
     cfg = GANConfig.from_dict(ckpt["gan"])
     G = Generator(cfg)
@@ -308,21 +437,18 @@ def main(argv=None) -> dict:
                         collate_fn=collate_gan)
     tracker = BadImageTracker("test", len(dataset), args.max_bad_images)
     real_feats, fig_real = [], {}
-    try:
-        for batch in tqdm(loader, desc="real images", leave=False, dynamic_ncols=True):
-            tracker.update(batch.bad)
-            if batch.images.shape[0] == 0:
-                continue
-            pixels = imagenet_to_pixels(batch.images)  # (b, 3, 128, 128)
-            for j, index in enumerate(batch.indices.tolist()):
-                if args.save_images:
-                    save_png(to_pil(pixels[j]), out_dir / ids[index] / "real.png")
-                if len(fig_real) < args.synthesis_n:
-                    fig_real[index] = to_pil(pixels[j])
-            with torch.no_grad(), ctx:
-                real_feats.append(encode_fake(encoder, batch.images.to(device), "imagenet").float().cpu())
-    except GANDataError as err:
-        raise SystemExit(f"error: {err}") from None
+    for batch in tqdm(loader, desc="real images", leave=False, dynamic_ncols=True):
+        tracker.update(batch.bad)
+        if batch.images.shape[0] == 0:
+            continue
+        pixels = imagenet_to_pixels(batch.images)  # (b, 3, 128, 128)
+        for j, index in enumerate(batch.indices.tolist()):
+            if args.save_images:
+                save_png(to_pil(pixels[j]), out_dir / ids[index] / "real.png")
+            if len(fig_real) < args.synthesis_n:
+                fig_real[index] = to_pil(pixels[j])
+        with torch.no_grad(), ctx:
+            real_feats.append(encode_generated(encoder, batch.images.to(device), "imagenet").float().cpu())
 
     texts = recipe_texts(ids, r1m_path, data_path, lang) if args.save_images or args.synthesis_n > 0 else {}
     if args.save_images:
@@ -342,7 +468,8 @@ def main(argv=None) -> dict:
         metrics["frechet"] = {"note": "fewer than 2 readable real images: no Frechet distance"}
     metrics.update({"n": len(ids), "score_noise_mode": args.score_noise_mode, "seed": args.seed,
                     "generator": str(g_path), "encoder": str(files.encoder), "language": lang})
-    print(score_table(metrics))
+    directions = ("fake2rec", "rec2fake", "fake2img", "img2fake")
+    print(format_results(results_by_bag({d: metrics[d] for d in directions}), title="generated images, test split"))
     note = metrics["frechet"].get("note")
     print(f"Frechet distance (FoodSpace image features, real vs generated): {metrics['frechet_distance']}"
           + (f"\nnote: {note}" if note else ""))
@@ -357,7 +484,7 @@ def main(argv=None) -> dict:
                      on_batch=lambda start, px, out=tiles[name]: out.extend(to_pil(p) for p in px))
         fig_rows = [(texts[ids[i]][0], fig_real[i], tiles["rec"][r * k:(r + 1) * k], tiles["img"][r * k:(r + 1) * k])
                     for r, i in enumerate(sel)]
-        fig_path = g_path.parent / "synthesis.png"
+        fig_path = g_path.parent / SYNTHESIS_FIGURE
         save_png(synthesis_figure(fig_rows, k), fig_path)
         print(f"synthesis figure -> {fig_path}")
     if args.metrics_json:

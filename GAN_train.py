@@ -1,4 +1,4 @@
-"""Train the X-MRS recipe-to-image GAN on top of a trained FoodSpace (SPEC sections 1, 5, 6, 8).
+"""Train the X-MRS recipe-to-image GAN on top of a trained FoodSpace (docs/synthesis.md).
 
     python GAN_train.py --encoder_dir runs/<run>                # needs test.py's outputs there
     torchrun --nproc_per_node 4 GAN_train.py --encoder_dir ...   # DistributedDataParallel
@@ -7,7 +7,7 @@
 From ``--encoder_dir`` (a train.py run folder) it takes the exported image encoder
 ``models/model_BEST_REC*_image_encoder.pth.tar`` (frozen) and the embedding files test.py wrote for
 the same checkpoint, ``foodSpace_vectors_*_<ckpt>_<partition>_<lang>.npz`` for train, val and test
-(found and loaded by :mod:`utils.encoder_run`). Each training sample (:mod:`data.gan_dataset`)
+(found by :func:`utils.runs.find_encoder_files`). Each training sample (:mod:`data.gan_dataset`)
 is a recipe of those files: its real image (train: one of the first ``--maxImgs`` images, resize
 256, random crop 224, flip; val: the first image, resize 256, centre crop 224; then resized to 128
 and ImageNet-normalised), its recipe embedding and, as the target of the image-image cycle term,
@@ -50,18 +50,18 @@ import io
 import math
 import sys
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from data.dataset import BadImageTracker
-from data.gan_dataset import GANDataset, GANSample, collate_gan
+from data.gan_dataset import GANDataset, GANSample, collate_gan, load_partition_embeddings
 from data.langs import parse_language
-from models.foodspace import ArchConfig
+from models.foodspace import ArchConfig, load_image_encoder
 from models.gan import (
     Discriminator128,
     GANConfig,
@@ -74,37 +74,36 @@ from models.gan_losses import (
     class_weights,
     cycle_cos_loss,
     discriminator_loss,
+    encode_generated,
     g_adversarial_loss,
     g_class_loss,
     generator_loss,
 )
-from models.gan_sampling import generate, parse_noise_mode
+from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
 from utils import distributed as du
-from utils.checkpoint import load_checkpoint, save_checkpoint, to_plain
-from utils.cli import autocast_context, explicit_flags, str2bool
-from utils.encoder_run import (
-    GANDataError,
-    encode_fake,
-    encoder_run_opts,
-    find_encoder_files,
-    load_image_encoder,
-    load_partition_embeddings,
+from utils import training as tr
+from utils.checkpoint import PlainConfig, checkpoint_state, load_checkpoint, save_checkpoint, to_plain
+from utils.cli import (
+    BOOL,
+    HelpFormatter,
+    autocast_context,
+    explicit_flags,
+    resolve_device,
+    run_main,
+    str2bool,
 )
+from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
 from utils.metrics import evaluate_retrieval, format_results
-from utils.runs import TextLog, unique_dir
-from utils.seed import get_rng_state, seed_everything, set_rng_state
+from utils.runs import TextLog, encoder_run_opts, find_encoder_files, gan_ckpt_name, new_gan_run_dir
+from utils.seed import seed_everything
 
 TRACE_HEADER = ["epoch", "lr", "medR", "R@1", "R@5", "R@10"]
-# Flags --resume lets the command line change; the rest (architecture, data, losses) is the run's.
-RUNTIME_FLAGS = {"epochs", "workers", "device", "no_cuda", "max_iters", "amp", "data_path", "img_path", "r1m_path",
-                 "log_every", "max_bad_images", "grid_n", "trained_G_model_path"}
-
 
 def get_parser() -> argparse.ArgumentParser:
     """The reference's GAN_args.py flags (same names and meanings) plus this project's."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("general (the reference's GAN_args.py)")
     g.add_argument("--seed", type=int, default=1234, help="random seed (each rank adds its rank)")
     g.add_argument("--device", nargs="+", default=None,
@@ -115,8 +114,10 @@ def get_parser() -> argparse.ArgumentParser:
                    "1 de-en, 2 ru-en, 3 de, 4 ru, 5 fr)")
     g.add_argument("--img_path", default=None, help="root of the Recipe1M images (default: the encoder run's)")
     g.add_argument("--data_path", default=None, help="folder written by create_lmdb.py (default: the encoder run's)")
-    g.add_argument("--r1m_path", default="data/Recipe1M", help="Recipe1M folder (used by GAN_test.py for texts)")
-    g.add_argument("--encoder_dir", default="", help="train.py run folder holding test.py's outputs")
+    g.add_argument("--r1m_path", default="data/Recipe1M", help=argparse.SUPPRESS)
+    start = g.add_mutually_exclusive_group(required=True)  # a new run needs the encoder; a resumed one has it
+    start.add_argument("--encoder_dir", default="", help="train.py run folder holding test.py's outputs")
+    start.add_argument("--resume", default="", help="GAN_RUN_DIR: continue from its G_last / D_last checkpoints")
     g.add_argument("--workers", type=int, default=5, help="data loader worker processes")
     g.add_argument("--maxImgs", type=int, default=5, help="training draws one of the first maxImgs images")
     g.add_argument("--batch_size", type=int, default=48, help="batch size per process")
@@ -131,20 +132,19 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=300, help="number of epochs")
     g.add_argument("--drop_G_lr_epoch", type=int, default=30, help="G's lr /10 after this 0-based epoch (<= 0: never)")
     g.add_argument("--drop_D_lr_epoch", type=int, default=30, help="D's lr /10 after this 0-based epoch (<= 0: never)")
-    g.add_argument("--auto_drop_lr", type=str2bool, default=False,
+    g.add_argument("--auto_drop_lr", type=str2bool, metavar=BOOL, default=False,
                    help="instead, halve both lrs after each epoch more than --auto_drop_after_epochs past the best")
     g.add_argument("--auto_drop_times", type=int, default=3, help="at most this many automatic halvings")
     g.add_argument("--auto_drop_after_epochs", type=int, default=10, help="patience (epochs) of the automatic drop")
-    g.add_argument("--trained_G_model_path", default="", help="G checkpoint for GAN_test.py (accepted, unused here)")
+    g.add_argument("--trained_G_model_path", default="", help=argparse.SUPPRESS)
     g = p.add_argument_group("this project")
     g.add_argument("--no_cuda", "--no-cuda", action="store_true", help="run on the CPU even if CUDA is available")
     g.add_argument("--max_iters", type=int, default=0, help="cap on iterations per epoch (0: no cap; smoke runs)")
-    g.add_argument("--resume", default="", help="GAN_RUN_DIR: continue from its G_last / D_last checkpoints")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (GPU)")
-    g.add_argument("--medr", type=int, default=1000, help="validation bag size (SPEC section 5)")
+    g.add_argument("--medr", type=int, default=1000, help="validation bag size (docs/evaluation.md)")
     g.add_argument("--val_noise_mode", type=parse_noise_mode, default="BATCH_RANDOM",
-                   help="noise of validation, seeded with --seed: BATCH_RANDOM (the reference's), SINGLE_RANDOM, "
-                        "ZERO or MEAN (z = 0, c = mu)")
+                   help=f"noise of validation, seeded with --seed: {noise_mode_help()} (BATCH_RANDOM: the "
+                        "reference's; MEAN: z = 0, c = mu)")
     g.add_argument("--grid_n", type=int, default=8, help="val recipes in the fixed-noise grid (0: no grid)")
     g.add_argument("--log_every", type=int, default=50, help="iterations between text log lines")
     g.add_argument("--probe_every", type=int, default=0,
@@ -196,22 +196,32 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
     nets.scaler_D.step(nets.opt_D)
     nets.scaler_D.update()
 
-    # G against the updated D. Under DDP, D's gradients from this pass are not all-reduced (no_sync):
-    # they are discarded by the next D step's zero_grad.
-    sync_off = D.no_sync() if isinstance(D, torch.nn.parallel.DistributedDataParallel) else nullcontext()
-    with ctx, sync_off:
-        out = D(fake_in, mu)
-        gen_emb = None
-        if w_img_img > 0 or w_img_rec > 0:
-            gen_emb = encode_fake(nets.encoder, fake, cfg.output_space)  # (B, D)
-    g = generator_loss(out, labels, weight, mu, logvar, gen_emb=gen_emb, img_emb=img_emb, rec_emb=rec_emb,
-                       w_img_img=w_img_img, w_img_rec=w_img_rec)
-    grads = probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_img_img, w_img_rec) \
-        if probe else {}
-    nets.opt_G.zero_grad(set_to_none=True)
-    nets.scaler_G.scale(g.loss).backward()
-    nets.scaler_G.step(nets.opt_G)
-    nets.scaler_G.update()
+    # G against the updated D. D's weight gradients from this pass would only be discarded by the next
+    # D step's zero_grad, so D's trained weights are frozen for it: backward computes just the gradient
+    # to D's input, G's gradients are the same bit for bit (tests/test_bench_paths.py), and the G
+    # update costs about 7% less (bench/gan_step.py). Under DDP the pass also runs outside D's
+    # gradient sync (no_sync), so no rank waits for D gradients that are not computed.
+    trained_D = [q for q in D.parameters() if q.requires_grad]
+    for q in trained_D:
+        q.requires_grad_(False)
+    try:
+        sync_off = D.no_sync() if isinstance(D, torch.nn.parallel.DistributedDataParallel) else nullcontext()
+        with ctx, sync_off:
+            out = D(fake_in, mu)
+            gen_emb = None
+            if w_img_img > 0 or w_img_rec > 0:
+                gen_emb = encode_generated(nets.encoder, fake, cfg.output_space)  # (B, D)
+        g = generator_loss(out, labels, weight, mu, logvar, gen_emb=gen_emb, img_emb=img_emb, rec_emb=rec_emb,
+                           w_img_img=w_img_img, w_img_rec=w_img_rec)
+        grads = probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_img_img, w_img_rec) \
+            if probe else {}
+        nets.opt_G.zero_grad(set_to_none=True)
+        nets.scaler_G.scale(g.loss).backward()
+        nets.scaler_G.step(nets.opt_G)
+        nets.scaler_G.update()
+    finally:
+        for q in trained_D:
+            q.requires_grad_(True)
     terms = {"D/loss": d.loss.detach(), "D/real_fake": d.real_fake, "D/class": d.cls, "G/loss": g.loss.detach(),
              "G/adversarial": g.adversarial, "G/class": g.cls, "G/kl": g.kl,
              "D/acc_real": (real_out[0].detach() > 0).float().mean(),  # logits: real when > 0
@@ -224,10 +234,14 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
 
 
 def build_optimizers(G: torch.nn.Module, D: torch.nn.Module, lr: float, weight_decay: float):
-    """The reference's Adam (betas 0.5, 0.999) for G and for D's trained parameters."""
-    opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay)
+    """The reference's Adam (betas 0.5, 0.999) for G and for D's trained parameters.
+
+    ``foreach=True`` (PyTorch's default on GPUs, the per-tensor loop being its CPU default): the same
+    arithmetic bit for bit, its Adam phase about 5% faster on a CPU (tests/test_bench_paths.py).
+    """
+    opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay, foreach=True)
     opt_D = torch.optim.Adam([q for q in D.parameters() if q.requires_grad], lr=lr, betas=(0.5, 0.999),
-                             weight_decay=weight_decay)
+                             weight_decay=weight_decay, foreach=True)
     return opt_G, opt_D
 
 
@@ -252,24 +266,42 @@ def probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_i
 # --------------------------------------------------------------------------- schedule
 
 
-def end_of_epoch_lr(args, sched: dict, epoch: int, best_epoch: int) -> list[str]:
+@dataclass
+class Schedule(PlainConfig):
+    """G's and D's learning rates now, and the automatic halvings done so far."""
+
+    lr_G: float
+    lr_D: float
+    auto_drops: int = 0
+
+
+@dataclass
+class Best(PlainConfig):
+    """The best validation epoch so far (highest R@1 + R@5 + R@10): G_best and D_best hold it."""
+
+    recall_sum: float = -math.inf
+    epoch: int = -1
+    medR: float = math.inf
+
+
+def end_of_epoch_lr(args, sched: Schedule, epoch: int, best_epoch: int) -> list[str]:
     """Apply the reference's lr drops after finishing ``epoch`` (0-based); return what happened."""
     events = []
     if args.auto_drop_lr:
         # The reference's rule: no reset after a drop, so a stalled run halves every epoch.
-        if sched["auto_drops"] < args.auto_drop_times and epoch - best_epoch > args.auto_drop_after_epochs:
-            sched["lr_G"] /= 2
-            sched["lr_D"] /= 2
-            sched["auto_drops"] += 1
-            events.append(f"auto drop {sched['auto_drops']}/{args.auto_drop_times}: lr G {sched['lr_G']:.3g}, "
-                          f"D {sched['lr_D']:.3g}")
+        if sched.auto_drops < args.auto_drop_times and epoch - best_epoch > args.auto_drop_after_epochs:
+            sched.lr_G /= 2
+            sched.lr_D /= 2
+            sched.auto_drops += 1
+            events.append(f"auto drop {sched.auto_drops}/{args.auto_drop_times}: lr G {sched.lr_G:.3g}, "
+                          f"D {sched.lr_D:.3g}")
         return events
     if args.drop_G_lr_epoch > 0 and epoch == args.drop_G_lr_epoch:
-        sched["lr_G"] /= 10
-        events.append(f"lr G -> {sched['lr_G']:.3g}")
+        sched.lr_G /= 10
+        events.append(f"lr G -> {sched.lr_G:.3g}")
     if args.drop_D_lr_epoch > 0 and epoch == args.drop_D_lr_epoch:
-        sched["lr_D"] /= 10
-        events.append(f"lr D -> {sched['lr_D']:.3g}")
+        sched.lr_D /= 10
+        events.append(f"lr D -> {sched.lr_D:.3g}")
     return events
 
 
@@ -283,56 +315,25 @@ def resolve_args(parser, argv) -> tuple[argparse.Namespace, dict | None, dict | 
         args.language = parse_language(args.language)
         return args, None, None
     run = Path(args.resume)
-    try:
-        ckpt_G = load_checkpoint(run / "G_last.pth.tar")
-        ckpt_D = load_checkpoint(run / "D_last.pth.tar")
-    except (FileNotFoundError, RuntimeError) as err:
-        raise SystemExit(f"--resume {run}: {err}") from None
+    ckpt_G = load_checkpoint(run / gan_ckpt_name("G", "last"))
+    ckpt_D = load_checkpoint(run / gan_ckpt_name("D", "last"))
     if ckpt_G.get("kind") != "gan_G" or ckpt_D.get("kind") != "gan_D" or ckpt_G["epoch"] != ckpt_D["epoch"]:
-        raise SystemExit(f"--resume {run}: G_last and D_last are not a pair of one epoch")
-    given = explicit_flags(parser, argv)
-    ignored = sorted(k for k in given - RUNTIME_FLAGS - {"resume"} if ckpt_G["opts"].get(k) != getattr(args, k))
-    if ignored:
-        print(f"--resume: keeping the run's settings; ignoring {', '.join('--' + k for k in ignored)}")
-    for key, value in ckpt_G["opts"].items():
-        if key not in RUNTIME_FLAGS | {"resume"} or key not in given:
-            setattr(args, key, value)
-    return args, ckpt_G, ckpt_D
-
-
-def pick_device(args, dist_info) -> torch.device:
-    wants_cpu = args.no_cuda or (args.device and str(args.device[0]).lower() == "cpu")
-    if wants_cpu or not torch.cuda.is_available():
-        return torch.device("cpu")
-    if dist_info.distributed:
-        return torch.device("cuda", dist_info.local_rank)
-    if args.device and len(args.device) > 1:
-        print(f"--device {' '.join(map(str, args.device))}: using cuda:{args.device[0]} only (torchrun for several GPUs)")
-    try:
-        return torch.device("cuda", int(args.device[0]) if args.device else 0)
-    except ValueError:
-        raise SystemExit(f"--device {args.device[0]!r}: give a CUDA index or 'cpu'") from None
-
-
-def new_gan_run_dir(encoder_dir) -> Path:
-    """``<encoder_dir>/GAN_runs/GAN_<%Y%m%d-%H%M%S>`` (``_2``, ``_3``... when taken)."""
-    import time
-
-    return unique_dir(Path(encoder_dir) / "GAN_runs" / f"GAN_{time.strftime('%Y%m%d-%H%M%S')}")
+        raise CheckpointError(f"--resume {run}: G_last and D_last are not a pair of one epoch")
+    return tr.apply_resume_opts(parser, argv, args, dict(ckpt_G["opts"])), ckpt_G, ckpt_D
 
 
 def init_weights(module: torch.nn.Module, path: str, what: str) -> None:
     """--resume_G / --resume_D: weights only, from our checkpoint or a (reference) state dict."""
     try:
         state = load_checkpoint(path)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise SystemExit(f"--resume_{what} {path}: {err}") from None
+    except CheckpointError as err:
+        raise CheckpointError(f"--resume_{what}: {err}") from None
     state = state.get("model", state)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        raise SystemExit(f"--resume_{what} {path}: architecture differs: {err}") from None
+        raise InputError(f"--resume_{what} {path}: architecture differs: {err}") from None
 
 
 def write_trace(path: Path, rows: list[list]) -> None:
@@ -373,17 +374,15 @@ def fixed_grid(G: Generator, grid_real: torch.Tensor, grid_embs: torch.Tensor, s
 def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, writer, log, dist_info,
                 iteration: int) -> tuple[int, int]:
     """Train one epoch (at most ``--max_iters`` steps); returns the global iteration and the images used."""
-    steps = len(loader) if not args.max_iters else min(args.max_iters, len(loader))
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not dist_info.is_main, dynamic_ncols=True)
+    steps = tr.epoch_steps(len(loader), args.max_iters)
+    bar = tr.progress(steps, epoch, dist_info)
     images = 0
     for it, batch in enumerate(loader):
         if it >= steps:
             break
         tracker.update(batch.bad)
         bar.update(1)
-        # BatchNorm needs 2+ rows on every rank; all ranks skip together so none hangs.
-        rows = du.all_reduce_sum(torch.tensor([float(batch.images.shape[0] >= 2)]))
-        if rows.item() < dist_info.world_size:
+        if not tr.every_rank_has_a_batch(batch.images.shape[0], dist_info):
             continue
         terms = gan_step(nets, cfg, batch.images.to(device, non_blocking=True), batch.rec_embs.to(device),
                          batch.img_embs.to(device), batch.classes.to(device), weight,
@@ -429,8 +428,8 @@ def validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, write
                        title=f"val epoch {epoch}: generated image -> recipe"))
     log(f"val epoch {epoch}: Frechet distance to real images {fd:.4f}; spread of generated embeddings "
         f"{spreads[0]:.4f} (recipes {spreads[1]:.4f})")
-    writer.add_scalar("lr/G", sched["lr_G"], epoch)
-    writer.add_scalar("lr/D", sched["lr_D"], epoch)
+    writer.add_scalar("lr/G", sched.lr_G, epoch)
+    writer.add_scalar("lr/D", sched.lr_D, epoch)
     for name in ("medR", "R@1", "R@5", "R@10"):
         writer.add_scalar(f"val/{name}", metrics[name], epoch)
     writer.add_scalar("val/frechet", fd, epoch)
@@ -443,18 +442,13 @@ def validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, write
 
 
 def main(argv=None) -> Path:
-    """Train; returns the GAN run folder. Bad input data stops with SystemExit naming the file and entry."""
-    try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
-    except GANDataError as err:
-        raise SystemExit(f"error: {err}") from None
+    """Train; returns the GAN run folder. Bad input stops with one line naming the file and the fix."""
+    return run_main(lambda: _main(list(sys.argv[1:] if argv is None else argv)))
 
 
 def _main(argv: list[str]) -> Path:
     parser = get_parser()
     args, ckpt_G, ckpt_D = resolve_args(parser, argv)
-    if not args.encoder_dir:
-        raise SystemExit("--encoder_dir is required (a train.py run folder holding test.py's outputs)")
     args.val_noise_mode = parse_noise_mode(args.val_noise_mode)
     lang = args.language
     files = find_encoder_files(args.encoder_dir, lang)
@@ -465,7 +459,7 @@ def _main(argv: list[str]) -> Path:
     wants_cuda = not args.no_cuda and torch.cuda.is_available() and not (
         args.device and str(args.device[0]).lower() == "cpu")
     dist_info = du.init_distributed(use_cuda=wants_cuda)
-    device = pick_device(args, dist_info)
+    device = resolve_device(args.no_cuda, args.device, dist_info.local_rank if dist_info.distributed else None)
     seed_everything(args.seed + dist_info.rank)
     ctx = autocast_context(device, args.amp)
 
@@ -473,7 +467,7 @@ def _main(argv: list[str]) -> Path:
     arch = ArchConfig.from_dict(enc_ckpt["arch"])
     given = explicit_flags(parser, argv) if not ckpt_G else set()
     if "embDim" in given and args.embDim != arch.emb_dim:
-        raise SystemExit(f"--embDim {args.embDim} differs from the image encoder's embedding size {arch.emb_dim} "
+        raise InputError(f"--embDim {args.embDim} differs from the image encoder's embedding size {arch.emb_dim} "
                          f"({files.encoder})")
     if "imFeatDim" in given and args.imFeatDim != arch.image_feat_dim:
         print(f"--imFeatDim {args.imFeatDim}: the encoder's {arch.image_backbone} gives {arch.image_feat_dim}; "
@@ -483,20 +477,13 @@ def _main(argv: list[str]) -> Path:
     try:
         cfg = GANConfig.from_dict(ckpt_G["gan"]) if ckpt_G else GANConfig.from_args(args)
     except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise InputError(str(err)) from None
 
     embs = {p: load_partition_embeddings(files.embeddings[p], args.data_path, p) for p in ("train", "val")}
     for p, e in embs.items():
         if e["rec_embeds"].shape[1] != cfg.emb_dim:
-            raise SystemExit(f"{files.embeddings[p]}: embeddings of size {e['rec_embeds'].shape[1]}, G expects "
+            raise InputError(f"{files.embeddings[p]}: embeddings of size {e['rec_embeds'].shape[1]}, G expects "
                              f"{cfg.emb_dim}")
-
-    # Run folder: rank 0 makes it, every rank learns its name.
-    if args.resume:
-        run_dir = Path(args.resume)
-    else:
-        run_dir = Path(du.broadcast_object(str(new_gan_run_dir(args.encoder_dir)) if dist_info.is_main else None))
-    log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
 
     train_set = GANDataset(args.data_path, args.img_path, "train", embs["train"], train=True, seed=args.seed,
                            max_imgs=args.maxImgs, num_classes=cfg.num_classes)
@@ -505,7 +492,7 @@ def _main(argv: list[str]) -> Path:
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         collate_fn=collate_gan, drop_last=True, pin_memory=device.type == "cuda")
     if len(loader) == 0:
-        raise SystemExit(f"{files.embeddings['train']}: {len(train_set)} train recipes make no full batch of "
+        raise InputError(f"{files.embeddings['train']}: {len(train_set)} train recipes make no full batch of "
                          f"--batch_size {args.batch_size} x {dist_info.world_size} process(es)")
     val_set = GANDataset(args.data_path, args.img_path, "val", embs["val"], train=False, seed=args.seed,
                          num_classes=cfg.num_classes)
@@ -513,16 +500,18 @@ def _main(argv: list[str]) -> Path:
     val_img = torch.from_numpy(np.ascontiguousarray(embs["val"]["img_embeds"], dtype=np.float32))  # (Nv, D)
 
     G, D = Generator(cfg).to(device), Discriminator128(cfg).to(device)
-    D.logits_class.requires_grad_(False)  # defined but unused (SPEC section 6): no optimiser, no DDP hook
+    D.logits_class.requires_grad_(False)  # defined but unused (docs/synthesis.md#the-method): no optimiser, no DDP hook
     if args.resume_G and not ckpt_G:
         init_weights(G, args.resume_G, "G")
     if args.resume_D and not ckpt_G:
         init_weights(D, args.resume_D, "D")
+    # Every input was checked above: only now does the run folder exist (a failed start leaves nothing).
+    run_dir = tr.shared_run_dir(dist_info, args.resume, lambda: new_gan_run_dir(args.encoder_dir))
+    log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
     opt_G, opt_D = build_optimizers(G, D, lr=args.lr, weight_decay=args.weight_decay)
     scaler_G = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     scaler_D = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    sched = {"lr_G": args.lr, "lr_D": args.lr, "auto_drops": 0}
-    best = {"recall_sum": -math.inf, "epoch": -1, "medR": math.inf}
+    sched, best = Schedule(lr_G=args.lr, lr_D=args.lr), Best()
     start_epoch, iteration = 0, 0
     local_images = 0  # images this process trained on in this invocation
     if ckpt_G:
@@ -532,14 +521,13 @@ def _main(argv: list[str]) -> Path:
         opt_D.load_state_dict(ckpt_D["optimizer"])
         scaler_G.load_state_dict(ckpt_G["scaler"])
         scaler_D.load_state_dict(ckpt_D["scaler"])
-        sched, best = dict(ckpt_G["schedule"]), dict(ckpt_G["best"])
+        sched, best = Schedule.from_dict(ckpt_G["schedule"]), Best.from_dict(ckpt_G["best"])
         start_epoch, iteration = ckpt_G["epoch"] + 1, ckpt_G["iteration"]
-        rngs = ckpt_G["rng"]
-        set_rng_state(rngs[dist_info.rank] if dist_info.rank < len(rngs) else rngs[0])
+        tr.restore_rng(ckpt_G["rng"], dist_info.rank)
     train_G, train_D = G, D
     if dist_info.distributed:
         ids = [device.index] if device.type == "cuda" else None
-        train_G = torch.nn.parallel.DistributedDataParallel(G, device_ids=ids, find_unused_parameters=cfg.head64)
+        train_G = torch.nn.parallel.DistributedDataParallel(G, device_ids=ids)
         train_D = torch.nn.parallel.DistributedDataParallel(D, device_ids=ids)
     nets = Nets(train_G, train_D, encoder, opt_G, opt_D, scaler_G, scaler_D)
     weight = class_weights(cfg.num_classes, device)
@@ -559,12 +547,12 @@ def _main(argv: list[str]) -> Path:
         grid = grid_inputs(val_set, args.grid_n)
         log(f"GAN run {run_dir} | device {device} | world size {dist_info.world_size} | encoder {files.encoder.name} "
             f"| train {len(train_set)} recipes, val {len(val_set)} | epochs {start_epoch}..{args.epochs - 1}")
-    tracker = BadImageTracker("train", len(train_set), args.max_bad_images)
+    tracker = BadImageTracker("train", len(train_set), args.max_bad_images, img_root=args.img_path)
 
     for epoch in range(start_epoch, args.epochs):
-        for opt, key in ((opt_G, "lr_G"), (opt_D, "lr_D")):
+        for opt, lr in ((opt_G, sched.lr_G), (opt_D, sched.lr_D)):
             for group in opt.param_groups:
-                group["lr"] = sched[key]
+                group["lr"] = lr
         train_set.set_epoch(epoch)
         sampler.set_epoch(epoch)
         train_G.train()
@@ -576,35 +564,34 @@ def _main(argv: list[str]) -> Path:
         improved = False
         if dist_info.is_main:
             metrics = validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, writer, log, sched)
-            trace.append([epoch, sched["lr_G"], metrics["medR"], metrics["R@1"], metrics["R@5"], metrics["R@10"]])
+            trace.append([epoch, sched.lr_G, metrics["medR"], metrics["R@1"], metrics["R@5"], metrics["R@10"]])
             write_trace(run_dir / "trace.csv", trace)
             if grid is not None:
                 image = fixed_grid(G, grid[0], grid[1], args.seed, device, ctx)
                 writer.add_image("val/fixed_noise_grid", image, epoch)
                 save_grid(image, run_dir / f"grid_e{epoch:03d}.png")
             recall_sum = metrics["R@1"] + metrics["R@5"] + metrics["R@10"]
-            improved = recall_sum > best["recall_sum"]
+            improved = recall_sum > best.recall_sum
             if improved:
-                best = {"recall_sum": recall_sum, "epoch": epoch, "medR": metrics["medR"]}
-        best = du.broadcast_object(best)
-        for event in end_of_epoch_lr(args, sched, epoch, best["epoch"]):
+                best = Best(recall_sum=recall_sum, epoch=epoch, medR=metrics["medR"])
+        best = Best.from_dict(du.broadcast_object(best.to_dict()))  # every rank's lr schedule follows rank 0's best
+        for event in end_of_epoch_lr(args, sched, epoch, best.epoch):
             log(f"after epoch {epoch}: {event}")
 
-        # Every rank's RNG state, so a resumed DDP run continues each rank's stream.
-        rngs = du.all_gather_object(get_rng_state())
+        rngs = tr.gather_rng_states()
         if dist_info.is_main:
-            common = {"format": 1, "gan": cfg.to_dict(), "epoch": epoch, "iteration": iteration, "best": best,
-                      "schedule": sched, "rng": rngs, "opts": opts, "encoder": encoder_info}
-            state_G = {**common, "kind": "gan_G", "model": G.state_dict(), "optimizer": opt_G.state_dict(),
-                       "scaler": scaler_G.state_dict()}
-            state_D = {**common, "kind": "gan_D", "model": D.state_dict(), "optimizer": opt_D.state_dict(),
-                       "scaler": scaler_D.state_dict()}
-            save_checkpoint(state_G, run_dir / "G_last.pth.tar")
-            save_checkpoint(state_D, run_dir / "D_last.pth.tar")
+            common = {"gan": cfg.to_dict(), "epoch": epoch, "iteration": iteration, "best": best.to_dict(),
+                      "schedule": sched.to_dict(), "rng": rngs, "opts": opts, "encoder": encoder_info}
+            state_G = checkpoint_state("gan_G", **common, model=G.state_dict(), optimizer=opt_G.state_dict(),
+                                       scaler=scaler_G.state_dict())
+            state_D = checkpoint_state("gan_D", **common, model=D.state_dict(), optimizer=opt_D.state_dict(),
+                                       scaler=scaler_D.state_dict())
+            save_checkpoint(state_G, run_dir / gan_ckpt_name("G", "last"))
+            save_checkpoint(state_D, run_dir / gan_ckpt_name("D", "last"))
             if improved:
-                save_checkpoint(state_G, run_dir / "G_best.pth.tar")
-                save_checkpoint(state_D, run_dir / "D_best.pth.tar")
-                log(f"epoch {epoch}: new best (R@1+R@5+R@10 {best['recall_sum']:.4f}) -> G_best, D_best")
+                save_checkpoint(state_G, run_dir / gan_ckpt_name("G", "best"))
+                save_checkpoint(state_D, run_dir / gan_ckpt_name("D", "best"))
+                log(f"epoch {epoch}: new best (R@1+R@5+R@10 {best.recall_sum:.4f}) -> G_best, D_best")
             writer.flush()
         du.barrier()
 
@@ -614,7 +601,7 @@ def _main(argv: list[str]) -> Path:
           f"G {sums[0]:.10e} D {sums[1]:.10e}", flush=True)
     if writer is not None:
         writer.close()
-        log(f"{tracker.summary()}; best epoch {best['epoch']} (R@1+R@5+R@10 {best['recall_sum']:.4f}); done: {run_dir}")
+        log(f"{tracker.summary()}; best epoch {best.epoch} (R@1+R@5+R@10 {best.recall_sum:.4f}); done: {run_dir}")
     du.cleanup()
     return run_dir
 

@@ -1,4 +1,4 @@
-"""Index Recipe1M into LMDBs of token rows (SPEC sections 3 and 8).
+"""Index Recipe1M into LMDBs of token rows (docs/data.md).
 
 ``python create_lmdb.py --r1m_path data/Recipe1M --data_path data/loader_data`` writes into
 ``--data_path``: ``{train,val,test}_lmdb/`` (records of ``data/lmdb_format.py``, key = recipe id),
@@ -6,14 +6,19 @@
 
 What is indexed: the recipes listed in ``<r1m_path>/{split}_keys.pkl`` that have at least one image
 in ``layer2.json`` and an entry in ``layer1.json``; the others are dropped and counted by reason
-(``no_image``, ``not_in_layer1``, ``duplicate`` for an id listed twice). A split whose keys file is
-missing falls back to every ``layer1.json`` recipe of that partition with an image. The output
+(``no_image``, ``not_in_layer1``, ``duplicate`` for an id listed twice, ``bad_image_id`` for a recipe
+whose ``layer2.json`` entry lists an image id that ``data.recipe1m.image_path`` refuses, such as
+``../../etc/passwd``: it would resolve outside the image folder). A split whose keys file is
+missing falls back to every ``layer1.json`` recipe of that partition with an image. A split left
+with no recipe (a keys file holding ``[]``, or every listed recipe dropped) is written empty, with
+a warning line naming the split and the file, and recorded in ``manifest.json`` under
+``empty_partitions`` (split -> why) and in the summary. The output
 ``{split}_keys.pkl`` lists the indexed ids in ``layer2.json`` order, as the reference's keys
 (test.py's evaluation bags depend on that order). ``class`` is the classes1M class + 1; a recipe
 missing from ``classes1M.pkl`` is stored as 1, so the loader's value (stored - 1) is 0, the
 background class whose weight in the class loss is 0.
 
-Token rows (SPEC section 3): ``[CLS] + tok(title + '. ') + tok(ingredients + '. ') +
+Token rows (docs/data.md#the-lmdb-records): ``[CLS] + tok(title + '. ') + tok(ingredients + '. ') +
 tok(instructions)``, the non-empty lines of a part joined by ``'. '`` (a whitespace-only line is
 kept, as in the reference, and adds a ``'.'`` token) and ``'..'`` replaced by ``'.'`` in each
 part, truncated / padded with id 0 to ``--max_len``; the part row marks -1 CLS, 1 title,
@@ -22,11 +27,17 @@ part, truncated / padded with id 0 to ``--max_len``; the part row marks -1 CLS, 
 indexed recipe (otherwise it is skipped with a warning, or, when asked for with
 ``--languages``, the run stops naming the file and the missing id).
 
+Order: every input is checked before the long passes over ``layer1.json``: the files exist,
+the first entry of each layer1 file parses, the keys files and ``classes1M.pkl`` load, the
+tokenizer loads and ``layer2.json`` is read, so a bad file stops the run at once with one line
+naming it (``error: ...``), not minutes into the scan.
+
 Memory: each layer1 file is streamed once per pass (``data.recipe1m.iter_layer1``); the token
 rows go straight to a staging file per language on disk (``data.lmdb_build.Stager``: int32 ids
 plus, in memory, an offset and three part lengths per recipe), and the records are assembled from
 those files. Only the ids, image lists and classes of the indexed recipes are held as Python
-objects.
+objects (and, from the input checks until the records, ``layer2.json``'s image ids and the
+``classes1M.pkl`` classes of the recipes that have images).
 
 Speed: parts are tokenised without special tokens by the fast tokenizer, in batches, on a
 background thread (the Rust tokenizer releases the GIL, so JSON parsing continues meanwhile) and
@@ -53,6 +64,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -78,9 +90,11 @@ from data.lmdb_format import (
     keys_file,
     lmdb_dir,
 )
+from data.query import part_texts
 from data.recipe1m import (
     PARTITIONS,
     Recipe1MError,
+    image_id_problem,
     iter_layer1,
     layer1_path,
     load_classes,
@@ -97,23 +111,10 @@ from data.tokenizer import (
     special_ids,
     train_wordpiece_from_counts,
 )
+from utils.cli import HelpFormatter, run_main
 from utils.io import atomic_write_json
 
 COMMIT_BYTES = 8 << 20  # record bytes per LMDB write transaction (its dirty pages stay in memory)
-
-
-def part_texts(title: str, ingredients: list[str], instructions: list[str]) -> tuple[str, str, str]:
-    """The three texts tokenised for a recipe: title, ingredients, instructions (SPEC section 3).
-
-    Empty lines (``""``) are skipped and every other line is kept, whitespace-only ones included,
-    as the reference does (it tests the string's truth): a line ``" "`` between ``"a"`` and ``"b"``
-    gives ``"a.  . b"``, the tokens ``a . . b``. The title is always kept; ``'..'`` becomes
-    ``'.'`` in each part, as in the reference (whose extra whitespace in its joiners, ``'. \\n '``
-    and ``'. \\n\\n '``, makes no WordPiece token).
-    """
-    ingr = ". ".join(t for t in ingredients if t)
-    inst = ". ".join(t for t in instructions if t)
-    return ((title + ". ").replace("..", "."), (ingr + ". ").replace("..", "."), inst.replace("..", "."))
 
 
 # --------------------------------------------------------------------------- the passes over layer1
@@ -136,21 +137,22 @@ class Index:
         return len(self.ids)
 
 
-def select_candidates(r1m: Path, layer2: dict[str, list[str]], dropped: dict[str, Counter]):
-    """Read the keys files: ``(wanted id -> partition number, ids listed anywhere, fallback splits)``."""
+def select_candidates(keys: dict[str, list[str] | None], layer2: dict[str, list[str]],
+                      bad_images: dict[str, tuple[str, str]], dropped: dict[str, Counter]):
+    """The loaded keys lists (None: no keys file): ``(wanted id -> partition number, ids listed
+    anywhere, fallback splits)``; the listed recipes that cannot be indexed are counted in ``dropped``."""
     wanted: dict[str, int] = {}
     listed: set[str] = set()
     fallback: set[str] = set()
     for p, partition in enumerate(PARTITIONS):
-        path = keys_file(r1m, partition)
-        if not path.is_file():
+        if keys[partition] is None:
             fallback.add(partition)
-            print(f"warning: {path} not found: indexing every {partition} recipe of layer1.json "
-                  f"that has an image", file=sys.stderr)
             continue
-        for rid in load_keys(path):
+        for rid in keys[partition]:
             if rid in listed:
                 dropped[partition]["duplicate"] += 1
+            elif rid in bad_images:
+                dropped[partition]["bad_image_id"] += 1
             elif not layer2.get(rid):
                 dropped[partition]["no_image"] += 1
             else:
@@ -159,7 +161,8 @@ def select_candidates(r1m: Path, layer2: dict[str, list[str]], dropped: dict[str
     return wanted, listed, fallback
 
 
-def scan_english(path: Path, layer2, wanted, listed, fallback, dropped, *, stager, counter) -> tuple[Index, int]:
+def scan_english(path: Path, layer2, bad_images, wanted, listed, fallback, dropped, *, stager,
+                 counter) -> tuple[Index, int]:
     """Stream ``layer1.json``: choose the indexed recipes, stage and/or count their texts."""
     index, seen = Index(), 0
     for recipe in tqdm(iter_layer1(path, "en"), desc="layer1.json", unit=" recipes", mininterval=1):
@@ -169,7 +172,7 @@ def scan_english(path: Path, layer2, wanted, listed, fallback, dropped, *, stage
             if recipe.partition not in fallback or recipe.id in listed:
                 continue
             if not layer2.get(recipe.id):
-                dropped[recipe.partition]["no_image"] += 1
+                dropped[recipe.partition]["bad_image_id" if recipe.id in bad_images else "no_image"] += 1
                 listed.add(recipe.id)
                 continue
             p = PARTITIONS.index(recipe.partition)
@@ -278,8 +281,36 @@ def parse_languages(value: str | None) -> list[str] | None:
     return [lang for lang in LANGS if lang in asked]
 
 
-def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
-    """Write every output into the folder ``build``; returns the manifest and the classless count."""
+class Inputs(NamedTuple):
+    """Everything read and checked before the passes over ``layer1.json`` (:func:`check_inputs`)."""
+
+    asked: list[str] | None  # --languages, None = automatic
+    candidates: list[str]  # the other languages whose layer1 file exists
+    tokenizer: Any  # None with --tokenizer train
+    keys: dict[str, list[str] | None]  # split -> its keys file's ids, None without a keys file
+    id2class: dict[str, int]  # classes1M.pkl's first dict, kept for the recipes of layer2 only
+    layer2: dict[str, list[str]]  # recipe id -> image ids, without the refused recipes
+    bad_images: dict[str, tuple[str, str]]  # refused recipe id -> (its first bad image id, why)
+    empty: dict[str, str]  # split -> why it is empty (known so far: a keys file holding [])
+
+
+def _check_head(path: Path, lang: str) -> None:
+    """Parse the first entry of a layer1 file (one chunk): a wrong or corrupt file fails here."""
+    with contextlib.closing(iter_layer1(path, lang)) as recipes:
+        next(recipes, None)
+
+
+def check_inputs(args: argparse.Namespace) -> Inputs:
+    """Read and check every input before the long work, the cheapest first.
+
+    The files exist; the first entry of each layer1 file parses; the tokenizer loads; each keys
+    file and ``classes1M.pkl`` load (restricted unpickler); ``layer2.json`` is read whole, and its
+    recipes listing an image id that ``image_path`` refuses are set aside. Warns (one line each)
+    about a missing keys file and about one that lists no recipe.
+
+    Raises:
+        CreateLmdbError, Recipe1MError: naming the file (and the entry).
+    """
     r1m = Path(args.r1m_path)
     for path in (layer1_path(r1m, "en"), r1m / "layer2.json", r1m / "classes1M.pkl"):
         if not path.is_file():
@@ -289,12 +320,88 @@ def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
         if not layer1_path(r1m, lang).is_file():
             raise CreateLmdbError(f"{layer1_path(r1m, lang)} not found, but --languages asks for {lang}")
     candidates = [lang for lang in (asked or LANGS) if lang != "en" and layer1_path(r1m, lang).is_file()]
+    for lang in ["en", *candidates]:
+        _check_head(layer1_path(r1m, lang), lang)
+    try:
+        tokenizer = None if args.tokenizer == "train" else load_tokenizer(args.tokenizer)
+    except TokenizerError as err:
+        raise CreateLmdbError(str(err)) from None
+
+    keys: dict[str, list[str] | None] = {}
+    empty: dict[str, str] = {}
+    for partition in PARTITIONS:
+        path = keys_file(r1m, partition)
+        if not path.is_file():
+            keys[partition] = None
+            print(f"warning: {path} not found: indexing every {partition} recipe of layer1.json "
+                  f"that has an image", file=sys.stderr)
+            continue
+        keys[partition] = load_keys(path)
+        if not keys[partition]:
+            empty[partition] = f"{path} lists no recipe"
+            print(f"warning: the {partition} split will be empty: {empty[partition]}", file=sys.stderr)
+    id2class, _ = load_classes(r1m / "classes1M.pkl")
+
+    layer2_path = r1m / "layer2.json"
+    layer2 = load_layer2(layer2_path)
+    bad_images: dict[str, tuple[str, str]] = {}
+    for rid, image_ids in layer2.items():
+        for image_id in image_ids:
+            problem = image_id_problem(image_id)
+            if problem is not None:
+                bad_images[rid] = (image_id, problem)
+                break
+    for rid in bad_images:
+        del layer2[rid]
+    if bad_images:
+        rid, (image_id, problem) = next(iter(bad_images.items()))
+        print(f"warning: {layer2_path}: {len(bad_images)} recipe(s) list an image id outside the "
+              f"<partition>/<c1>/<c2>/<c3>/<c4>/<id> layout, not indexed (dropped as bad_image_id); "
+              f"first: recipe {rid!r}, image id {image_id!r} ({problem})", file=sys.stderr)
+    # Only a recipe with images can be indexed: the rest of classes1M.pkl is not kept.
+    id2class = {rid: cls for rid, cls in id2class.items() if rid in layer2}
+    return Inputs(asked, candidates, tokenizer, keys, id2class, layer2, bad_images, empty)
+
+
+def empty_partitions(r1m: Path, listed: dict[str, int | None], known: dict[str, str], counts: dict[str, int],
+                     dropped: dict[str, Counter]) -> dict[str, str]:
+    """Split -> why it holds no recipe, for every empty split; warns about those not yet warned of.
+
+    Args:
+        listed: split -> the number of ids its keys file lists (None: no keys file).
+        known: the empty splits already warned of (``Inputs.empty``).
+        counts: split -> indexed recipes; dropped: split -> reason -> count.
+    """
+    empty = {}
+    for partition in PARTITIONS:
+        if counts[partition]:
+            continue
+        why = known.get(partition)
+        if why is None:
+            lost = ", ".join(f"{reason} {n}" for reason, n in sorted(dropped[partition].items()))
+            lost = f" (dropped: {lost})" if lost else ""
+            if listed[partition] is None:
+                why = (f"{layer1_path(r1m, 'en')} has no {partition} recipe with an image in "
+                       f"{r1m / 'layer2.json'}{lost}")
+            else:
+                why = (f"none of the {listed[partition]} recipes listed in {keys_file(r1m, partition)} "
+                       f"has both an image in layer2.json and an entry in layer1.json{lost}")
+            print(f"warning: the {partition} split is empty: {why}", file=sys.stderr)
+        empty[partition] = why
+    return empty
+
+
+def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
+    """Write every output into the folder ``build``; returns the manifest and the classless count."""
+    r1m = Path(args.r1m_path)
+    inputs = check_inputs(args)  # every file checked before the long work
+    asked, candidates, tokenizer, layer2 = inputs.asked, inputs.candidates, inputs.tokenizer, inputs.layer2
     training = args.tokenizer == "train"
-    tokenizer = None if training else load_tokenizer(args.tokenizer)  # fail before the long work
 
     dropped = {p: Counter() for p in PARTITIONS}
-    layer2 = load_layer2(r1m / "layer2.json")
-    wanted, listed, fallback = select_candidates(r1m, layer2, dropped)
+    wanted, listed, fallback = select_candidates(inputs.keys, layer2, inputs.bad_images, dropped)
+    n_listed = {p: None if ids is None else len(ids) for p, ids in inputs.keys.items()}
+    inputs = inputs._replace(keys={})  # the keys lists are not needed any more
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
     stage = {lang: build / f".stage_{lang}.i32" for lang in LANGS}
     staged: dict[str, StagedRows] = {}
@@ -302,8 +409,8 @@ def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
         encoder = None if training else ChunkEncoder(tokenizer)
         stager = None if training else Stager(stage["en"], encoder, args.max_len, executor)
         counts = WordCounter() if training else None
-        index, n_layer1 = scan_english(layer1_path(r1m, "en"), layer2, wanted, listed, fallback, dropped,
-                                       stager=stager, counter=counts)
+        index, n_layer1 = scan_english(layer1_path(r1m, "en"), layer2, inputs.bad_images, wanted, listed,
+                                       fallback, dropped, stager=stager, counter=counts)
         for rid, p in wanted.items():
             if rid not in index.of:
                 dropped[PARTITIONS[p]]["not_in_layer1"] += 1
@@ -322,7 +429,9 @@ def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
                 keys[PARTITIONS[index.partition[i]]].append(rid)
                 images[i] = image_ids[:args.maxImgs]
         del layer2
-        id2class, _ = load_classes(r1m / "classes1M.pkl")
+        empty = empty_partitions(r1m, n_listed, inputs.empty, {p: len(keys[p]) for p in PARTITIONS}, dropped)
+        id2class = inputs.id2class
+        inputs = inputs._replace(layer2={}, id2class={})
         classes = np.fromiter((id2class.get(rid, 0) + 1 for rid in index.ids), dtype=np.int64, count=len(index))
         classless = sum(rid not in id2class for rid in index.ids)
         del id2class
@@ -387,6 +496,7 @@ def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
         "max_imgs": args.maxImgs,
         "special_ids": ids,
         "dropped": {p: dict(sorted(dropped[p].items())) for p in PARTITIONS},
+        "empty_partitions": empty,
     }
     atomic_write_json(build / MANIFEST, manifest, indent=2, sort_keys=True)
     return manifest, classless
@@ -395,30 +505,30 @@ def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
 def get_parser() -> argparse.ArgumentParser:
     """The command-line options of ``create_lmdb.py``."""
     parser = argparse.ArgumentParser(
-        description="Index Recipe1M into LMDBs of token rows, keys files, a tokenizer and manifest.json "
-                    "(SPEC sections 3 and 8).")
+        description="Index Recipe1M into LMDBs of token rows, keys files, a tokenizer and manifest.json\n"
+                    "(docs/data.md).",
+        formatter_class=HelpFormatter)
     parser.add_argument("--r1m_path", default="data/Recipe1M",
                         help="folder of layer1.json, layer1_<lang>.json, layer2.json, classes1M.pkl and "
-                             "{train,val,test}_keys.pkl (default: data/Recipe1M)")
+                             "{train,val,test}_keys.pkl")
     parser.add_argument("--data_path", default="data/loader_data",
                         help="output folder for {train,val,test}_lmdb/, {train,val,test}_keys.pkl, "
-                             "tokenizer/ and manifest.json (default: data/loader_data)")
+                             "tokenizer/ and manifest.json")
     parser.add_argument("--tokenizer", default="bert-base-multilingual-cased",
                         help="a Hugging Face hub name or a local tokenizer folder, or 'train' to learn a "
                              "cased WordPiece vocabulary, deterministically, from the train split in every "
-                             "indexed language (default: bert-base-multilingual-cased)")
+                             "indexed language")
     parser.add_argument("--vocab_size", type=int, default=32000,
-                        help="vocabulary size learnt with --tokenizer train, special tokens included "
-                             "(default: 32000)")
+                        help="vocabulary size learnt with --tokenizer train, special tokens included")
     parser.add_argument("--languages", default=None,
                         help="comma-separated language codes or numbers to index, en required "
                              "(0 en, 1 de-en, 2 ru-en, 3 de, 4 ru, 5 fr); each must cover every indexed "
-                             "recipe (default: every language whose layer1 file exists and does)")
-    parser.add_argument("--max_len", type=int, default=512, help="length of the token rows (default: 512)")
-    parser.add_argument("--maxImgs", type=int, default=5, help="image ids kept per recipe (default: 5)")
+                             "recipe; None: every language whose layer1 file exists and does")
+    parser.add_argument("--max_len", type=int, default=512, help="length of the token rows")
+    parser.add_argument("--maxImgs", type=int, default=5, help="image ids kept per recipe")
     parser.add_argument("--workers", type=int, default=0,
                         help="tokenizer threads (the tokenizers library's pool, set at its first use in "
-                             "the process); 0 = every core, 1 = none in parallel (default: 0)")
+                             "the process); 0 = every core, 1 = none in parallel")
     return parser
 
 
@@ -427,14 +537,20 @@ def _summary(manifest: dict, classless: int, data_path: Path, seconds: float) ->
     dropped = "; ".join(
         f"{p} " + (", ".join(f"{reason} {n}" for reason, n in manifest["dropped"][p].items()) or "none")
         for p in PARTITIONS)
+    empty = manifest.get("empty_partitions") or {}
+    empty = f"; empty splits: {', '.join(empty)}" if empty else ""
     return (f"create_lmdb: indexed {counts} recipes in {', '.join(manifest['languages'])} "
             f"(tokenizer {manifest['tokenizer']}, vocabulary {manifest['vocab_size']}, max_len "
             f"{manifest['max_len']}); dropped: {dropped}; {classless} without a classes1M class "
-            f"(stored as background); wrote {data_path} in {seconds:.1f} s")
+            f"(stored as background){empty}; wrote {data_path} in {seconds:.1f} s")
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Build the outputs and swap them into ``--data_path``; returns the manifest."""
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> dict:
     parser = get_parser()
     args = parser.parse_args(argv)
     for flag, value, low in (("--max_len", args.max_len, 2), ("--maxImgs", args.maxImgs, 1),
@@ -463,8 +579,8 @@ def main(argv: list[str] | None = None) -> dict:
                 else:
                     shutil.rmtree(build, ignore_errors=True)
                 raise
-    except (CreateLmdbError, Recipe1MError, TokenizerError) as err:
-        raise SystemExit(f"create_lmdb.py: {err}") from None
+    except TokenizerError as err:  # not an InputError: run_main would not catch it
+        raise CreateLmdbError(str(err)) from None
     print(_summary(manifest, classless, data_path, time.perf_counter() - start))
     return manifest
 

@@ -22,6 +22,17 @@ from pathlib import Path
 
 from utils.host import matmul_flops
 from utils.io import atomic_write_text
+from utils.metrics import format_results
+from utils.runs import (
+    GENERATED_DIR,
+    MODELS_DIR,
+    SYNTHESIS_FIGURE,
+    VIS_DIR,
+    best_glob,
+    gan_ckpt_name,
+    gan_run_glob,
+    run_dir_glob,
+)
 
 ROOT = Path(__file__).resolve().parent
 
@@ -85,6 +96,7 @@ class Pipeline:
 
 
 def latest(pattern: str) -> Path:
+    """The last (newest, by the timestamped name) path matching ``pattern``."""
     matches = sorted(glob.glob(pattern))
     if not matches:
         raise SystemExit(f"[demo] expected output missing: {pattern}")
@@ -124,8 +136,8 @@ def main(argv=None) -> dict:
                         "--batch_size", "32", "--lr", "5e-4", "--ohem", "true", "--ohem_warmup", str(CURRICULUM),
                         "--decayLR", str(CURRICULUM), "--workers", workers, "--no_cuda", "--medr", "500",
                         "--log_every", "20", "--max_iters", str(args.train_iters)])
-    run_dir = latest(str(runs / "*__train_demo*"))
-    ckpt = latest(str(run_dir / "models" / "model_BEST_REC_e*[0-9].pth.tar"))
+    run_dir = latest(run_dir_glob(runs, "_demo"))
+    ckpt = latest(glob.escape(str(run_dir / MODELS_DIR)) + "/" + best_glob("REC"))
     run.stage("test", ["test.py", "--model_init_path", str(ckpt), "--partitions", "test,val,train",
                        "--workers", workers, "--no_cuda", "--vis", "6",
                        "--metrics_json", str(out / "retrieval.json")])
@@ -135,15 +147,23 @@ def main(argv=None) -> dict:
     run.stage("gan_train", ["GAN_train.py", *gan_flags, *GAN_FLAGS, "--epochs", str(args.gan_epochs),
                             "--batch_size", str(GAN_BATCH), "--lr", GAN_LR, "--medr", "100",
                             "--max_iters", str(args.gan_iters)])
-    gan_run = latest(str(run_dir / "GAN_runs" / "GAN_*"))
-    run.stage("gan_test", ["GAN_test.py", *gan_flags, "--trained_G_model_path", str(gan_run / "G_last.pth.tar"),
+    gan_run = latest(gan_run_glob(run_dir))
+    run.stage("gan_test", ["GAN_test.py", *gan_flags, "--trained_G_model_path", str(gan_run / gan_ckpt_name("G", "last")),
                            "--synthesis_n", "8", "--metrics_json", str(out / "synthesis.json")])
     return summary(out, run_dir, gan_run, time.time() - start, run.timings)
 
 
-def _row(name: str, m: dict) -> str:
-    return (f"  {name:24s} medR {m['medR']:7.1f}  R@1 {100 * m['R@1']:5.1f}%  R@5 {100 * m['R@5']:5.1f}%  "
-            f"R@10 {100 * m['R@10']:5.1f}%")
+def bag_rows(bag: str, entry: dict, synthesis: dict) -> dict:
+    """One bag's real and generated scores as :func:`utils.metrics.format_results` rows, directions side by side."""
+    rows = {"n": entry["n"], "bags": entry["bags"], "real image -> recipe": entry["im2rec"]}
+    fake = synthesis["fake2rec"].get(bag)
+    if fake is not None:
+        rows["generated -> recipe"] = fake
+    rows["recipe -> real image"] = entry["rec2im"]
+    if fake is not None:
+        rows["recipe -> generated"] = synthesis["rec2fake"][bag]
+        rows["generated -> real image"] = synthesis["fake2img"][bag]
+    return {bag: rows}
 
 
 def summary(out: Path, run_dir: Path, gan_run: Path, seconds: float, timings: dict[str, float]) -> dict:
@@ -154,24 +174,19 @@ def summary(out: Path, run_dir: Path, gan_run: Path, seconds: float, timings: di
     for bag, entry in retrieval.items():
         n = entry["n"]
         lines.append(f"bags of {n} ({entry['bags']} bag(s)): chance R@1 {100 / n:.2f}%, chance medR {(n + 1) / 2:.1f}")
-        lines.append(_row("real image -> recipe", entry["im2rec"]))
+        lines.append(format_results(bag_rows(bag, entry, synthesis)))
         fake = synthesis["fake2rec"].get(bag)
         if fake is not None:
-            lines.append(_row("generated -> recipe", fake))
             real = entry["im2rec"]
-            lines.append(f"  generated / real: medR x{fake['medR'] / real['medR']:.2f}, "
+            lines.append(f"generated / real: medR x{fake['medR'] / real['medR']:.2f}, "
                          f"R@10 x{fake['R@10'] / max(real['R@10'], 1e-12):.2f}")
-        lines.append(_row("recipe -> real image", entry["rec2im"]))
-        if fake is not None:
-            lines.append(_row("recipe -> generated", synthesis["rec2fake"][bag]))
-            lines.append(_row("generated -> real image", synthesis["fake2img"][bag]))
     lines.append(f"Frechet distance, real vs generated FoodSpace image features: {synthesis['frechet_distance']:.4f} "
                  f"(generated with --score_noise_mode {synthesis.get('score_noise_mode', '?')})")
     if timings:
         lines.append("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     lines += [f"TensorBoard: tensorboard --logdir {run_dir}   (synthesis: {gan_run})",
-              f"retrieval figures: {run_dir / 'vis'}",
-              f"synthesis images: {gan_run / 'generated'}  figure: {gan_run / 'synthesis.png'}",
+              f"retrieval figures: {run_dir / VIS_DIR}",
+              f"synthesis images: {gan_run / GENERATED_DIR}  figure: {gan_run / SYNTHESIS_FIGURE}",
               f"total {seconds / 60:.1f} min"]
     print("\n".join(lines), flush=True)
     return {"retrieval": retrieval, "synthesis": synthesis, "run_dir": str(run_dir), "gan_run": str(gan_run),

@@ -1,4 +1,4 @@
-"""Train FoodSpaceNet, the X-MRS retrieval model (SPEC sections 4, 5 and 8).
+"""Train FoodSpaceNet, the X-MRS retrieval model (docs/model.md).
 
     python train.py --data_path data/loader_data --img_path data/Recipe1M/images
     torchrun --nproc_per_node 4 train.py ...          # DistributedDataParallel, global negatives
@@ -14,36 +14,31 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from data.dataset import BadImageTracker, RecipeImageDataset, collate_skip_bad, read_manifest
 from data.langs import parse_language
 from models.foodspace import ArchConfig, FoodSpaceNet
 from models.losses import batch_hard_triplet
 from utils import distributed as du
-from utils.checkpoint import load_checkpoint, save_checkpoint, to_plain
-from utils.cli import autocast_context, explicit_flags, int_list, resolve_device, str2bool
+from utils import training as tr
+from utils.checkpoint import PlainConfig, checkpoint_state, load_checkpoint, save_checkpoint, to_plain
+from utils.cli import BOOL, HelpFormatter, autocast_context, int_list, resolve_device, run_main, str2bool
 from utils.embeddings import extract_embeddings
+from utils.errors import InputError
 from utils.metrics import evaluate_retrieval, format_results
-from utils.runs import TextLog, new_run_dir, write_opts
-from utils.seed import get_rng_state, seed_everything, set_rng_state
+from utils.runs import LATEST_NAME, MODELS_DIR, TextLog, best_glob, best_name, new_run_dir, write_opts
+from utils.seed import seed_everything
 
 GROUPS = ("heads", "vision", "wordemb", "text")
-# Flags that --resume lets the command line change; everything else comes from the checkpoint.
-RUNTIME_FLAGS = {"epochs", "workers", "no_cuda", "gpu", "amp", "max_iters", "data_path", "img_path",
-                 "runs_dir", "log_every", "projector_every", "projector_n", "channels_last",
-                 "max_bad_images", "valfreq"}
-# Flags that define the architecture; they are never taken from the command line on --resume.
-ARCH_FLAGS = {"embDim", "BERT_layers", "BERT_heads", "BERT_hidden", "BERT_intermediate", "image_backbone", "image_size",
-              "textinputs", "textmodel"}
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     b = str2bool
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=1234, help="random seed (each rank adds its rank)")
@@ -58,7 +53,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default="", help="RUN_DIR: continue from RUN_DIR/models/model.pth.tar")
     g.add_argument("--max_iters", type=int, default=0, help="cap on iterations per epoch (0: no cap; smoke runs)")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (GPU)")
-    g.add_argument("--channels_last", type=b, default=True, help="channels_last memory format for images")
+    g.add_argument("--channels_last", type=b, metavar=BOOL, default=True, help="channels_last memory format for images")
     g.add_argument("--max_bad_images", type=float, default=0.01,
                    help="fraction of unreadable images of a partition that stops the run")
     g.add_argument("--log_every", type=int, default=50, help="iterations between text log lines")
@@ -80,10 +75,10 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--BERT_heads", type=int, default=2, help="attention heads of the recipe encoder")
     g.add_argument("--BERT_hidden", type=int, default=768, help="hidden size of the recipe encoder")
     g.add_argument("--BERT_intermediate", type=int, default=3072, help="feed-forward size of the recipe encoder")
-    g.add_argument("--w2vInit", type=b, default=True, help="unused in the reference and here (accepted)")
-    g.add_argument("--maxSeqlen", type=int, default=20, help="unused (LSTM-era flag, accepted)")
-    g.add_argument("--maxInsts", type=int, default=20, help="unused (LSTM-era flag, accepted)")
-    g.add_argument("--embtype", default="", help="unused in training (accepted for the reference's command lines)")
+    g.add_argument("--w2vInit", type=b, metavar=BOOL, default=True, help=argparse.SUPPRESS)
+    g.add_argument("--maxSeqlen", type=int, default=20, help=argparse.SUPPRESS)
+    g.add_argument("--maxInsts", type=int, default=20, help=argparse.SUPPRESS)
+    g.add_argument("--embtype", default="", help=argparse.SUPPRESS)
 
     g = p.add_argument_group("data")
     g.add_argument("--maxImgs", type=int, default=5, help="images per recipe to draw from in training")
@@ -97,49 +92,65 @@ def get_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch_size", type=int, default=20, help="batch size per process")
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
-    g.add_argument("--momentum", type=float, default=0.9, help="unused by Adam (accepted, as in the reference)")
+    g.add_argument("--momentum", type=float, default=0.9, help=argparse.SUPPRESS)
     g.add_argument("--weight_decay", type=float, default=0.0, help="Adam weight decay")
     g.add_argument("--epochs", type=int, default=100, help="number of epochs")
     g.add_argument("--start_epoch", type=int, default=0, help="first epoch (0-based; --resume sets it)")
     g.add_argument("--valfreq", type=int, default=1, help="validate when epoch %% valfreq == 0")
-    g.add_argument("--w2vTrain", type=b, default=True, help="train the word embeddings (false: frozen for good)")
-    g.add_argument("--freeVision", type=b, default=True, help="train the vision backbone from the start")
-    g.add_argument("--freeHeads", type=b, default=True, help="train the heads from the start")
-    g.add_argument("--freeWordEmb", type=b, default=True, help="train the word embeddings from the start")
-    g.add_argument("--freeText", type=b, default=True, help="train the text encoder from the start")
-    g.add_argument("--ohem", type=b, default=True, help="hardest negative (true) or mean over negatives")
+    g.add_argument("--w2vTrain", type=b, metavar=BOOL, default=True, help="train the word embeddings (false: frozen for good)")
+    g.add_argument("--freeVision", type=b, metavar=BOOL, default=True, help="train the vision backbone from the start")
+    g.add_argument("--freeHeads", type=b, metavar=BOOL, default=True, help="train the heads from the start")
+    g.add_argument("--freeWordEmb", type=b, metavar=BOOL, default=True, help="train the word embeddings from the start")
+    g.add_argument("--freeText", type=b, metavar=BOOL, default=True, help="train the text encoder from the start")
+    g.add_argument("--ohem", type=b, metavar=BOOL, default=True, help="hardest negative (true) or mean over negatives")
     g.add_argument("--ohem_warmup", type=int, default=0,
                    help="with --ohem true, average over negatives for this many first epochs, then take the "
                         "hardest (a curriculum for training from random weights; 0, the paper: hardest from the start)")
-    g.add_argument("--intraModalLoss", type=b, default=True, help="pool both modalities as negatives")
+    g.add_argument("--intraModalLoss", type=b, metavar=BOOL, default=True, help="pool both modalities as negatives")
     g.add_argument("--warmup", type=int_list, default=[1],
                    help="1-based epochs after which heads, vision and word embeddings are released ('': never)")
     g.add_argument("--decayLR", type=int_list, default=[20], help="1-based epochs after which lr is multiplied by 0.1")
     g.add_argument("--alpha", type=float, default=0.3, help="triplet margin")
-    g.add_argument("--medr", type=int, default=1000, help="validation bag size (SPEC section 5)")
+    g.add_argument("--medr", type=int, default=1000, help="validation bag size (docs/evaluation.md)")
     return p
 
 
 # --------------------------------------------------------------------------- optimiser state
 
 
-def initial_schedule(args) -> dict:
+@dataclass
+class Schedule(PlainConfig):
+    """Where the lr schedule stands: the decay so far and which groups are free (trained)."""
+
+    lr_scale: float = 1.0
+    free: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(GROUPS, True))
+
+
+@dataclass
+class Best(PlainConfig):
+    """Best validation so far (the BEST_VAL and BEST_REC checkpoints follow it)."""
+
+    medR: float = math.inf
+    recall_sum: float = -math.inf
+    validations: int = 0
+
+
+def initial_schedule(args) -> Schedule:
     """The schedule state of epoch 0: no decay, each group free as its ``--free*`` flag says."""
-    return {"lr_scale": 1.0, "free": {"heads": args.freeHeads, "vision": args.freeVision,
-                                      "wordemb": args.freeWordEmb, "text": args.freeText}}
+    return Schedule(free={"heads": args.freeHeads, "vision": args.freeVision, "wordemb": args.freeWordEmb,
+                          "text": args.freeText})
 
 
-def group_lrs(args, state: dict) -> dict[str, float]:
+def group_lrs(args, state: Schedule) -> dict[str, float]:
     """Learning rate of each group: lr x decay x (1 if the group is free else 0)."""
-    base = args.lr * state["lr_scale"]
-    free = state["free"]
-    lrs = {name: base * float(free[name]) for name in GROUPS}
+    base = args.lr * state.lr_scale
+    lrs = {name: base * float(state.free[name]) for name in GROUPS}
     if not args.w2vTrain:
         lrs["wordemb"] = 0.0
     return lrs
 
 
-def end_of_epoch_schedule(args, state: dict, epoch: int) -> list[str]:
+def end_of_epoch_schedule(args, state: Schedule, epoch: int) -> list[str]:
     """Apply --warmup / --decayLR after finishing ``epoch`` (0-based); return what happened.
 
     As the reference does, both release heads, vision and word embeddings (the latter stay frozen
@@ -149,23 +160,29 @@ def end_of_epoch_schedule(args, state: dict, epoch: int) -> list[str]:
     events, finished = [], epoch + 1  # the flags are 1-based epochs
     if finished in args.warmup or finished in args.decayLR:
         for name in ("heads", "vision", "wordemb"):
-            state["free"][name] = True
+            state.free[name] = True
         events.append("released heads, vision, word embeddings")
     if finished in args.decayLR:
-        state["lr_scale"] *= 0.1
-        events.append(f"lr scale -> {state['lr_scale']:.3g}")
+        state.lr_scale *= 0.1
+        events.append(f"lr scale -> {state.lr_scale:.3g}")
     return events
 
 
 def build_optimizer(model: FoodSpaceNet, lr: float, weight_decay: float, w2v_train: bool) -> torch.optim.Adam:
-    """Adam over the four named groups of ``GROUPS``; ``w2v_train=False`` freezes the word embeddings for good."""
+    """Adam over the four named groups of ``GROUPS``; ``w2v_train=False`` freezes the word embeddings for good.
+
+    ``foreach=True`` (PyTorch's default on GPUs; on the CPU its default is the per-tensor loop): the
+    same arithmetic, bit for bit, with one temporary fewer per tensor; the Adam phase of a step is
+    about 15% faster on a CPU (tests/test_bench_paths.py, ``bench/train_step.py --variants``).
+    ``fused=True`` would be faster still but rounds differently, so it is not used.
+    """
     groups = model.param_groups()
     if not w2v_train:
         for param in groups["wordemb"]:
             param.requires_grad_(False)
     return torch.optim.Adam(
         [{"params": [q for q in groups[name] if q.requires_grad], "name": name} for name in GROUPS],
-        lr=lr, weight_decay=weight_decay)
+        lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def train_step(train_model, optimizer, scaler, images, tokens, *, ctx, alpha: float, intra_modal: bool, ohem: bool,
@@ -197,22 +214,13 @@ def set_lrs(optimizer, lrs: dict[str, float]) -> None:
 
 
 def resolve_args(parser, argv) -> tuple[argparse.Namespace, dict | None]:
-    """Parse ``argv``; with --resume, start from the run's stored options (SPEC section 8)."""
+    """Parse ``argv``; with --resume, start from the run's stored options (docs/run_folders.md)."""
     args = parser.parse_args(argv)
     args.language = parse_language(args.language)
     if not args.resume:
         return args, None
-    ckpt_path = Path(args.resume) / "models" / "model.pth.tar"
-    ckpt = load_checkpoint(ckpt_path)
-    given = explicit_flags(parser, argv)
-    stored = dict(ckpt["opts"])
-    ignored = sorted(k for k in given & ARCH_FLAGS if stored.get(k) != getattr(args, k))
-    if ignored:
-        print(f"--resume: keeping the run's architecture; ignoring {', '.join('--' + k for k in ignored)}")
-    for key, value in stored.items():
-        if key not in RUNTIME_FLAGS | {"resume"} or key not in given:
-            setattr(args, key, value)
-    return args, ckpt
+    ckpt = load_checkpoint(Path(args.resume) / MODELS_DIR / LATEST_NAME)
+    return tr.apply_resume_opts(parser, argv, args, dict(ckpt["opts"])), ckpt
 
 
 def make_loader(args, partition: str, train: bool, dist_info) -> tuple[DataLoader, RecipeImageDataset]:
@@ -248,11 +256,28 @@ def build_model(args, vocab_size: int, max_len: int, pad_id: int, arch: dict | N
     return FoodSpaceNet(cfg, image_pretrained=pretrained, text_init=text_init)
 
 
+def not_learning(totals: dict, alpha: float, ohem: bool, ohem_warmup: int) -> str:
+    """A warning when an epoch ended with the positives no closer than the negatives, else ``""``.
+
+    ``totals`` sums ``loss``, ``d_pos`` and ``d_neg`` over ``steps`` steps. From random weights the
+    hardest negative alone can hold the space collapsed (every distance equal, the loss at ``alpha``).
+    """
+    if not totals["steps"]:
+        return ""
+    loss, d_pos, d_neg = (totals[k] / totals["steps"] for k in ("loss", "d_pos", "d_neg"))
+    if d_pos < d_neg and abs(loss - alpha) > 0.02 * alpha:
+        return ""
+    remedy = ("start from pretrained weights (--image_pretrained imagenet, --text_init) or average over the "
+              "negatives first (--ohem_warmup N)" if ohem and not ohem_warmup else "check the data and the lr")
+    return (f"positives are no closer than negatives (mean d_pos {d_pos:.4f}, d_neg {d_neg:.4f}, loss {loss:.4f}, "
+            f"alpha {alpha:g}): the model is not learning; {remedy}")
+
+
 # --------------------------------------------------------------------------- validation
 
 
 def validate(args, model, loader, device, ctx, tracker) -> tuple[dict, dict]:
-    """Embed the val split and run the protocol with bags of ``--medr`` (SPEC section 5)."""
+    """Embed the val split and run the protocol with bags of ``--medr`` (docs/evaluation.md)."""
     thumbs = args.projector_n if args.projector_every else 0
     emb = extract_embeddings(model, loader, device, ctx, channels_last=args.channels_last,
                              tracker=tracker, thumbs=thumbs, desc="val")
@@ -260,15 +285,11 @@ def validate(args, model, loader, device, ctx, tracker) -> tuple[dict, dict]:
     return results, emb
 
 
-def best_name(kind: str, epoch: int, medr: float, recall_sum: float) -> str:
-    return f"model_BEST_{kind}_e{epoch:03d}_v-{medr:.3f}_cr-{recall_sum:.4f}.pth.tar"
-
-
 def replace_best(models_dir: Path, kind: str, name: str, state: dict) -> None:
     """Write the new BEST_<kind> checkpoint, then remove the older ones (one of each kind kept)."""
     save_checkpoint(state, models_dir / name)
-    for old in models_dir.glob(f"model_BEST_{kind}_e*.pth.tar"):
-        if old.name != name and not old.name.endswith("_image_encoder.pth.tar"):
+    for old in models_dir.glob(best_glob(kind)):
+        if old.name != name:
             old.unlink()
 
 
@@ -276,7 +297,11 @@ def replace_best(models_dir: Path, kind: str, name: str, state: dict) -> None:
 
 
 def main(argv=None) -> Path:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Train; returns the run folder. Bad input stops with one line naming the file and the fix."""
+    return run_main(lambda: _main(list(sys.argv[1:] if argv is None else argv)))
+
+
+def _main(argv: list[str]) -> Path:
     parser = get_parser()
     args, ckpt = resolve_args(parser, argv)
     dist_info = du.init_distributed(use_cuda=not args.no_cuda and torch.cuda.is_available())
@@ -284,24 +309,14 @@ def main(argv=None) -> Path:
     seed_everything(args.seed + dist_info.rank)
     ctx = autocast_context(device, args.amp)  # the one place deciding precision
 
-    try:
-        manifest = read_manifest(args.data_path)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"{err} (create_lmdb.py --data_path {args.data_path} writes it)") from None
+    manifest = read_manifest(args.data_path)  # DatasetError names create_lmdb.py when it is missing
 
-    # Run folder: rank 0 makes it, every rank learns its name.
-    if args.resume:
-        run_dir = Path(args.resume)
-    else:
-        run_dir = Path(du.broadcast_object(
-            str(new_run_dir(args.runs_dir, args.experiment_sufix)) if dist_info.is_main else None))
-    models_dir = run_dir / "models"
-    log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
-    val_log = TextLog(run_dir / "test.txt" if dist_info.is_main else None, echo=False)
-
+    # Every input is checked before the run folder exists: a failed start leaves nothing behind.
     train_loader, train_set = make_loader(args, "train", True, dist_info)
     val_loader, val_set = make_loader(args, "val", False, dist_info) if dist_info.is_main else (None, None)
-
+    if len(train_loader) == 0:
+        raise InputError(f"{args.data_path}: {len(train_set)} train recipes make no full batch of --batch_size "
+                         f"{args.batch_size} x {dist_info.world_size} process(es)")
     model = build_model(args, manifest["vocab_size"], manifest["max_len"], manifest["special_ids"]["pad"],
                         arch=ckpt["arch"] if ckpt else None)
     if args.model_init_path and not ckpt:
@@ -309,23 +324,29 @@ def main(argv=None) -> Path:
         try:
             model.load_state_dict(init["model"])
         except RuntimeError as exc:
-            raise SystemExit(f"--model_init_path {args.model_init_path}: architecture differs: {exc}") from exc
+            raise InputError(f"--model_init_path {args.model_init_path}: architecture differs: "
+                             f"{str(exc).splitlines()[0]}") from None
+
+    run_dir = tr.shared_run_dir(dist_info, args.resume, lambda: new_run_dir(args.runs_dir, args.experiment_sufix))
+    models_dir = run_dir / MODELS_DIR
+    log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
+    val_log = TextLog(run_dir / "test.txt" if dist_info.is_main else None, echo=False)
     model.to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, w2v_train=args.w2vTrain)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     sched = initial_schedule(args)
-    best = {"medR": math.inf, "recall_sum": -math.inf, "validations": 0}
+    best = Best()
     start_epoch, iteration = args.start_epoch, 0
     local_images = 0  # images this process trained on in this invocation
     if ckpt:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
-        sched, best = ckpt["schedule"], ckpt["best"]
+        sched, best = Schedule.from_dict(ckpt["schedule"]), Best.from_dict(ckpt["best"])
         start_epoch, iteration = ckpt["epoch"] + 1, ckpt["iteration"]
-        set_rng_state(ckpt["rng"][dist_info.rank] if dist_info.rank < len(ckpt["rng"]) else ckpt["rng"][0])
+        tr.restore_rng(ckpt["rng"], dist_info.rank)
     train_model = model
     if dist_info.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -340,8 +361,9 @@ def main(argv=None) -> Path:
         writer = SummaryWriter(log_dir=str(run_dir), purge_step=iteration + 1 if ckpt else None)
         log(f"run folder {run_dir} | device {device} | world size {dist_info.world_size} | "
             f"train {len(train_set)} recipes, val {len(val_set)} | epochs {start_epoch}..{args.epochs - 1}")
-    train_tracker = BadImageTracker("train", len(train_set), args.max_bad_images)
-    val_tracker = BadImageTracker("val", len(val_set), args.max_bad_images) if val_set is not None else None
+    train_tracker = BadImageTracker("train", len(train_set), args.max_bad_images, img_root=args.img_path)
+    val_tracker = (BadImageTracker("val", len(val_set), args.max_bad_images, img_root=args.img_path)
+                   if val_set is not None else None)
 
     for epoch in range(start_epoch, args.epochs):
         lrs = group_lrs(args, sched)
@@ -351,15 +373,20 @@ def main(argv=None) -> Path:
         train_model.train()
         # From random weights the hardest negative alone collapses the space; mean negatives first.
         ohem = args.ohem and epoch >= args.ohem_warmup
-        steps = len(train_loader) if not args.max_iters else min(args.max_iters, len(train_loader))
-        bar = tqdm(total=steps, desc=f"epoch {epoch}", disable=not dist_info.is_main, dynamic_ncols=True)
+        steps = tr.epoch_steps(len(train_loader), args.max_iters)
+        bar = tr.progress(steps, epoch, dist_info)
+        totals = {"loss": 0.0, "d_pos": 0.0, "d_neg": 0.0, "steps": 0, "skipped": 0}  # this epoch, for the checks
         for it, batch in enumerate(train_loader):
             if it >= steps:
                 break
-            train_tracker.update(batch.bad)
-            # BatchNorm needs 2+ rows on every rank; all ranks skip together so none hangs.
-            rows = du.all_reduce_sum(torch.tensor([float(batch.images.shape[0] >= 2)]))
-            if rows.item() < dist_info.world_size:
+            if batch.bad:
+                seen = set(train_tracker.bad)
+                train_tracker.update(batch.bad)
+                totals["skipped"] += len(batch.bad)
+                for item in batch.bad:
+                    if item.recipe_id not in seen:
+                        log(f"epoch {epoch}: skipping recipe {item.recipe_id}: {item.reason}")
+            if not tr.every_rank_has_a_batch(batch.images.shape[0], dist_info):
                 bar.update(1)
                 continue
             images = batch.images.to(device, non_blocking=True)  # (B, 3, S, S)
@@ -371,6 +398,9 @@ def main(argv=None) -> Path:
             iteration += 1
             local_images += images.shape[0]
             bar.update(1)
+            for name in ("loss", "d_pos", "d_neg"):
+                totals[name] += getattr(out, name).item()
+            totals["steps"] += 1
             if writer is not None:
                 writer.add_scalar("loss", out.loss.item(), iteration)
                 writer.add_scalar("d_pos", out.d_pos.item(), iteration)
@@ -383,6 +413,13 @@ def main(argv=None) -> Path:
         if writer is not None:
             for name, value in lrs.items():
                 writer.add_scalar(f"lr/{name}", value, epoch)
+            writer.add_scalar("bad_images/train", totals["skipped"], epoch)
+            if totals["skipped"]:
+                log(f"epoch {epoch}: {totals['skipped']} samples skipped for an unreadable image "
+                    f"({train_tracker.summary()} so far)")
+            warning = not_learning(totals, args.alpha, ohem, args.ohem_warmup)
+            if warning:
+                log(f"epoch {epoch}: warning: {warning}")
 
         if dist_info.is_main and epoch % args.valfreq == 0:
             results, emb = validate(args, model, val_loader, device, ctx, val_tracker)
@@ -391,39 +428,43 @@ def main(argv=None) -> Path:
             recall_sum = metrics["R@1"] + metrics["R@5"] + metrics["R@10"]
             for name in ("medR", "R@1", "R@5", "R@10"):
                 writer.add_scalar(f"val/{name}", metrics[name], epoch)
-            best["validations"] += 1
-            if args.projector_every and (best["validations"] - 1) % args.projector_every == 0:
+            best.validations += 1
+            if args.projector_every and (best.validations - 1) % args.projector_every == 0:
                 meta = [str(i) for i in emb["rec_ids"][: args.projector_n]]
                 writer.add_embedding(torch.from_numpy(emb["img_embeds"][: args.projector_n]), metadata=meta,
                                      label_img=emb["thumbs"], global_step=epoch, tag="val_images")
             table = format_results(results, title=f"val epoch {epoch}")
             log(table)
             val_log(f"epoch {epoch} " + json.dumps(results))
-            improved_val = metrics["medR"] < best["medR"]
-            improved_rec = recall_sum > best["recall_sum"]
-            best["medR"] = min(best["medR"], metrics["medR"])
-            best["recall_sum"] = max(best["recall_sum"], recall_sum)
+            improved_val = metrics["medR"] < best.medR
+            improved_rec = recall_sum > best.recall_sum
+            best.medR = min(best.medR, metrics["medR"])
+            best.recall_sum = max(best.recall_sum, recall_sum)
         for event in end_of_epoch_schedule(args, sched, epoch):
             log(f"after epoch {epoch}: {event}")
 
-        # Gather every rank's RNG state so a resumed DDP run continues each rank's stream.
-        rngs = du.all_gather_object(get_rng_state())
+        rngs = tr.gather_rng_states()
         if dist_info.is_main:
-            state = {"format": 1, "kind": "foodspace", "arch": model.cfg.to_dict(), "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "schedule": sched,
-                     "best": best, "epoch": epoch, "iteration": iteration, "rng": rngs, "opts": opts}
-            save_checkpoint(state, models_dir / "model.pth.tar")
-            if epoch % args.valfreq == 0:
+            state = checkpoint_state("foodspace", arch=model.cfg.to_dict(), model=model.state_dict(),
+                                     optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                                     schedule=sched.to_dict(), best=best.to_dict(), epoch=epoch, iteration=iteration,
+                                     rng=rngs, opts=opts)
+            save_checkpoint(state, models_dir / LATEST_NAME)
+            if epoch % args.valfreq == 0 and (improved_val or improved_rec):
+                # Only model.pth.tar resumes; a BEST checkpoint is the weights, the architecture and the metrics.
+                slim = checkpoint_state("foodspace", arch=state["arch"], model=state["model"], epoch=epoch,
+                                        iteration=iteration, best=state["best"], metrics=metrics, opts=opts)
                 if improved_val:
-                    replace_best(models_dir, "VAL", best_name("VAL", epoch, metrics["medR"], recall_sum), state)
+                    replace_best(models_dir, "VAL", best_name("VAL", epoch, metrics["medR"], recall_sum), slim)
                 if improved_rec:
-                    replace_best(models_dir, "REC", best_name("REC", epoch, metrics["medR"], recall_sum), state)
+                    replace_best(models_dir, "REC", best_name("REC", epoch, metrics["medR"], recall_sum), slim)
             writer.flush()
         du.barrier()
 
     print(f"rank {dist_info.rank}/{dist_info.world_size}: trained on {local_images} images", flush=True)
     if writer is not None:
         writer.close()
+        log(f"{train_tracker.summary()}; {val_tracker.summary()}")
         log(f"done: {run_dir}")
     du.cleanup()
     return run_dir

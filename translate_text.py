@@ -1,4 +1,4 @@
-"""Translate Recipe1M's ``layer1.json`` (SPEC sections 1, 2, 7): ``python translate_text.py LANG``.
+"""Translate Recipe1M's ``layer1.json`` (docs/data.md#translations): ``python translate_text.py LANG``.
 
 ``LANG`` is ``de``, ``ru`` or ``fr`` (from ``layer1.json``), or ``de-en`` / ``ru-en``
 (back-translation to English from ``layer1_de.json`` / ``layer1_ru.json``). The output
@@ -70,6 +70,7 @@ from data.translation import (
     translation_table,
     write_layer1,
 )
+from utils.cli import HelpFormatter, resolve_device, run_main
 
 TARGETS = ("de", "ru", "fr", "de-en", "ru-en")
 SOURCE_LANG = {"de": "en", "ru": "en", "fr": "en", "de-en": "de", "ru-en": "ru"}
@@ -86,9 +87,9 @@ DEFAULT_MODELS = {
 def get_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
-        description="Translate Recipe1M's layer1.json into layer1_<LANG>.json (de, ru, fr) or "
-                    "back-translate layer1_de.json / layer1_ru.json to English (de-en, ru-en).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Translate Recipe1M's layer1.json into layer1_<LANG>.json (de, ru, fr) or back-translate\n"
+                    "layer1_de.json / layer1_ru.json to English (de-en, ru-en).",
+        formatter_class=HelpFormatter)
     parser.add_argument("lang", choices=TARGETS,
                         help="target: de, ru, fr (from layer1.json) or de-en, ru-en (from layer1_de.json / "
                              "layer1_ru.json)")
@@ -258,6 +259,10 @@ def main(argv: Sequence[str] | None = None, translate_fn: TranslateFn | None = N
         translate_fn: translate with this function instead of loading ``--model`` (tests,
             benches); ``--model`` still names the cache key.
     """
+    return run_main(lambda: _main(argv, translate_fn))
+
+
+def _main(argv: Sequence[str] | None, translate_fn: TranslateFn | None) -> dict[str, Any]:
     from tqdm import tqdm
 
     args = get_parser().parse_args(argv)
@@ -285,8 +290,6 @@ def main(argv: Sequence[str] | None = None, translate_fn: TranslateFn | None = N
     else:
         shard, num_shards = (dist[0], dist[1]) if dist else (0, 1)
     rank_tag = f"[shard {shard}/{num_shards}] " if num_shards > 1 else ""
-
-    from utils.cli import resolve_device
 
     device = resolve_device(args.no_cuda, local_rank=dist[2] if dist else None)
     fp16 = args.fp16 and device.type == "cuda"

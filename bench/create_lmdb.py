@@ -212,18 +212,17 @@ def _child(args: argparse.Namespace) -> None:
 
 def _sample_agreement(work: Path) -> tuple[int, int, float]:
     """Rows of the sampled recipes equal on both sides: (equal, sampled, mean tokens of en rows)."""
-    from data.lmdb_format import decode_record, open_lmdb_readonly
+    from data.lmdb_format import RecordReader, lmdb_dir
 
     sample = np.load(work / "reference" / "sample.npz")
     records = {}
     for partition in ("train", "val", "test"):
-        env = open_lmdb_readonly(work / "create_lmdb" / f"{partition}_lmdb")
-        with env.begin() as txn:
+        # a private environment, closed here: the work folder is deleted afterwards
+        with RecordReader(lmdb_dir(work / "create_lmdb", partition), shared=False) as reader:
             for rid in sample["ids"]:
-                value = txn.get(str(rid).encode())
-                if value is not None:
-                    records[str(rid)] = decode_record(value).ids
-        env.close()
+                record = reader.get(str(rid))
+                if record is not None:
+                    records[str(rid)] = record.ids
     equal = sum(np.array_equal(records.get(str(rid)), rows) for rid, rows in zip(sample["ids"], sample["rows"]))
     lengths = [int((records[str(rid)][0] > 0).sum()) for rid in sample["ids"] if str(rid) in records]
     return equal, len(sample["ids"]), float(np.mean(lengths))

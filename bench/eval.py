@@ -12,12 +12,26 @@ random paired embeddings:
    argsort of the negated similarity row and the position of the pair in it.
 
 Usage: ``python bench/eval.py [--n 12000] [--dim 1024]``.
+
+``--memory`` measures instead the peak memory of ``evaluate_retrieval`` on ``--memory_n`` random
+float32 pairs (default the test and train splits' 51,304 and 238,408) for each ``--medr`` bag size,
+this checkout's ``utils/metrics.py`` against the version at ``--old_rev`` (the last one that copied
+the whole split to float64 before drawing the bags), each run in its own child process: peak
+resident memory (``ru_maxrss``) minus the resident memory once the embeddings exist, so the
+interpreter, the imports and the inputs are not counted. It also checks that both versions return
+the very same numbers. Linux only (it reads ``/proc/self/statm``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +44,11 @@ try:
 except ModuleNotFoundError:  # run as `python bench/eval.py`: the checkout is not on sys.path yet
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from utils.metrics import RECALL_KS, draw_bags, evaluate_retrieval, format_results, resolve_bag_sizes
+
+ROOT = Path(__file__).resolve().parents[1]
+# The last utils/metrics.py that converted the whole split to float64 before drawing the bags.
+OLD_REV = "ee286157bafc2c1f8300d1db0d7e62569c42af10"
+SPLIT_SIZES = (51304, 238408)  # Recipe1M's test and train retrieval splits
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -48,6 +67,14 @@ def get_parser() -> argparse.ArgumentParser:
                    help="time the reference loop on this many bags per size and extrapolate "
                         "(default: all bags, measured)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--memory", action="store_true",
+                   help="measure peak memory of evaluate_retrieval, this checkout against --old_rev")
+    p.add_argument("--memory_n", type=int, nargs="+", default=list(SPLIT_SIZES),
+                   help="with --memory: numbers of pairs (default 51304 238408, the test and train splits)")
+    p.add_argument("--old_rev", default=OLD_REV,
+                   help="with --memory: the git revision of utils/metrics.py to compare with "
+                        "(default: the last one converting whole splits)")
+    p.add_argument("--memory_child", default=None, help=argparse.SUPPRESS)  # internal: one measurement
     return p
 
 
@@ -115,9 +142,101 @@ def reference_protocol(img: np.ndarray, rec: np.ndarray, bag_lists, quiet: bool)
     return total, results
 
 
+# --------------------------------------------------------------------------------------------
+# --memory
+# --------------------------------------------------------------------------------------------
+def _rss_bytes() -> int:
+    """The current resident memory of this process (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _fill_embeddings(n: int, dim: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``make_embeddings``' kind of data, drawn by blocks of rows so that no temporary outgrows a block."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((n, dim), dtype=np.float32)
+    rec = np.empty((n, dim), dtype=np.float32)
+    for s in range(0, n, 8192):
+        e = min(s + 8192, n)
+        img[s:e] = rng.standard_normal((e - s, dim), dtype=np.float32)
+        rec[s:e] = img[s:e] + np.float32(noise) * rng.standard_normal((e - s, dim), dtype=np.float32)
+    return img, rec
+
+
+def _memory_child(spec: str) -> None:
+    """One measurement in this fresh process; prints one JSON line."""
+    job = json.loads(spec)
+    module_spec = importlib.util.spec_from_file_location("metrics_under_test", job["module"])
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    img, rec = _fill_embeddings(job["n"], job["dim"], job["noise"], job["seed"])
+    base = _rss_bytes()
+    t0 = time.perf_counter()
+    results = module.evaluate_retrieval(img, rec, medr=job["medr"], seed=job["seed"], bags=job["bags"])
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KB on Linux
+    print(json.dumps({"extra_bytes": peak - base, "inputs_bytes": img.nbytes + rec.nbytes,
+                      "seconds": seconds, "results": results}))
+
+
+def _old_metrics(rev: str, folder: Path) -> Path:
+    """``utils/metrics.py`` at ``rev`` written into ``folder``."""
+    try:
+        text = subprocess.run(["git", "show", f"{rev}:utils/metrics.py"], cwd=ROOT, check=True,
+                              capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", "") or err
+        raise SystemExit(f"error: --old_rev {rev}: cannot read utils/metrics.py from git "
+                         f"({str(detail).strip()})") from None
+    path = folder / "metrics_old.py"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def memory_main(args) -> list[dict]:
+    """``--memory``: peak memory of evaluate_retrieval, old and new, for each N and bag size."""
+    if not Path("/proc/self/statm").exists():
+        raise SystemExit("error: --memory reads /proc/self/statm (Linux only)")
+    noise = args.dim**0.5 / 3.6 if args.noise is None else args.noise
+    sizes = args.medr or [1000, 10000]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        modules = {"old": _old_metrics(args.old_rev, Path(tmp)), "new": ROOT / "utils" / "metrics.py"}
+        print(f"evaluate_retrieval peak memory: dim {args.dim}, {args.bags} bags per size, float32 inputs; "
+              f"old = utils/metrics.py at {args.old_rev[:12]}, new = this checkout")
+        for n in args.memory_n:
+            for size in sizes:
+                row = {"n": n, "bag": size}
+                for name, module in modules.items():
+                    job = {"module": str(module), "n": n, "dim": args.dim, "noise": noise, "seed": args.seed,
+                           "medr": size, "bags": args.bags}
+                    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--memory_child",
+                                          json.dumps(job)], cwd=ROOT, env=env, capture_output=True, text=True)
+                    if out.returncode != 0:
+                        raise SystemExit(f"error: the {name} measurement (N {n}, bag {size}) failed:\n"
+                                         f"{out.stderr[-2000:]}")
+                    row[name] = json.loads(out.stdout.strip().splitlines()[-1])
+                row["identical"] = row["old"]["results"] == row["new"]["results"]
+                rows.append(row)
+                mb = 1 << 20
+                print(f"N {n:>7}  bag {size:>6}  inputs {row['new']['inputs_bytes'] / mb:8.0f} MB | peak above "
+                      f"inputs: old {row['old']['extra_bytes'] / mb:8.0f} MB, new {row['new']['extra_bytes'] / mb:7.0f} MB"
+                      f" | old {row['old']['seconds']:6.1f} s, new {row['new']['seconds']:6.1f} s | "
+                      f"same numbers: {'yes' if row['identical'] else 'NO'}", flush=True)
+    return rows
+
+
 def main(argv=None) -> dict:
     """Run the benchmark, print the times and ratios; return them as a dict."""
     args = get_parser().parse_args(argv)
+    if args.memory_child is not None:
+        _memory_child(args.memory_child)
+        return {}
+    if args.memory:
+        if args.dim < 1 or args.bags < 1 or min(args.memory_n) < 1:
+            raise SystemExit("--dim, --bags and --memory_n must be positive")
+        return {"memory": memory_main(args)}
     if args.n < 1 or args.dim < 1 or args.bags < 1 or (args.ref_bags is not None and args.ref_bags < 1):
         raise SystemExit("--n, --dim, --bags and --ref_bags must be positive")
     quiet = args.no_progress

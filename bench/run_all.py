@@ -1,11 +1,13 @@
 """Run every benchmark of bench/ and print one table (work, this project, the reference's way, ratio).
 
     python bench/run_all.py            # the benchmarks at their default sizes (long on a CPU)
-    python bench/run_all.py --quick    # smaller sizes: minutes, same comparisons
+    python bench/run_all.py --quick    # fewer timed steps and reference bags, GAN batch 16: minutes
+    python bench/run_all.py --smoke    # tiny sizes, seconds: checks that every benchmark runs (tests)
 
 Each benchmark measures both ways side by side in one run; this script only calls them in turn
 (``main(argv)`` of each module, in this process) and collects what they return. The table is
-printed as Markdown so it can be pasted into the README.
+printed as Markdown so it can be pasted into the README. The training rows time the scripts' own
+step functions (train.py's ``train_step``, GAN_train.py's ``gan_step``) at the scripts' defaults.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ def _train_step(r: dict) -> list[tuple]:
     peak = r["peak_matmul_flops"] / 1e9
     return [("retrieval train step (images/s)", f"{ours['images_per_s']:.2f}", f"{ref['images_per_s']:.2f}",
              f"{r['speedup']:.2f}x",
+             f"CPU s/step {ours['median_cpu_s']:.1f} / {ref['median_cpu_s']:.1f}; "
              f"{100 * ours['fraction_of_peak']:.0f}% / {100 * ref['fraction_of_peak']:.0f}% of {peak:.0f} GFLOP/s "
              "matmul peak; goal >= 1.2x")]
 
@@ -57,22 +60,29 @@ def _train_step(r: dict) -> list[tuple]:
 def _gan_step(r: dict) -> list[tuple]:
     ours, ref = r["paths"]["ours"], r["paths"]["reference"]
     return [(f"GAN G+D step, batch {r['batch_size']} (images/s)", f"{ours['images_per_s']:.2f}",
-             f"{ref['images_per_s']:.2f}", f"{r['speedup']:.2f}x", "")]
+             f"{ref['images_per_s']:.2f}", f"{r['speedup']:.2f}x",
+             f"CPU s/step {ours['median_cpu_s']:.1f} / {ref['median_cpu_s']:.1f}")]
 
 
-# (module, arguments at default sizes, arguments with --quick, adapter)
+# (module, arguments at default sizes, with --quick, with --smoke, adapter)
 BENCHES = [
-    ("bench.create_lmdb", [], ["--recipes", "20000"], _create_lmdb),
-    ("bench.eval", ["--no_progress"], ["--n", "12000", "--ref_bags", "1", "--no_progress"], _eval),
-    ("bench.translate", [], [], _translate),
-    ("bench.train_step", [], ["--steps", "1"], _train_step),
-    ("bench.gan_step", [], ["--steps", "1"], _gan_step),
+    ("bench.create_lmdb", [], ["--recipes", "20000"], ["--recipes", "200", "--vocab_size", "500"], _create_lmdb),
+    ("bench.eval", ["--no_progress"], ["--n", "12000", "--ref_bags", "1", "--no_progress"],
+     ["--n", "1200", "--dim", "16", "--bags", "2", "--ref_bags", "1", "--no_progress"], _eval),
+    ("bench.translate", [], [], ["--recipes", "4", "--d_model", "16", "--layers", "1", "--beam", "2",
+                                 "--max_length", "4", "--batch_size", "8", "--no_cuda"], _translate),
+    ("bench.train_step", [], ["--steps", "2"], ["--quick", "--lengths", "normal", "--length_samples", "20"],
+     _train_step),
+    ("bench.gan_step", [], ["--batch_size", "16", "--steps", "2"], ["--quick", "--warmup", "0"], _gan_step),
 ]
 
 
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smaller sizes (see BENCHES in this file)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="fewer steps and bags (see BENCHES in this file)")
+    size.add_argument("--smoke", action="store_true",
+                      help="tiny sizes: checks that every benchmark runs; the figures mean nothing")
     p.add_argument("--only", default="", help="comma-separated benchmark names to run (e.g. eval,train_step)")
     p.add_argument("--json", default="", help="also write every benchmark's full results to this JSON file")
     return p
@@ -83,12 +93,15 @@ def main(argv=None) -> list[tuple]:
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     only = {name.strip() for name in args.only.split(",") if name.strip()}
+    unknown = only - {module.split(".", 1)[1] for module, *_ in BENCHES}
+    if unknown:
+        raise SystemExit(f"--only: no benchmark named {', '.join(sorted(unknown))}")
     rows, full = [], {}
-    for module, default_args, quick_args, adapter in BENCHES:
+    for module, default_args, quick_args, smoke_args, adapter in BENCHES:
         name = module.split(".", 1)[1]
         if only and name not in only:
             continue
-        bench_args = quick_args if args.quick else default_args
+        bench_args = quick_args if args.quick else smoke_args if args.smoke else default_args
         print(f"\n### {module} {' '.join(bench_args)}", flush=True)
         start = time.time()
         result = importlib.import_module(module).main(bench_args)
@@ -98,7 +111,7 @@ def main(argv=None) -> list[tuple]:
     header = ("work", "this project", "reference's way", "ratio", "note / machine limit")
     lines = [f"Machine: {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores, Python {platform.python_version()}; "
-             f"`python bench/run_all.py{' --quick' if args.quick else ''}`", "",
+             f"`python bench/run_all.py{' --quick' if args.quick else ' --smoke' if args.smoke else ''}`", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     print("\n" + "\n".join(lines))

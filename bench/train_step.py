@@ -1,18 +1,32 @@
-"""Time one optimisation step of FoodSpaceNet on this CPU: the reference's way against ours.
+"""Time one optimisation step of FoodSpaceNet on this CPU: the reference's way against train.py's own step.
 
 Run from the repository root: ``python -m bench.train_step`` (defaults: the paper's model,
 ResNet-50 at 224 px, BERT 2 x 2 x 768 with mBERT's vocabulary, batch 20; a few minutes on two
 cores) or ``python -m bench.train_step --quick`` (tiny sizes, a smoke run of seconds).
 
-Both paths run the same model (same initial weights), the same loss (batch-hard triplet), the same
-four Adam groups and the same batches:
+Every path runs the same model (same initial weights), the same loss (batch-hard triplet, margin,
+intra-modal pool and hardest negative as train.py's defaults), the same four Adam groups and the
+same batches:
 
-- reference: NCHW fp32 images, token rows padded to ``max_len`` (512) and attended in full,
-  transformers' eager attention, Adam's single-tensor loop, gradients zeroed in place (the
-  reference code's setting on the PyTorch of its time);
-- ours (the project's default): channels_last images and weights, token rows trimmed to the
-  batch's longest recipe (what ``collate_skip_bad`` and the text encoder do), PyTorch's
-  scaled-dot-product attention, fused Adam, gradients set to None.
+- ours: exactly what ``train.py`` runs at its default flags, by calling its own functions: the
+  optimiser of ``train.build_optimizer`` (``foreach`` Adam) and the step ``train.train_step``
+  (zero_grad to None, the loss through ``utils.distributed.gather_with_grad``, the disabled
+  ``GradScaler`` of fp32, the ``autocast_context`` of ``--amp none``), channels_last model and
+  images (``--channels_last true``), token rows cut by the data loader's ``collate_skip_bad`` to
+  the batch's longest recipe (done outside the timing, as the loader's workers do it beside
+  training), transformers' scaled-dot-product attention (the encoder's default).
+- reference: the reference code's way, re-created: NCHW fp32 images, every token row padded to
+  ``max_len`` (512) and run through BERT in full with the padding masked, transformers' eager
+  attention, Adam's single-tensor loop, gradients zeroed in place. The project's text encoder cuts
+  columns that are padding in every row; to run the reference's full-length rows this path swaps
+  in :class:`ReferenceTextEncoder` (this file only), whose forward is the reference's call: BERT
+  over the whole ``(B, max_len)`` row with ``attention_mask = tokens != pad``. Same weights, same
+  outputs as the project's encoder (padding is masked either way), the reference's cost.
+- ``--variants`` adds train.py's step with another Adam implementation over the same groups:
+  ``loop_adam`` (the single-tensor loop, PyTorch's CPU default, what build_optimizer used before it
+  asked for ``foreach``) and ``fused_adam`` (``fused=True``: faster still, but not bitwise the same,
+  so train.py does not use it). Each variant's final weights are compared bit for bit with ours
+  (``same_weights_as_ours``); ``adam_s`` is the time inside ``optimizer.step()``.
 
 Token lengths follow the data: ``--lengths lmdb`` reads the English rows of an LMDB built by
 create_lmdb.py at ``--data_path``; ``synthetic`` renders English recipes of the synthetic data set
@@ -22,10 +36,14 @@ to 16..max_len) roughly like Recipe1M with mBERT's tokenizer, an assumption, not
 ``auto`` (default) takes the LMDB if there is one, else the synthetic set. Token ids are random (the
 cost does not depend on them); a row is ``[CLS]`` + text + ``[SEP]``, so its length counts both.
 
-Steps are interleaved (reference, ours, reference, ours...) after warm-up, so that load from other
-processes hits both alike. FLOPs per step are counted with ``torch.utils.flop_counter`` (matmuls
-and convolutions, forward and backward, attention counted through its eager form) and compared
-with the FLOP/s of a large fp32 matmul measured in the same run (the best of two measurements).
+Steps are interleaved (reference, ours, variants, reference, ...) after warm-up, so that load from
+other processes hits every path alike; before each path's step the global RNG is seeded with the
+step's number, so every path draws the same dropout masks. ``CPU s`` is the process's CPU time of
+a step (all its threads): with ``--threads 1`` it measures the step's work nearly unaffected by
+other processes on the cores. FLOPs per step are counted with ``torch.utils.flop_counter``
+(matmuls and convolutions, forward and backward, attention counted through its eager form) on a
+copy of each path's model, and compared with the FLOP/s of a large fp32 matmul measured in the
+same run (the best of two measurements).
 """
 
 from __future__ import annotations
@@ -43,13 +61,21 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
-from bench.common import run_with_threads
+import train
+from bench.common import OptimizerClock, run_with_threads, same_state, script_defaults, seed_step
+from data.dataset import Sample, collate_skip_bad
 from models.foodspace import ArchConfig, FoodSpaceNet
 from models.losses import batch_hard_triplet
+from models.text_encoder import TextEncoder
+from utils.cli import autocast_context
 from utils.host import matmul_flops
 
 QUICK_ARCH = dict(image_backbone="resnet18", emb_dim=64, bert_layers=1, bert_heads=2, bert_hidden=64,
                   bert_intermediate=128, vocab_size=1000)
+# train.py flags the step depends on (their defaults are what "ours" runs)
+SCRIPT_FLAGS = ("lr", "weight_decay", "w2vTrain", "alpha", "intraModalLoss", "ohem", "ohem_warmup", "channels_last",
+                "amp")
+VARIANTS = {"loop_adam": "ours, loop Adam", "fused_adam": "ours, fused Adam"}
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -70,12 +96,25 @@ def get_parser() -> argparse.ArgumentParser:
                    help="recipes read or rendered to estimate the length distribution (default 1000)")
     p.add_argument("--normal_mean", type=float, default=200.0, help="mean of --lengths normal (default 200)")
     p.add_argument("--normal_std", type=float, default=100.0, help="std of --lengths normal (default 100)")
+    p.add_argument("--variants", default="",
+                   help=f"comma-separated extra paths to time beside ours: {', '.join(VARIANTS)} or all (default none)")
     p.add_argument("--threads", type=int, default=0, help="torch threads, 0 = PyTorch's default (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed for weights, lengths and batches (default 0)")
     p.add_argument("--quick", action="store_true",
                    help="tiny smoke run: resnet18, 64 px, batch 4, BERT 1 x 2 x 64, 1 step, 100 length samples")
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
     return p
+
+
+def parse_variants(text: str, known: dict[str, str], flag: str = "--variants") -> list[str]:
+    """``"a,b"`` or ``"all"`` -> the variant keys, in ``known``'s order."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if names == ["all"]:
+        return list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"{flag} {text!r}: unknown {', '.join(unknown)} (known: {', '.join(known)}, all)")
+    return [k for k in known if k in names]
 
 
 # --- token lengths -------------------------------------------------------------------------------
@@ -155,7 +194,7 @@ def describe_lengths(lengths: np.ndarray, batch_size: int, seed: int) -> str:
     return "\n".join(lines)
 
 
-# --- the two paths -------------------------------------------------------------------------------
+# --- the paths -----------------------------------------------------------------------------------
 
 def make_batches(lengths: np.ndarray, n: int, args: argparse.Namespace, vocab: int):
     """``n`` batches ``(images (B, 3, S, S), tokens (B, max_len))`` with lengths drawn from ``lengths``."""
@@ -171,73 +210,100 @@ def make_batches(lengths: np.ndarray, n: int, args: argparse.Namespace, vocab: i
     return batches
 
 
-class TrainPath:
-    """One way of running a training step: a model, an optimiser, and how inputs are laid out."""
+class ReferenceTextEncoder(TextEncoder):
+    """The reference's text branch: BERT over the whole padded row, padding masked, nothing cut.
 
-    def __init__(self, name: str, model: FoodSpaceNet, *, ours: bool):
-        self.name, self.model, self.ours = name, model, ours
-        enc = model.text_encoder
-        if ours:
-            model.to(memory_format=torch.channels_last)  # 4-D conv weights; oneDNN prefers NHWC
-        else:
-            enc.trim_padding = False
-            enc.bert.set_attn_implementation("eager")
-        groups = [{"params": ps, "lr": 1e-4} for ps in model.param_groups().values()]
-        if not ours:
-            self.optimizer = torch.optim.Adam(groups, lr=1e-4, foreach=False)
-        else:
-            try:
-                self.optimizer = torch.optim.Adam(groups, lr=1e-4, fused=True)
-            except (RuntimeError, ValueError):  # a build without fused CPU Adam
-                self.optimizer = torch.optim.Adam(groups, lr=1e-4, foreach=True)
-        model.train()
+    Swapped in (``__class__``) on the reference path's encoder only; same weights and the same
+    outputs as :class:`TextEncoder`, which cuts all-padding columns first.
+    """
 
-    def prepare(self, images: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Lay the batch out as this path does (counted in the step time)."""
-        if not self.ours:
-            return images, tokens
-        keep = int((tokens != 0).sum(dim=1).max())  # the batch's longest recipe, as collate does
-        return images.contiguous(memory_format=torch.channels_last), tokens[:, :keep]
+    def forward(self, tokens: torch.Tensor, output_attentions: bool = False) -> torch.Tensor:
+        if output_attentions:
+            raise ValueError("ReferenceTextEncoder returns no attention maps")
+        mask = tokens != self.pad_id  # (B, max_len)
+        return self.bert(input_ids=tokens, attention_mask=mask.long()).pooler_output  # (B, H)
 
-    def forward_backward(self, images: torch.Tensor, tokens: torch.Tensor) -> float:
+
+def script_args() -> argparse.Namespace:
+    """train.py's flags the step depends on, at their defaults (what ``python train.py`` runs with)."""
+    return script_defaults(train.get_parser(), SCRIPT_FLAGS)
+
+
+class ReferencePath:
+    """The reference code's way (see the module docstring)."""
+
+    def __init__(self, name: str, model: FoodSpaceNet, a: argparse.Namespace):
+        self.name, self.model, self.a = name, model.train(), a
+        model.text_encoder.__class__ = ReferenceTextEncoder
+        model.text_encoder.bert.set_attn_implementation("eager")
+        groups = [{"params": ps} for ps in model.param_groups().values()]
+        self.optimizer = torch.optim.Adam(groups, lr=a.lr, weight_decay=a.weight_decay, foreach=False)
+        self.clock = OptimizerClock(self.optimizer)
+
+    def inputs(self, images: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return images, rows  # NCHW, (B, max_len) padded rows
+
+    def step(self, images: torch.Tensor, tokens: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=False)
         img_emb, rec_emb = self.model(images, tokens)
-        out = batch_hard_triplet(img_emb, rec_emb)
-        out.loss.backward()
-        return out.loss.detach().item()
-
-    def step(self, images: torch.Tensor, tokens: torch.Tensor) -> float:
-        """One optimisation step; returns its wall time in seconds."""
-        start = time.perf_counter()
-        self.optimizer.zero_grad(set_to_none=self.ours)
-        images, tokens = self.prepare(images, tokens)
-        self.forward_backward(images, tokens)
+        batch_hard_triplet(img_emb, rec_emb, alpha=self.a.alpha, intra_modal=self.a.intraModalLoss,
+                           ohem=self.a.ohem).loss.backward()
         self.optimizer.step()
-        return time.perf_counter() - start
 
-    def count_flops(self, images: torch.Tensor, tokens: torch.Tensor) -> int:
-        """FLOPs of the forward and backward pass (matmuls, convolutions; eager attention math)."""
-        enc = self.model.text_encoder.bert
-        previous = enc.config._attn_implementation
-        enc.set_attn_implementation("eager")  # the flop counter does not know CPU sdpa kernels
-        try:
-            images, tokens = self.prepare(images, tokens)
-            with FlopCounterMode(display=False) as counter:
-                self.forward_backward(images, tokens)
-        finally:
-            enc.set_attn_implementation(previous)
-            self.optimizer.zero_grad(set_to_none=True)
-        return counter.get_total_flops()
+
+class ScriptPath:
+    """train.py's step at its defaults; ``adam`` = ``"script"`` (build_optimizer's), ``"loop"`` or ``"fused"``."""
+
+    def __init__(self, name: str, model: FoodSpaceNet, a: argparse.Namespace, adam: str = "script"):
+        self.name, self.a = name, a
+        if a.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # as train.py's main does
+        self.model = model.train()
+        self.optimizer = train.build_optimizer(model, lr=a.lr, weight_decay=a.weight_decay, w2v_train=a.w2vTrain)
+        if adam != "script":  # the same groups and hyperparameters, another Adam implementation
+            groups = [{k: v for k, v in g.items() if k not in ("foreach", "fused")} for g in self.optimizer.param_groups]
+            self.optimizer = torch.optim.Adam(groups, **({"fused": True} if adam == "fused" else {"foreach": False}))
+        self.scaler = torch.amp.GradScaler("cpu", enabled=a.amp == "fp16")
+        self.ctx = autocast_context(torch.device("cpu"), a.amp)
+        self.ohem = a.ohem and a.ohem_warmup <= 0  # epoch 0
+        self.clock = OptimizerClock(self.optimizer)
+
+    def inputs(self, images: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the data loader hands train.py: collate_skip_bad's batch (rows cut to the longest)."""
+        batch = collate_skip_bad([Sample(img, row, str(i), 0) for i, (img, row) in enumerate(zip(images, rows))])
+        return batch.images, batch.tokens
+
+    def step(self, images: torch.Tensor, tokens: torch.Tensor) -> None:
+        if self.a.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)  # train.py's loop does this
+        train.train_step(self.model, self.optimizer, self.scaler, images, tokens, ctx=self.ctx, alpha=self.a.alpha,
+                         intra_modal=self.a.intraModalLoss, ohem=self.ohem, world_size=1)
+
+
+def count_flops(path, images: torch.Tensor, tokens: torch.Tensor) -> int:
+    """FLOPs of the forward and backward pass of ``path``'s model (matmuls, convolutions; eager attention)."""
+    model = copy.deepcopy(path.model)
+    model.text_encoder.bert.set_attn_implementation("eager")  # the flop counter does not know CPU sdpa kernels
+    images, tokens = path.inputs(images, tokens)
+    if isinstance(path, ScriptPath) and path.a.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter:
+        img_emb, rec_emb = model(images, tokens)
+        batch_hard_triplet(img_emb, rec_emb).loss.backward()
+    return counter.get_total_flops()
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Build both paths, time them interleaved, print the table; returns the figures."""
+    """Build the paths, time them interleaved, print the table; returns the figures."""
     if min(args.steps, args.batch_size, args.image_size) < 1 or args.warmup < 0 or args.batch_size < 2:
         raise SystemExit("--steps and --image_size must be >= 1, --batch_size >= 2, --warmup >= 0")
+    variants = parse_variants(args.variants, VARIANTS)
     arch = dict(QUICK_ARCH) if args.quick else {"image_backbone": args.backbone}
     try:
         cfg = ArchConfig(**arch, max_len=args.max_len)
     except ValueError as err:
         raise SystemExit(f"bench.train_step: {err}") from err
+    a = script_args()
     lengths, origin = token_lengths(args)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; model {cfg.to_dict()}")
     print(f"batch {args.batch_size}, images {args.image_size} px; token lengths from {origin}:")
@@ -247,35 +313,57 @@ def run(args: argparse.Namespace) -> dict:
     peak = [matmul_flops(matmul_n)]
     torch.manual_seed(args.seed)
     base = FoodSpaceNet(cfg)
-    paths = [TrainPath("reference", copy.deepcopy(base), ours=False), TrainPath("ours", base, ours=True)]
+    paths = [ReferencePath("reference", copy.deepcopy(base), a), ScriptPath("ours", copy.deepcopy(base), a)]
+    paths += [ScriptPath(VARIANTS[v], copy.deepcopy(base), a, adam=v.split("_")[0]) for v in variants]
+    del base
+    for p in paths:
+        print(f"  {p.name}: {type(p.optimizer).__name__} "
+              f"foreach={p.optimizer.defaults.get('foreach')} fused={p.optimizer.defaults.get('fused')}")
     batches = make_batches(lengths, args.warmup + args.steps, args, cfg.vocab_size)
     timed = batches[args.warmup:]
 
-    flops = {p.name: [p.count_flops(*b) for b in (timed if p.ours else timed[:1])] for p in paths}
-    flops["reference"] *= len(timed)  # every reference batch has max_len tokens: same FLOPs
-    for images, tokens in batches[:args.warmup]:
-        for p in paths:
-            p.step(images, tokens)
+    ref, ours = paths[0], paths[1]
+    flops = {"reference": [count_flops(ref, *timed[0])] * len(timed),  # every reference row is max_len long
+             "ours": [count_flops(ours, *b) for b in timed]}
     times: dict[str, list[float]] = {p.name: [] for p in paths}
-    for images, tokens in tqdm(timed, desc="timed steps (reference, ours)", file=sys.stderr):
+    adam: dict[str, list[float]] = {p.name: [] for p in paths}
+    cpu: dict[str, list[float]] = {p.name: [] for p in paths}
+    for i, (images, rows) in enumerate(tqdm(batches, desc=f"steps ({len(paths)} paths each)", file=sys.stderr)):
         for p in paths:
-            times[p.name].append(p.step(images, tokens))
+            x = p.inputs(images, rows)
+            seed_step(args.seed, i)
+            p.clock.take()
+            start, c0 = time.perf_counter(), time.process_time()
+            p.step(*x)
+            dt, c1 = time.perf_counter() - start, time.process_time()
+            if i >= args.warmup:
+                times[p.name].append(dt)
+                cpu[p.name].append(c1 - c0)
+                adam[p.name].append(p.clock.take())
     peak.append(matmul_flops(matmul_n))
 
     results = {"peak_matmul_flops": max(peak), "peak_measurements": peak, "lengths_source": origin,
-               "trimmed_lengths": [int((t != 0).sum(1).max()) for _, t in timed], "paths": {}}
+               "trimmed_lengths": [int(ours.inputs(*b)[1].shape[1]) for b in timed], "paths": {}}
     print(f"\nmachine fp32 matmul: {max(peak) / 1e9:.1f} GFLOP/s (best of {', '.join(f'{v / 1e9:.1f}' for v in peak)})")
     print(f"token columns per batch: reference {args.max_len}, ours {results['trimmed_lengths']}")
-    print(f"{'path':<10} {'s/step (median)':>16} {'images/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} {'of matmul peak':>15}")
+    print(f"{'path':<18} {'s/step (median)':>16} {'images/s':>9} {'CPU s':>7} {'Adam s':>7} {'GFLOP/step':>11} {'GFLOP/s':>8} "
+          f"{'of peak':>8}  same weights as ours")
+    ours_med = statistics.median(times["ours"])
     for p in paths:
         med = statistics.median(times[p.name])
-        achieved = sum(flops[p.name]) / sum(times[p.name])
+        f = flops.get(p.name, flops["ours"])  # the variants do ours' work
+        achieved = sum(f) / sum(times[p.name])
         row = {"step_s": times[p.name], "median_step_s": med, "images_per_s": args.batch_size / med,
-               "gflop_per_step": sum(flops[p.name]) / len(timed) / 1e9, "achieved_flops": achieved,
-               "fraction_of_peak": achieved / max(peak)}
+               "cpu_s": cpu[p.name], "median_cpu_s": statistics.median(cpu[p.name]), "adam_s": adam[p.name], "median_adam_s": statistics.median(adam[p.name]),
+               "gflop_per_step": sum(f) / len(timed) / 1e9, "achieved_flops": achieved,
+               "fraction_of_peak": achieved / max(peak), "time_vs_ours": med / ours_med}
+        same = ""
+        if p.name not in ("reference", "ours"):
+            row["same_weights_as_ours"] = same_state(p.model, ours.model)
+            same = "yes (bitwise)" if row["same_weights_as_ours"] else "NO"
         results["paths"][p.name] = row
-        print(f"{p.name:<10} {med:>16.3f} {row['images_per_s']:>9.2f} {row['gflop_per_step']:>11.1f} "
-              f"{achieved / 1e9:>8.1f} {100 * row['fraction_of_peak']:>14.1f}%")
+        print(f"{p.name:<18} {med:>16.3f} {row['images_per_s']:>9.2f} {row['median_cpu_s']:>7.2f} {row['median_adam_s']:>7.3f} "
+              f"{row['gflop_per_step']:>11.1f} {achieved / 1e9:>8.1f} {100 * row['fraction_of_peak']:>7.1f}%  {same}")
     ratio = results["paths"]["ours"]["images_per_s"] / results["paths"]["reference"]["images_per_s"]
     pairs = [r / o for r, o in zip(times["reference"], times["ours"])]
     results["speedup"] = ratio

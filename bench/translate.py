@@ -112,8 +112,9 @@ def make_corpus(recipes: int, seed: int = 0) -> list[Recipe]:
 
 def get_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from utils.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--recipes", type=int, default=150, help="recipes in the corpus")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
     parser.add_argument("--layer1", default=None,
@@ -127,7 +128,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=128, help="our batch size, in sentences")
     parser.add_argument("--ref_batch_size", type=int, default=500, help="the reference's batch size")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each way (alternating)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads; None: torch's default")
     parser.add_argument("--ablation", action="store_true",
                         help="also time our length-sorted batches without deduplication")
     parser.add_argument("--no_cuda", action="store_true", help="run on CPU even when a GPU is available")
@@ -137,19 +138,25 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the measured figures."""
+    from utils.cli import run_main
+
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> dict:
     import torch
     from tqdm import tqdm
 
     from data.recipe1m import iter_layer1
     from data.translation import (
         CacheWriter,
-        build_tiny_fsmt,
         collect_unique,
         num_batches,
         recipe_texts,
         sort_key,
         translate_batches,
     )
+    from tests.tiny_models import build_tiny_fsmt
     from translate_text import HFTranslator
     from utils.cli import resolve_device
 

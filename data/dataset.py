@@ -1,6 +1,6 @@
 """``RecipeImageDataset``: one LMDB partition as (image, token ids, recipe id, class) samples.
 
-Built by ``create_lmdb.py`` (SPEC sections 3, 8; layout in DEVELOPERS.md). Per SPEC section 4:
+Built by ``create_lmdb.py`` (docs/data.md). Per docs/model.md:
 
 * **Text.** A language row is chosen (training: by the ``text_aug`` choice tree over the
   languages present in the LMDB; evaluation: the ``language`` row), CLS and the parts named by
@@ -23,14 +23,20 @@ Built by ``create_lmdb.py`` (SPEC sections 3, 8; layout in DEVELOPERS.md). Per S
   A missing or undecodable image, or a recipe without image entries, gives a :class:`BadSample`
   (never a blank image); :func:`collate_skip_bad` drops it and :class:`BadImageTracker` counts it.
 
+Bad input is refused when the dataset is built, before any work: a data folder without
+``manifest.json`` or keys, a partition of 0 recipes (:func:`check_partition`), an image root that
+is not a folder or lacks the partition's folder (:func:`check_image_root`). Each raises a
+:class:`DatasetError` (a :class:`utils.errors.InputError`) whose one-line message names the path
+and the fix.
+
 Randomness: every draw of sample ``index`` (image, transform parameters, language, mask) comes
 from ``np.random.default_rng([seed, epoch, index])`` in that order, so samples are identical for
 any number of DataLoader workers, differ per epoch, and are reproducible from ``seed``. The epoch
 lives in shared memory, so :meth:`RecipeImageDataset.set_epoch` also reaches persistent workers.
 
-The LMDB is opened lazily on the first ``__getitem__`` (never in ``__init__``, and never pickled to
-workers), read-only, ``lock=False``, ``readahead=False``, once per process and LMDB (see
-:func:`data.lmdb_format.shared_env`).
+The LMDB is read with :class:`data.lmdb_format.RecordReader`: opened lazily on the first
+``__getitem__`` (never in ``__init__``, and never pickled to workers), read-only, ``lock=False``,
+``readahead=False``, once per process and LMDB.
 """
 
 from __future__ import annotations
@@ -50,12 +56,11 @@ from data.lmdb_format import (
     PART_CLS,
     PART_CODES,
     RecordError,
-    decode_record,
+    RecordReader,
     keys_file,
     lmdb_dir,
-    shared_env,
 )
-from data.recipe1m import image_path, load_keys
+from data.recipe1m import PARTITIONS, image_path, load_keys
 from data.transforms import (
     ImageLoadError,
     TrainParams,
@@ -64,6 +69,7 @@ from data.transforms import (
     load_image,
     train_transform,
 )
+from utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +78,22 @@ ENGLISH_BRANCH = (("en", 0.5), ("de-en", 0.25), ("ru-en", 0.25))
 FOREIGN_LANGS = ("de", "ru", "fr")
 MASK_FRACTION = 4  # k < floor(n / MASK_FRACTION): at most a quarter of the row is masked
 TEXTINPUTS = ("title", "ingr", "inst")
+
+
+class DatasetError(InputError):
+    """A data folder, partition or image root that cannot be used; the message names it and the fix."""
+
+
+class EmptyPartitionError(DatasetError):
+    """A partition of the LMDB that holds no recipe."""
+
+
+class ImageRootError(DatasetError):
+    """An image root (``--img_path``) that is not a folder or lacks a partition's folder."""
+
+
+class BadImageLimitError(DatasetError):
+    """More recipes of a partition without a readable image than ``--max_bad_images`` allows."""
 
 
 class Sample(NamedTuple):
@@ -204,27 +226,91 @@ def assemble_tokens(ids: np.ndarray, parts: np.ndarray, part_codes: Sequence[int
 
 
 def read_manifest(data_path: str | Path) -> dict:
-    """Load and check ``<data_path>/manifest.json`` (format in DEVELOPERS.md)."""
+    """Load and check ``<data_path>/manifest.json`` (format in DEVELOPERS.md).
+
+    Raises:
+        DatasetError: the file is missing, not JSON or lacks an entry (the message says to run
+            create_lmdb.py).
+    """
     path = Path(data_path) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: build the LMDBs with create_lmdb.py first")
+        raise DatasetError(f"{path} not found: build the LMDBs with create_lmdb.py --data_path {data_path}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
+        raise DatasetError(f"{path}: not valid JSON ({_one_line(err)}); rebuild with create_lmdb.py") from None
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path}: not a JSON object; rebuild with create_lmdb.py")
     for key in ("languages", "special_ids", "max_len"):
         if key not in manifest:
-            raise ValueError(f"{path}: entry {key!r} missing; rebuild with create_lmdb.py")
+            raise DatasetError(f"{path}: entry {key!r} missing; rebuild with create_lmdb.py")
     bad = [code for code in manifest["languages"] if code not in LANGS]
     if bad or not manifest["languages"]:
-        raise ValueError(f"{path}: entry 'languages' = {manifest['languages']} must list codes of "
-                         f"{', '.join(LANGS)}")
+        raise DatasetError(f"{path}: entry 'languages' = {manifest['languages']} must list codes of "
+                           f"{', '.join(LANGS)}")
     for key in ("cls", "sep"):
         if not isinstance(manifest["special_ids"].get(key), int):
-            raise ValueError(f"{path}: entry 'special_ids' lacks an integer {key!r}")
+            raise DatasetError(f"{path}: entry 'special_ids' lacks an integer {key!r}")
     return manifest
 
 
+def check_partition(data_path: str | Path, partition: str) -> list[str]:
+    """The recipe ids of ``partition``, refusing a partition that cannot be used (call before any work).
+
+    Returns:
+        The ids of ``<data_path>/<partition>_keys.pkl``, in file order.
+
+    Raises:
+        DatasetError: an unknown partition, or no keys file or LMDB folder for it.
+        EmptyPartitionError: the partition holds 0 recipes.
+    """
+    if partition not in PARTITIONS:
+        raise DatasetError(f"unknown partition {partition!r}; expected one of {', '.join(PARTITIONS)}")
+    keys = keys_file(data_path, partition)
+    if not keys.is_file():
+        raise DatasetError(f"{keys} not found: build the LMDBs with create_lmdb.py --data_path {data_path}")
+    if not lmdb_dir(data_path, partition).is_dir():
+        raise DatasetError(f"{lmdb_dir(data_path, partition)} not found: build the LMDBs with "
+                           f"create_lmdb.py --data_path {data_path}")
+    try:
+        ids = list(load_keys(keys))
+    except ValueError as err:  # Recipe1MError: not a list of ids, unsafe or corrupt pickle
+        raise DatasetError(f"{_one_line(err)}; rebuild with create_lmdb.py --data_path {data_path}") from None
+    if not ids:
+        raise EmptyPartitionError(
+            f"partition {partition} of {data_path} holds 0 recipes ({keys} is empty): rebuild with "
+            f"create_lmdb.py --data_path {data_path} from a Recipe1M folder whose layer1.json/layer2.json "
+            f"list {partition} recipes with images")
+    return ids
+
+
+def check_image_root(img_path: str | Path, partitions: Iterable[str] = ()) -> Path:
+    """Refuse an image root that cannot hold the images, before any image is read.
+
+    An image lives at ``<img_path>/<partition>/<c1>/<c2>/<c3>/<c4>/<image id>``, so the root must
+    be a folder and hold a folder for each of ``partitions``.
+
+    Returns:
+        ``img_path`` as a Path.
+
+    Raises:
+        ImageRootError: ``img_path`` is not a folder, or lacks ``<partition>/``.
+    """
+    root = Path(img_path)
+    if not root.is_dir():
+        what = "not a folder" if root.exists() else "no such folder"
+        raise ImageRootError(f"--img_path {root}: {what}; give the image root (the folder holding "
+                             f"train/, val/, test/)")
+    for partition in partitions:
+        if not (root / partition).is_dir():
+            raise ImageRootError(f"--img_path {root}: it has no {partition}/ folder; give the image root "
+                                 f"(images are read from <img_path>/{partition}/<c1>/<c2>/<c3>/<c4>/<image id>)")
+    return root
+
+
+def _one_line(value: object) -> str:
+    """``str(value)`` on one line (messages go into one-line errors)."""
+    return " ".join(str(value).split())
 
 
 class RecipeImageDataset(torch.utils.data.Dataset):
@@ -244,8 +330,10 @@ class RecipeImageDataset(torch.utils.data.Dataset):
         max_len: length of the token rows (default: the manifest's).
 
     Raises:
-        FileNotFoundError: manifest or keys missing. ValueError: a bad option or manifest, or a
-        ``language`` not in the LMDB (the message lists those present).
+        DatasetError: manifest or keys missing, a bad manifest, a ``language`` not in the LMDB
+        (the message lists those present); its :class:`EmptyPartitionError` (0 recipes) and
+        :class:`ImageRootError` (``img_path`` is not a folder holding ``<partition>/``).
+        ValueError: a bad option.
     """
 
     def __init__(self, data_path: str | Path, img_path: str | Path, partition: str, *, train: bool,
@@ -254,8 +342,8 @@ class RecipeImageDataset(torch.utils.data.Dataset):
                  image_size: int = 224, seed: int = 1234, max_len: int | None = None) -> None:
         self.data_path = Path(data_path)
         self.img_path = Path(img_path)
-        if partition not in ("train", "val", "test"):
-            raise ValueError(f"unknown partition {partition!r}; expected train, val or test")
+        if partition not in PARTITIONS:
+            raise DatasetError(f"unknown partition {partition!r}; expected one of {', '.join(PARTITIONS)}")
         self.partition = partition
         self.train = bool(train)
         manifest = read_manifest(self.data_path)
@@ -270,8 +358,8 @@ class RecipeImageDataset(torch.utils.data.Dataset):
         self.max_imgs, self.image_size, self.seed = int(max_imgs), int(image_size), int(seed)
         self.language = parse_language(language)
         if self.language not in self.languages:
-            raise ValueError(f"language {self.language!r} is not in {self.data_path / MANIFEST}; "
-                             f"languages present: {', '.join(self.languages)}")
+            raise DatasetError(f"language {self.language!r} is not in {self.data_path / MANIFEST}; "
+                               f"languages present: {', '.join(self.languages)}")
         self.part_codes = parse_textinputs(textinputs)
         self.text_aug = text_aug
         _, mask = parse_text_aug(text_aug)
@@ -288,15 +376,13 @@ class RecipeImageDataset(torch.utils.data.Dataset):
         self._lang_codes = list(self.language_probs)
         self._lang_cdf = np.cumsum(list(self.language_probs.values()))
         self.lmdb_path = lmdb_dir(self.data_path, partition)
-        keys = keys_file(self.data_path, partition)
-        if not keys.is_file():
-            raise FileNotFoundError(f"{keys} not found: build the LMDBs with create_lmdb.py first")
-        self.ids: list[str] = list(load_keys(keys))
+        self.ids: list[str] = check_partition(self.data_path, partition)
+        check_image_root(self.img_path, [partition])
         # Shared memory: set_epoch in the main process is seen by persistent workers too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-        self._env = None  # opened on first __getitem__, so the dataset pickles to workers
+        self._records = RecordReader(self.lmdb_path)  # opens on first __getitem__: pickles to workers
 
-    # ---------------------------------------------------------------- epochs, pickling, LMDB
+    # ---------------------------------------------------------------- epochs
     def set_epoch(self, epoch: int) -> None:
         """Make the random draws those of ``epoch`` (call before iterating over each epoch)."""
         if epoch < 0:
@@ -307,20 +393,6 @@ class RecipeImageDataset(torch.utils.data.Dataset):
     def epoch(self) -> int:
         return int(self._epoch.item())
 
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_env"] = None  # never pickled: a spawned worker opens its own
-        return state
-
-    def _txn_get(self, recipe_id: str) -> bytes:
-        if self._env is None:
-            self._env = shared_env(self.lmdb_path)  # first use in this process
-        with self._env.begin(write=False) as txn:
-            value = txn.get(recipe_id.encode("utf-8"))
-        if value is None:
-            raise ValueError(f"{self.lmdb_path}: no record for recipe {recipe_id} listed in "
-                             f"{keys_file(self.data_path, self.partition)}; rebuild with create_lmdb.py")
-        return value
 
     # ---------------------------------------------------------------- samples
     def __len__(self) -> int:
@@ -342,9 +414,12 @@ class RecipeImageDataset(torch.utils.data.Dataset):
         index = int(index) % n
         recipe_id = self.ids[index]
         try:
-            record = decode_record(self._txn_get(recipe_id))
+            record = self._records.get(recipe_id)
         except RecordError as err:
             raise ValueError(f"{self.lmdb_path}: record {recipe_id}: {err}") from None
+        if record is None:
+            raise ValueError(f"{self.lmdb_path}: no record for recipe {recipe_id} listed in "
+                             f"{keys_file(self.data_path, self.partition)}; rebuild with create_lmdb.py")
         if int(record.cls) < 1:
             raise ValueError(f"{self.lmdb_path}: record {recipe_id}: stored class {record.cls} < 1 "
                              f"(the LMDB stores class + 1)")
@@ -413,18 +488,21 @@ def collate_skip_bad(batch: Sequence[Sample | BadSample]) -> Batch:
 
 
 class BadImageTracker:
-    """Counts the distinct recipes of a partition whose image was unusable; stops above a fraction.
+    """Counts the distinct recipes of a partition without a readable image; stops above a fraction.
 
     Args:
         partition: named in the messages.
         total: recipes in the partition.
         max_fraction: ``--max_bad_images``; more than ``max_fraction * total`` bad recipes raises.
+        img_root: the image root (``--img_path``), named in the message that stops the run.
     """
 
-    def __init__(self, partition: str, total: int, max_fraction: float = 0.01) -> None:
+    def __init__(self, partition: str, total: int, max_fraction: float = 0.01,
+                 img_root: str | Path | None = None) -> None:
         if not 0.0 <= max_fraction <= 1.0:
-            raise ValueError(f"--max_bad_images must be a fraction in [0, 1], got {max_fraction}")
+            raise InputError(f"--max_bad_images must be a fraction in [0, 1], got {max_fraction}")
         self.partition, self.total, self.max_fraction = partition, int(total), float(max_fraction)
+        self.img_root = Path(img_root) if img_root is not None else None
         self.bad: dict[str, str] = {}  # recipe id -> first reason seen
 
     @property
@@ -432,27 +510,31 @@ class BadImageTracker:
         return len(self.bad)
 
     def update(self, bad_list: Iterable[BadSample]) -> int:
-        """Record ``bad_list`` (e.g. ``Batch.bad``); log each new id once.
+        """Record ``bad_list`` (e.g. ``Batch.bad``); log each new id once (while under the limit).
 
         Returns:
             The number of recipes not seen before.
 
         Raises:
-            RuntimeError: more than ``max_fraction`` of the partition is bad.
+            BadImageLimitError: more than ``max_fraction`` of the partition's recipes have no
+                readable image (one line: the count, the image root, the first recipe and why).
         """
-        new = 0
+        new = []
         for item in bad_list:
-            if item.recipe_id in self.bad:
-                continue
-            self.bad[item.recipe_id] = item.reason
-            new += 1
-            logger.warning("%s: skipping recipe %s: %s", self.partition, item.recipe_id, item.reason)
-        if self.count > self.max_fraction * self.total:
-            first = ", ".join(list(self.bad)[:10])
-            raise RuntimeError(f"{self.count} of {self.total} images of {self.partition} unreadable, above "
-                               f"--max_bad_images {self.max_fraction:g}; first ids: {first}")
-        return new
+            if item.recipe_id not in self.bad:
+                self.bad[item.recipe_id] = item.reason
+                new.append(item)
+        if self.count <= self.max_fraction * self.total:
+            for item in new:  # over the limit the one error line says it all
+                logger.warning("%s: skipping recipe %s: %s", self.partition, item.recipe_id, item.reason)
+            return len(new)
+        first_id, first_reason = next(iter(self.bad.items()))
+        where = f" under {self.img_root}" if self.img_root is not None else ""
+        raise BadImageLimitError(
+            f"{self.count} of {self.total} recipes of {self.partition} have no readable image{where}, "
+            f"above --max_bad_images {self.max_fraction:g}; first: recipe {first_id}: "
+            f"{_one_line(first_reason)}; check --img_path (or raise --max_bad_images)")
 
     def summary(self) -> str:
-        """One line for the logs, e.g. ``2 of 5000 images of val unreadable (skipped)``."""
-        return f"{self.count} of {self.total} images of {self.partition} unreadable (skipped)"
+        """One line for the logs, e.g. ``2 of 5000 recipes of val had no readable image (skipped)``."""
+        return f"{self.count} of {self.total} recipes of {self.partition} had no readable image (skipped)"

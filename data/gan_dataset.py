@@ -1,13 +1,14 @@
-"""``GANDataset``: the recipes of one test.py embedding file with their real image and class (SPEC section 6).
+"""``GANDataset``: the recipes of one test.py embedding file with their real image and class (docs/synthesis.md#the-method).
 
 Each sample is a recipe of the embedding file, in its order: its real image as D sees it
 (:func:`gan_image`: resize 256, crop 224, flip, resize 128, ImageNet-normalised; training: one of
 the first ``max_imgs`` images, random crop and flip; otherwise the first image, centre crop), its
 recipe embedding, the precomputed embedding of its *first* image (the target of the image-image
-cycle term) and its class, read from the LMDB record (:func:`read_record`). Draws come from
+cycle term) and its class, read from the LMDB record (:func:`read_record`). The embedding file is
+test.py's, checked against the LMDB keys by :func:`load_partition_embeddings`. Draws come from
 ``np.random.default_rng([seed, epoch, index])``, so any worker count gives the same samples. An
 unreadable image gives a :class:`data.dataset.BadSample`, which :func:`collate_gan` sets aside;
-bad records and classes raise :class:`utils.encoder_run.GANDataError`.
+bad embedding files, records and classes raise :class:`GANDataError`.
 """
 
 from __future__ import annotations
@@ -22,16 +23,41 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from data.dataset import BadSample
-from data.lmdb_format import RecordError, decode_record, lmdb_dir, shared_env
-from data.recipe1m import image_path
+from data.lmdb_format import Record, RecordError, RecordReader, keys_file, lmdb_dir
+from data.recipe1m import image_path, load_keys
 from data.transforms import ImageLoadError, load_image, to_normalized_tensor
-from utils.encoder_run import GANDataError
+from utils.embeddings import load_embeddings
+from utils.errors import InputError
 
-CROP, RESIZE, GAN_SIZE = 224, 256, 128  # SPEC section 6: resize 256, crop 224, then 128 for D
+CROP, RESIZE, GAN_SIZE = 224, 256, 128  # docs/synthesis.md#the-method: resize 256, crop 224, then 128 for D
+
+
+class GANDataError(InputError):
+    """Bad input data (an embedding file that does not match the LMDB, a bad record, a class out of range)."""
+
+
+def load_partition_embeddings(path: Path, data_path, partition: str) -> dict[str, np.ndarray]:
+    """test.py's npz, checked against the LMDB keys of ``partition``.
+
+    Raises:
+        GANDataError: no recipes, no keys file, or a recipe the LMDB does not hold.
+    """
+    emb = load_embeddings(path)
+    if len(emb["rec_ids"]) == 0:
+        raise GANDataError(f"{path}: no recipes")
+    keys = keys_file(data_path, partition)
+    if not keys.is_file():
+        raise GANDataError(f"{keys} not found: is --data_path {data_path} the folder create_lmdb.py wrote?")
+    known = set(load_keys(keys))
+    missing = [str(i) for i in emb["rec_ids"] if str(i) not in known]
+    if missing:
+        raise GANDataError(f"{path}: recipe {missing[0]} (and {len(missing) - 1} more) is not in {keys}; "
+                           f"the embeddings were made from another data set")
+    return emb
 
 
 def gan_image(img, rng: np.random.Generator | None) -> torch.Tensor:
-    """SPEC section 6's view of a real image: resize 256 (short side), crop 224 (random with ``rng``,
+    """The view of a real image of docs/synthesis.md#the-method: resize 256 (short side), crop 224 (random with ``rng``,
     else centre), flip (random with ``rng``), resize to 128, ImageNet-normalise -> (3, 128, 128).
 
     Draw order with ``rng``: crop top, crop left, flip.
@@ -50,16 +76,15 @@ def gan_image(img, rng: np.random.Generator | None) -> torch.Tensor:
     return to_normalized_tensor(img)  # (3, 128, 128)
 
 
-def read_record(lmdb_path: Path, rid: str):
-    """The LMDB record of recipe ``rid`` (:class:`data.lmdb_format.Record`)."""
-    with shared_env(lmdb_path).begin(write=False) as txn:
-        value = txn.get(rid.encode("utf-8"))
-    if value is None:
-        raise GANDataError(f"{lmdb_path}: no record for recipe {rid}")
+def read_record(records: RecordReader, rid: str) -> Record:
+    """The LMDB record of recipe ``rid``; a missing or malformed one raises :class:`GANDataError`."""
     try:
-        return decode_record(value)
+        record = records.get(rid)
     except RecordError as err:
-        raise GANDataError(f"{lmdb_path}: record {rid}: {err}") from None
+        raise GANDataError(f"{records.path}: record {rid}: {err}") from None
+    if record is None:
+        raise GANDataError(f"{records.path}: no record for recipe {rid}")
+    return record
 
 
 class GANSample(NamedTuple):
@@ -102,6 +127,7 @@ class GANDataset(Dataset):
         self.img = torch.from_numpy(np.ascontiguousarray(emb["img_embeds"], dtype=np.float32))  # (N, D)
         self.train, self.seed, self.max_imgs, self.num_classes = bool(train), int(seed), int(max_imgs), num_classes
         self.lmdb_path = lmdb_dir(self.data_path, partition)
+        self._records = RecordReader(self.lmdb_path)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()  # seen by persistent workers
 
     def set_epoch(self, epoch: int) -> None:
@@ -110,8 +136,8 @@ class GANDataset(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def record(self, index: int):
-        return read_record(self.lmdb_path, self.ids[index])
+    def record(self, index: int) -> Record:
+        return read_record(self._records, self.ids[index])
 
     def __getitem__(self, index: int) -> GANSample | BadSample:
         rid = self.ids[index]

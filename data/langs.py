@@ -1,4 +1,4 @@
-"""Language codes of the pipeline (SPEC section 1).
+"""Language codes of the pipeline (docs/pipeline.md).
 
 The order of ``LANGS`` is the order of language rows everywhere: ``0 en, 1 de-en, 2 ru-en, 3 de,
 4 ru, 5 fr``. ``de-en`` and ``ru-en`` are English back-translated through German and Russian.

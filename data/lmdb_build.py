@@ -43,6 +43,7 @@ from data.lmdb_format import (
 )
 from data.recipe1m import PARTITIONS
 from data.tokenizer import ChunkEncoder
+from utils.errors import InputError
 from utils.io import atomic_write_json
 
 BUILD_PREFIX, OLD_PREFIX = ".tmp_build_", ".old_"
@@ -50,7 +51,7 @@ JOURNAL, LOCK = ".swap_journal.json", ".create_lmdb.lock"
 BATCH = 512  # recipes per tokenizer batch
 
 
-class CreateLmdbError(ValueError):
+class CreateLmdbError(InputError):
     """Bad input or options; the message names the file and the entry.
 
     create_lmdb.py's error; it lives here so that :func:`locked` can raise it (a script cannot be

@@ -1,4 +1,4 @@
-"""The LMDB record format written by ``create_lmdb.py`` and read by the dataset (SPEC sections 3, 8).
+"""The LMDB record format written by ``create_lmdb.py`` and read by the dataset (docs/data.md).
 
 A record is never a pickle, so reading one can never execute code. Layout of a value::
 
@@ -7,7 +7,10 @@ A record is never a pickle, so reading one can never execute code. Layout of a v
 The header holds ``{"format": 1, "langs": [codes], "class": int, "images": [image ids]}``;
 ``ids`` is int32 ``(len(langs), max_len)`` and ``parts`` is int8 of the same shape, with part codes
 ``-1`` CLS, ``1`` title, ``2`` ingredients, ``3`` instructions, ``0`` padding. ``class`` is the
-classes1M class + 1 (the loader subtracts 1; SPEC section 2). Keys are recipe ids in UTF-8.
+classes1M class + 1 (the loader subtracts 1; docs/data.md#recipe1m-on-disk). Keys are recipe ids in UTF-8.
+
+:class:`RecordReader` is the one reader of records (datasets, figures, GAN_test.py, benchmarks):
+read-only, ``lock=False``, ``readahead=False``; :func:`part_text` decodes one part of a record.
 """
 
 from __future__ import annotations
@@ -108,14 +111,84 @@ def open_lmdb_readonly(path: str | Path):
 _ENVS: dict[tuple, object] = {}
 
 
-def shared_env(path: Path):
-    """This process's read-only environment for the LMDB at ``path`` (opened on first request)."""
+def _env_key(path: Path) -> tuple:
     try:
         stat = os.stat(Path(path) / "data.mdb")
-        key = (stat.st_dev, stat.st_ino)
+        return (stat.st_dev, stat.st_ino)
     except OSError:
-        key = (os.path.realpath(path),)  # let open_lmdb_readonly report what is wrong
+        return (os.path.realpath(path),)  # let open_lmdb_readonly report what is wrong
+
+
+def shared_env(path: Path):
+    """This process's read-only environment for the LMDB at ``path`` (opened on first request)."""
+    key = _env_key(path)
     env = _ENVS.get(key)
     if env is None:
         env = _ENVS[key] = open_lmdb_readonly(path)
     return env
+
+
+class RecordReader:
+    """The records of one LMDB partition by recipe id (read-only, ``lock=False``, ``readahead=False``).
+
+    The environment is opened on the first read, never in ``__init__`` and never pickled, so a
+    dataset holding a reader pickles to DataLoader workers, each opening its own.
+
+    Args:
+        path: the ``<partition>_lmdb`` folder (:func:`lmdb_dir`).
+        shared: read through this process's :func:`shared_env` (datasets, figures); False opens a
+            private environment that :meth:`close` (or the ``with`` block) closes, unless the
+            process already shares one for this LMDB (py-lmdb opens an LMDB once per process).
+    """
+
+    def __init__(self, path: str | Path, shared: bool = True) -> None:
+        self.path = Path(path)
+        self.shared = shared
+        self._env = None
+        self._private = False  # whether _env is this reader's own (closed by close())
+
+    @property
+    def opened(self) -> bool:
+        """Whether this reader has opened (or taken) an environment in this process."""
+        return self._env is not None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_env"] = None  # never pickled: a worker opens its own
+        return state
+
+    def get(self, recipe_id: str) -> Record | None:
+        """The record of ``recipe_id``, or None when the LMDB has none.
+
+        Raises:
+            RecordError: the stored value is not a record of this format.
+            FileNotFoundError: no LMDB at ``path``.
+        """
+        if self._env is None:
+            self._private = not self.shared and _env_key(self.path) not in _ENVS
+            self._env = open_lmdb_readonly(self.path) if self._private else shared_env(self.path)
+        with self._env.begin(write=False) as txn:
+            value = txn.get(recipe_id.encode("utf-8"))
+        return None if value is None else decode_record(value)
+
+    def close(self) -> None:
+        """Close a private environment (a shared one stays open for the process)."""
+        if self._env is not None and self._private:
+            self._env.close()
+        self._env = None
+
+    def __enter__(self) -> RecordReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def part_text(record: Record, tokenizer, lang: str, part: int) -> str:
+    """One part (``PART_TITLE``, ``PART_INGR``, ``PART_INST``) of the ``lang`` row, decoded and stripped.
+
+    The first row stands in when the record has no ``lang`` row.
+    """
+    row = record.langs.index(lang) if lang in record.langs else 0
+    ids, parts = record.ids[row], record.parts[row]
+    return tokenizer.decode(ids[parts == part].tolist()).strip()

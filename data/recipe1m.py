@@ -1,4 +1,4 @@
-"""Readers and writers for the Recipe1M files (SPEC section 2).
+"""Readers and writers for the Recipe1M files (docs/data.md#recipe1m-on-disk).
 
 Every reader stops with :class:`Recipe1MError` naming the file and the entry (index, and the
 recipe id when known) on malformed input. The JSON files are streamed element by element
@@ -20,12 +20,13 @@ from typing import IO, Any, NamedTuple
 
 from data import safe_pickle
 from data.langs import layer1_name, parse_language
+from utils.errors import InputError
 from utils.io import atomic_write
 
 __all__ = [
     "PARTITIONS", "Recipe1MError", "Recipe", "iter_json_array", "iter_layer1", "layer1_path",
     "load_layer2", "load_det_ingrs", "load_classes", "load_keys", "write_keys", "write_classes",
-    "image_path",
+    "image_id_problem", "image_path",
 ]
 
 PARTITIONS: tuple[str, ...] = ("train", "val", "test")
@@ -36,7 +37,7 @@ _WS = re.compile(r"[ \t\n\r]*")  # JSON whitespace
 _TAIL_MARGIN = 64
 
 
-class Recipe1MError(ValueError):
+class Recipe1MError(InputError):
     """Malformed Recipe1M input; the message names the file and the entry."""
 
 
@@ -386,16 +387,34 @@ def write_classes(path: str | os.PathLike, id2class: dict[str, int], class2name:
         pickle.dump(class2name, handle, protocol=4)
 
 
+def image_id_problem(image_id: Any) -> str | None:
+    """Why ``image_id`` cannot name an image file under the image root, or None when it can.
+
+    The rule of :func:`image_path`: a string of at least 4 characters (its first four are the
+    four nested folders) that is a plain file name: no path separator (``/`` or ``\\``) and not
+    starting with ``.`` (so neither ``..`` nor a hidden name). Such an id always resolves inside
+    ``<img_root>/<partition>/``. create_lmdb.py refuses recipes whose ids break it when indexing.
+    """
+    if not isinstance(image_id, str):
+        return f"not a string ({type(image_id).__name__})"
+    if len(image_id) < 4:
+        return "shorter than 4 characters"
+    if "/" in image_id or "\\" in image_id:
+        return "holds a path separator"
+    if image_id.startswith("."):
+        return "starts with '.'"
+    return None
+
+
 def image_path(img_root: str | os.PathLike, partition: str, image_id: str) -> Path:
     """``<img_root>/<partition>/<c1>/<c2>/<c3>/<c4>/<image_id>`` (c1..c4: the id's first characters).
 
     Raises:
-        ValueError: an unknown partition, or an image id that is too short or holds a path
-            separator (it would escape ``img_root``).
+        ValueError: an unknown partition, or an image id that :func:`image_id_problem` refuses
+            (too short, holding a path separator, starting with ``.``: it could escape ``img_root``).
     """
     if partition not in PARTITIONS:
         raise ValueError(f"unknown partition {partition!r}; expected one of {', '.join(PARTITIONS)}")
-    if (not isinstance(image_id, str) or len(image_id) < 4 or "/" in image_id or "\\" in image_id
-            or image_id.startswith(".")):
+    if image_id_problem(image_id) is not None:
         raise ValueError(f"invalid image id {image_id!r}: expected a file name like 'ef3dc0de11.jpg'")
     return Path(img_root, partition, *image_id[:4], image_id)

@@ -1,4 +1,4 @@
-"""A restricted unpickler for Recipe1M's ``.pkl`` files (SPEC section 2).
+"""A restricted unpickler for Recipe1M's ``.pkl`` files (docs/data.md#recipe1m-on-disk).
 
 ``classes1M.pkl`` and ``{train,val,test}_keys.pkl`` come from the dataset's distributors, so
 reading them must never execute code. Plain containers (dict, list, tuple), strings, bytes,
@@ -65,7 +65,7 @@ class SafeUnpickler(pickle.Unpickler):
     """
 
     def __init__(self, file: Any, source: str) -> None:
-        # latin1: Python 2 str -> str without decoding errors (SPEC: originals come from Python 2).
+        # latin1: Python 2 str -> str without decoding errors (Recipe1M's pickles come from Python 2).
         super().__init__(file, encoding="latin1", errors="strict")
         self.source = source
 

@@ -1,6 +1,6 @@
 """A learnable synthetic Recipe1M: ``python -m data.synthetic --out DIR --recipes N --seed S``.
 
-Writes every Recipe1M file of SPEC section 2 into ``DIR`` (``layer1.json``, ``layer2.json``,
+Writes every Recipe1M file of docs/data.md#recipe1m-on-disk into ``DIR`` (``layer1.json``, ``layer2.json``,
 ``det_ingrs.json``, ``classes1M.pkl``, ``{train,val,test}_keys.pkl``), the translations
 ``layer1_{de,ru,fr,de-en,ru-en}.json`` rendered from a built-in lexicon, and JPEG images under
 ``DIR/images/<partition>/<c1>/<c2>/<c3>/<c4>/<image id>.jpg``; so ``--r1m_path DIR
@@ -283,7 +283,7 @@ def _chunks(items: list, n: int) -> list[list]:
 
 def generate(out_dir: str | os.PathLike, recipes: int = 5000, seed: int = 0, max_images: int = 5,
              image_size: int = 256, workers: int = 0, *, progress: bool = True) -> dict:
-    """Write a synthetic Recipe1M (SPEC section 2) into ``out_dir``, images under ``out_dir/images``.
+    """Write a synthetic Recipe1M (docs/data.md#recipe1m-on-disk) into ``out_dir``, images under ``out_dir/images``.
 
     Args:
         out_dir: the folder (created). Files of an earlier set there are overwritten; its images
@@ -379,7 +379,7 @@ def generate(out_dir: str | os.PathLike, recipes: int = 5000, seed: int = 0, max
     atomic_write_json(out / "det_ingrs.json", det_ingrs)
     class2name = {0: "background", **{d + 1: dish["en"][0] for d, dish in enumerate(lex["dishes"])}}
     write_classes(out / "classes1M.pkl", id2class, class2name)
-    for partition in PARTITIONS:  # recipes with images, in layer2.json order (SPEC section 3)
+    for partition in PARTITIONS:  # recipes with images, in layer2.json order (docs/data.md#the-lmdb-records)
         write_keys(out / f"{partition}_keys.pkl",
                    [items[k][0] for k in order if items[k][1]["partition"] == partition])
 
@@ -405,24 +405,34 @@ def generate(out_dir: str | os.PathLike, recipes: int = 5000, seed: int = 0, max
 
 def get_parser() -> argparse.ArgumentParser:
     """The command-line options of ``python -m data.synthetic``."""
+    from utils.cli import HelpFormatter  # here, not at the top: spawned image workers need no torch
+
     parser = argparse.ArgumentParser(
         prog="python -m data.synthetic",
-        description="Write a learnable synthetic Recipe1M (all Recipe1M files, five translations, "
-                    "JPEG images under OUT/images); use it with --r1m_path OUT --img_path OUT/images.")
-    parser.add_argument("--out", required=True, help="folder to write the data set into (created)")
-    parser.add_argument("--recipes", type=int, default=5000, help="number of recipes (default 5000)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed >= 0; same seed, same files (default 0)")
-    parser.add_argument("--max_images", type=int, default=5, help="at most this many images per recipe, 1-5 (default 5)")
-    parser.add_argument("--image_size", type=int, default=256, help="side of the JPEG images in pixels (default 256)")
+        description="Write a learnable synthetic Recipe1M (all Recipe1M files, five translations, JPEG\n"
+                    "images under OUT/images); use it with --r1m_path OUT --img_path OUT/images.",
+        formatter_class=HelpFormatter)
+    parser.add_argument("--out", required=True, default=argparse.SUPPRESS,  # no "(default: None)"
+                        help="folder to write the data set into (created)")
+    parser.add_argument("--recipes", type=int, default=5000, help="number of recipes")
+    parser.add_argument("--seed", type=int, default=0, help="random seed >= 0; same seed, same files")
+    parser.add_argument("--max_images", type=int, default=5, help="at most this many images per recipe, 1-5")
+    parser.add_argument("--image_size", type=int, default=256, help="side of the JPEG images in pixels")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="processes drawing images, 0 = none; does not change the output "
-                             "(default min(4, CPU count))")
+                        help="processes drawing images, 0 = none; does not change the output; "
+                             "min(4, CPU count) unless given")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Generate the data set and print a one-line summary; bad arguments exit with a message."""
+    from utils.cli import run_main
+
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> dict:
     parser = get_parser()
     args = parser.parse_args(argv)
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""The WordPiece tokenizer of the recipe texts: loading, saving, deterministic training (SPEC 3, 8).
+"""The WordPiece tokenizer of the recipe texts: loading, saving, deterministic training (docs/data.md).
 
 Every tokenizer this module returns is a fast, *cased* BERT tokenizer (``BertTokenizerFast``,
 which transformers 5 calls ``BertTokenizer``) whose ``[PAD]`` id is 0, because the text encoder's

@@ -1,4 +1,4 @@
-"""Image loading and the train/eval image transforms of SPEC section 4, driven by explicit RNGs.
+"""Image loading and the train/eval image transforms of docs/model.md, driven by explicit RNGs.
 
 Every random choice of the training transform is drawn up front by :func:`draw_train_params`
 from a ``numpy.random.Generator`` the caller owns (the dataset seeds one per ``(seed, epoch,
@@ -33,10 +33,10 @@ from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PAD_MODES = ("constant", "edge", "reflect", "symmetric")
 MAX_ROTATION = 10.0  # degrees, either way
 
@@ -82,7 +82,7 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 def _apply_exif_orientation(img: Image.Image, path: Path) -> Image.Image:
-    """Rotate/flip ``img`` as its EXIF Orientation tag says (the reference never did; SPEC 7)."""
+    """Rotate/flip ``img`` as its EXIF Orientation tag says (the reference never did; docs/differences.md)."""
     try:
         return ImageOps.exif_transpose(img)
     except Exception as err:
@@ -198,10 +198,3 @@ def eval_transform(img: Image.Image, image_size: int = 224) -> torch.Tensor:
     offset = int(round((side - image_size) / 2.0))  # torchvision's CenterCrop rule
     img = F.crop(img, offset, offset, image_size, image_size)
     return to_normalized_tensor(img)
-
-
-def denormalize(tensor: torch.Tensor) -> torch.Tensor:
-    """Undo :func:`to_normalized_tensor`: ``(..., 3, H, W)`` normalised -> [0, 1] (not clamped)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=tensor.dtype, device=tensor.device).view(3, 1, 1)
-    return tensor * std + mean

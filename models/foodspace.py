@@ -1,4 +1,4 @@
-"""FoodSpaceNet: the shared image/recipe embedding model of X-MRS (SPEC section 4).
+"""FoodSpaceNet: the shared image/recipe embedding model of X-MRS (docs/model.md).
 
 ::
 
@@ -9,7 +9,8 @@
 
 The image path (trunk, image head, shared linear, image BN) lives in :class:`ImageEmbedder`, a
 module that can be built from an :class:`ArchConfig` alone, so test.py can export it and the GAN
-can load it without BERT; :class:`FoodSpaceNet` holds one and shares its weights.
+can load it without BERT (:func:`load_image_encoder`); :class:`FoodSpaceNet` holds one and shares
+its weights.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.gan_losses import ENCODER_SIZE, freeze_encoder
 from models.image_encoder import ImageEncoder, check_backbone, feature_dim
 from models.text_encoder import TextEncoder, init_embeddings
-from utils.checkpoint import PlainConfig
+from utils.checkpoint import PlainConfig, load_checkpoint
+from utils.errors import CheckpointError
 
 HEAD_DIM = 1024  # width of the per-branch heads, the input of the shared linear (paper: 1024)
-DEFAULT_IMAGE_PRETRAINED = "imagenet"  # the paper's setting (train.py's --image_pretrained default)
-DEFAULT_TEXT_INIT = "bert-base-multilingual-cased"  # the paper's setting (train.py's --text_init default)
 
 
 @dataclass
@@ -176,3 +177,41 @@ class FoodSpaceNet(nn.Module):
     def image_embedder_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict loadable into ``ImageEmbedder(cfg)`` (tensors only, detached copies)."""
         return {k: v.detach().clone() for k, v in self.visual.state_dict().items()}
+
+
+def load_image_encoder(path: str | os.PathLike, device: torch.device | str) -> tuple[ImageEmbedder, dict]:
+    """Build the frozen :class:`ImageEmbedder` (eval mode, no gradients) from test.py's export.
+
+    Its ``input_size`` attribute is the crop size it was trained and evaluated at (224 in the paper),
+    the size :func:`models.gan_losses.encode_generated` resizes generated images to.
+
+    Returns:
+        ``(encoder on device, the checkpoint dict)``.
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, or is not an exported image encoder.
+    """
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != "image_encoder":
+        raise CheckpointError(f"{path} is not an exported image encoder (kind={ckpt.get('kind')!r})")
+    encoder = ImageEmbedder(ArchConfig.from_dict(ckpt["arch"]))
+    encoder.load_state_dict(ckpt["model"])
+    encoder.input_size = int(ckpt.get("image_size") or ENCODER_SIZE)
+    return freeze_encoder(encoder.to(device)), ckpt
+
+
+def load_foodspace(path: str | os.PathLike, device: torch.device | str) -> tuple[FoodSpaceNet, dict]:
+    """Rebuild a train.py checkpoint's :class:`FoodSpaceNet` from its stored architecture, in eval mode.
+
+    Returns:
+        ``(model on device, the checkpoint dict)`` (its ``opts`` hold ``data_path``, ``image_size``...).
+
+    Raises:
+        CheckpointError: the file is missing or unreadable, or is not a FoodSpaceNet training checkpoint.
+    """
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != "foodspace":
+        raise CheckpointError(f"{path} is not a FoodSpaceNet training checkpoint (kind={ckpt.get('kind')!r})")
+    model = FoodSpaceNet(ArchConfig.from_dict(ckpt["arch"]), image_pretrained="none", text_init="none")
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt

@@ -1,4 +1,4 @@
-"""StackGAN-style recipe-to-image synthesis networks, as in ACME / X-MRS (SPEC section 6).
+"""StackGAN-style recipe-to-image synthesis networks, as in ACME / X-MRS (docs/synthesis.md#the-method).
 
 ::
 
@@ -33,8 +33,7 @@ total                                                  21,080,288
 
 This is ACME's ``G_NET`` with ``BRANCH_NUM`` 2 *without* its 64 px image head ``img_net1``
 (conv3x3 64 -> 3, 1,728 parameters): with it the count would be 21,082,016, so the reference X-MRS
-generator does not have it. Here it is optional (``GANConfig.head64``, off by default), for a
-researcher who wants the 64 px image as well.
+generator does not have it (no loss would train it).
 
 **Output space.** D compares G's tanh output with ImageNet-normalised real images, and the frozen
 FoodSpace image encoder expects ImageNet-normalised input. ``GANConfig.output_space`` says how a
@@ -63,9 +62,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.checkpoint import PlainConfig
+from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)  # the reference's GAN_test has 0.255 for the last: a typo
 OUTPUT_SPACES = ("imagenet", "pixel")
 
 
@@ -76,7 +74,7 @@ class GANConfig(PlainConfig):
     Field <- command-line flag (:func:`add_gan_arch_args`): ``z_dim`` <- ``--Z_DIM``, ``gf_dim`` <-
     ``--GF_DIM``, ``df_dim`` <- ``--DF_DIM``, ``ef_dim`` <- ``--EMBEDDING_DIM``, ``r_num`` <-
     ``--R_NUM``, ``emb_dim`` <- ``--embDim``, ``num_classes`` <- ``--numClasses``, ``output_space``
-    <- ``--G_output_space``, ``head64`` <- ``--G_head64``.
+    <- ``--G_output_space``, ``emb_scale`` <- ``--G_emb_scale``.
     """
 
     z_dim: int = 100
@@ -87,7 +85,6 @@ class GANConfig(PlainConfig):
     emb_dim: int = 1024
     num_classes: int = 1048
     output_space: str = "imagenet"
-    head64: bool = False
     emb_scale: float = 1.0
 
     def __post_init__(self) -> None:
@@ -96,9 +93,6 @@ class GANConfig(PlainConfig):
             if field.name == "output_space":
                 if value not in OUTPUT_SPACES:
                     raise ValueError(f"GANConfig.output_space must be one of {OUTPUT_SPACES}, got {value!r}")
-            elif field.name == "head64":
-                if not isinstance(value, bool):
-                    raise ValueError(f"GANConfig.head64 must be a bool, got {value!r}")
             elif field.name == "emb_scale":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                     raise ValueError(f"GANConfig.emb_scale must be a positive number, got {value!r}")
@@ -108,11 +102,25 @@ class GANConfig(PlainConfig):
             raise ValueError(f"GANConfig.gf_dim (GF_DIM) must be even (stage 2 halves it), got {self.gf_dim}")
 
     @classmethod
+    def from_dict(cls, d: dict) -> GANConfig:
+        """As :meth:`PlainConfig.from_dict`; also reads older checkpoints, which stored ``head64: False``.
+
+        The optional 64 px image head is gone (no loss trained it): ``head64: True`` is refused.
+        """
+        if isinstance(d, dict) and "head64" in d:
+            if d["head64"] is not False:
+                raise ValueError(f"this GAN checkpoint has head64={d['head64']!r}: a generator with the 64 px "
+                                 "image head (--G_head64), which this version no longer builds (no loss trained "
+                                 "it); only checkpoints written without --G_head64 load")
+            d = {k: v for k, v in d.items() if k != "head64"}
+        return super().from_dict(d)
+
+    @classmethod
     def from_args(cls, args: argparse.Namespace) -> GANConfig:
         """Build from the flags of :func:`add_gan_arch_args`."""
         return cls(z_dim=args.Z_DIM, gf_dim=args.GF_DIM, df_dim=args.DF_DIM, ef_dim=args.EMBEDDING_DIM,
                    r_num=args.R_NUM, emb_dim=args.embDim, num_classes=args.numClasses,
-                   output_space=args.G_output_space, head64=args.G_head64,
+                   output_space=args.G_output_space,
                    emb_scale=emb_scale_value(args.G_emb_scale, args.embDim))
 
 
@@ -135,8 +143,6 @@ def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--G_emb_scale", default="1",
                    help="multiply G's input embeddings by this: a number, 'sqrt' (sqrt(embDim): unit-variance "
                         "components) or 'K*sqrt'; 1 is the reference (docs/synthesis.md)")
-    g.add_argument("--G_head64", action="store_true",
-                   help="also build a 64 px image head (not in the reference; adds 27*GF_DIM parameters)")
     return parser
 
 
@@ -338,10 +344,9 @@ class Generator(nn.Module):
         self.h_net1 = InitStageG(cfg.gf_dim * 16, cfg.z_dim + cfg.ef_dim)
         self.h_net2 = NextStageG(cfg.gf_dim, cfg.ef_dim, cfg.r_num)
         self.img_net2 = GetImageG(cfg.gf_dim // 2)
-        self.img_net1 = GetImageG(cfg.gf_dim) if cfg.head64 else None
 
     def forward(self, emb: torch.Tensor, z: torch.Tensor, *, eps: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, return_64: bool = False):
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Generate images.
 
         Args:
@@ -349,18 +354,15 @@ class Generator(nn.Module):
             z: ``(B, Z_DIM)`` noise (see :func:`models.gan_sampling.draw_noise`).
             eps: ``(B, EMBEDDING_DIM)`` conditioning noise (zeros: ``c = mu``); drawn when None.
             generator: draws ``eps`` reproducibly when it is None (see :func:`conditioning_sample`).
-            return_64: also return the 64 px image (needs ``cfg.head64``).
 
         Returns:
-            ``(fake (B, 3, 128, 128), mu (B, E), logvar (B, E))``, plus ``fake_64 (B, 3, 64, 64)``
-            with ``return_64``. ``fake`` is tanh output, in the space of ``cfg.output_space``.
+            ``(fake (B, 3, 128, 128), mu (B, E), logvar (B, E))``; ``fake`` is tanh output, in the
+            space of ``cfg.output_space``.
         """
         if emb.dim() != 2 or emb.shape[1] != self.cfg.emb_dim:
             raise ValueError(f"expected embeddings (B, {self.cfg.emb_dim}), got {tuple(emb.shape)}")
         if z.shape != (emb.shape[0], self.cfg.z_dim):
             raise ValueError(f"expected noise ({emb.shape[0]}, {self.cfg.z_dim}), got {tuple(z.shape)}")
-        if return_64 and self.img_net1 is None:
-            raise ValueError("return_64 needs a generator built with GANConfig(head64=True) (--G_head64)")
         # The embeddings are L2-normalised, so each of their D components is ~1/sqrt(D): far below
         # the unit scale the CA layer's init assumes, which leaves mu ~0 beside eps ~1 (emb_scale).
         mu, logvar = self.ca_net(emb * self.cfg.emb_scale)  # (B, E) each; x 1.0 is exact
@@ -368,8 +370,6 @@ class Generator(nn.Module):
         h1 = self.h_net1(z.to(c.dtype), c)  # (B, gf, 64, 64)
         h2 = self.h_net2(h1, c)  # (B, gf/2, 128, 128)
         fake = self.img_net2(h2)  # (B, 3, 128, 128)
-        if return_64:
-            return fake, mu, logvar, self.img_net1(h1)
         return fake, mu, logvar
 
     def to_imagenet(self, fake: torch.Tensor) -> torch.Tensor:
@@ -387,7 +387,7 @@ class Discriminator128(nn.Module):
     """Discriminator for 128 px images with a conditional logit and a class head (ACME's D_NET128).
 
     ``logits_class`` exists, as in the reference, only so that reference state dicts load; it is
-    never used in ``forward`` (SPEC section 6), so it gets no gradient (Adam skips it; under DDP use
+    never used in ``forward`` (docs/synthesis.md#the-method), so it gets no gradient (Adam skips it; under DDP use
     ``find_unused_parameters`` or leave it out of the wrapped module's graph by freezing it).
     The reference's sigmoid after ``logits`` is gone: the logit goes to ``BCEWithLogitsLoss``.
 

@@ -1,4 +1,4 @@
-"""Losses of the synthesis GAN (SPEC section 6), as small named functions.
+"""Losses of the synthesis GAN (docs/synthesis.md#the-method), as small named functions.
 
 One training step (the reference's order)::
 
@@ -118,14 +118,18 @@ def freeze_encoder(encoder: nn.Module) -> nn.Module:
 def encode_generated(image_embedder: nn.Module, fake_128: torch.Tensor, space: str = "imagenet") -> torch.Tensor:
     """Embed generated images with the frozen FoodSpace image encoder, keeping gradients to G.
 
-    ``fake_128`` (G's tanh output) is mapped into ImageNet-normalised space with
-    :func:`models.gan.to_imagenet` (``space`` = the generator's ``cfg.output_space``: ``"pixel"``
-    reads [-1, 1] as pixel values [0, 1] and normalises them, ``"imagenet"`` takes the output as
-    already normalised, as the reference does), because the encoder was trained on
-    ImageNet-normalised 224 px crops and D compares G's output with ImageNet-normalised real
-    images in that same space. Then bilinear upsampling to 224 x 224 with ``align_corners=True``
-    (the reference's ``nn.Upsample``); mapping first is cheaper and equivalent, as the mapping is a
-    per-channel affine map and bilinear weights sum to one.
+    ``fake_128`` (G's tanh output, or ``"imagenet"``-space real images) is mapped into
+    ImageNet-normalised space with :func:`models.gan.to_imagenet` (``space`` = the generator's
+    ``cfg.output_space``: ``"pixel"`` reads [-1, 1] as pixel values [0, 1] and normalises them,
+    ``"imagenet"`` takes the output as already normalised, as the reference does), because the
+    encoder was trained on ImageNet-normalised crops and D compares G's output with
+    ImageNet-normalised real images in that same space. Then it is resized to the encoder's own
+    input size (``image_embedder.input_size``, default ``ENCODER_SIZE`` = 224, the crop size it was
+    trained and evaluated at, set by :func:`models.foodspace.load_image_encoder`): upsampling is
+    bilinear with ``align_corners=True`` (the reference's ``nn.Upsample``); shrinking (encoders
+    trained on smaller crops) is bilinear and antialiased, in float32, as PIL shrank the real
+    images the cycle targets come from. Mapping first is cheaper and equivalent, as the mapping is
+    a per-channel affine map and bilinear weights sum to one.
 
     Args:
         image_embedder: the encoder (e.g. ``models.foodspace.ImageEmbedder``), frozen with
@@ -143,8 +147,14 @@ def encode_generated(image_embedder: nn.Module, fake_128: torch.Tensor, space: s
     if image_embedder.training or any(p.requires_grad for p in image_embedder.parameters()):
         raise ValueError("the image encoder must be frozen for the cycle losses: call "
                          "models.gan_losses.freeze_encoder(encoder) first (eval mode, requires_grad off)")
+    size = int(getattr(image_embedder, "input_size", ENCODER_SIZE))
     x = to_imagenet(fake_128, space)  # (B, 3, 128, 128)
-    x = F.interpolate(x, size=(ENCODER_SIZE, ENCODER_SIZE), mode="bilinear", align_corners=True)  # (B, 3, 224, 224)
+    if size < x.shape[-1]:
+        # float32: the antialiased kernel has no half-precision CPU version (fp16/bf16 autocast)
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True).to(x.dtype)
+    else:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=True)  # (B, 3, size, size)
     return image_embedder(x)  # (B, D)
 
 

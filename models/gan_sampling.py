@@ -20,7 +20,8 @@ shows what G has learnt without the sampling noise (docs/synthesis.md).
 :func:`draw_noise` draws everything up front from one generator seeded with ``seed`` (so the same
 command gives the same images, whatever the batch size); :func:`generate` runs G in eval mode
 over embeddings in batches and returns the generated images' encoder embeddings
-(:func:`utils.encoder_run.encode_fake`).
+(:func:`models.gan_losses.encode_generated`). :data:`NOISE_MODES` is the one list of the modes;
+:func:`noise_mode_help` names them for a flag's help.
 """
 
 from __future__ import annotations
@@ -31,18 +32,23 @@ import torch
 from tqdm import tqdm
 
 from models.gan import GANConfig, Generator
-from utils.encoder_run import encode_fake
+from models.gan_losses import encode_generated
 
 NOISE_MODES = ("BATCH_RANDOM", "SINGLE_RANDOM", "ZERO", "MEAN")
+NOISE_ALIASES = {"RANDOM": "BATCH_RANDOM", "FIXED": "SINGLE_RANDOM"}
+
+
+def noise_mode_help() -> str:
+    """``BATCH_RANDOM, SINGLE_RANDOM, ZERO or MEAN``: the modes, for messages and help texts."""
+    return f"{', '.join(NOISE_MODES[:-1])} or {NOISE_MODES[-1]}"
 
 
 def parse_noise_mode(value: str) -> str:
     """``BATCH_RANDOM`` / ``SINGLE_RANDOM`` / ``ZERO`` / ``MEAN`` (or random / fixed / zero), any case -> name."""
     text = str(value).strip().upper()
-    aliases = {"RANDOM": "BATCH_RANDOM", "FIXED": "SINGLE_RANDOM"}
-    text = aliases.get(text, text)
+    text = NOISE_ALIASES.get(text, text)
     if text not in NOISE_MODES:
-        raise argparse.ArgumentTypeError(f"noise mode {value!r}: use BATCH_RANDOM, SINGLE_RANDOM, ZERO or MEAN")
+        raise argparse.ArgumentTypeError(f"noise mode {value!r}: use {noise_mode_help()}")
     return text
 
 
@@ -91,7 +97,7 @@ def generate(G: Generator, embs: torch.Tensor, *, mode: str, seed: int, batch_si
         with ctx:
             fake, _, _ = G(embs[sl].to(device), z_all[sl].to(device), eps=eps_all[sl].to(device))  # (b, 3, 128, 128)
             if encoder is not None:
-                out.append(encode_fake(encoder, fake, G.cfg.output_space).float().cpu())  # (b, D)
+                out.append(encode_generated(encoder, fake, G.cfg.output_space).float().cpu())  # (b, D)
         if on_batch is not None:
             on_batch(start, G.to_pixels(fake.float()).cpu())
     G.train(was_training)

@@ -1,4 +1,4 @@
-"""The image branch's backbone: a torchvision ResNet without its classifier (SPEC section 4).
+"""The image branch's backbone: a torchvision ResNet without its classifier (docs/model.md).
 
 ``--image_backbone`` picks the network (``resnet50`` in the paper; ``resnet18``, ``resnet34`` and
 ``resnet101`` too) and ``--image_pretrained`` its initial weights:

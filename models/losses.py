@@ -1,4 +1,4 @@
-"""Batch-hard triplet loss on cosine distance (SPEC section 4).
+"""Batch-hard triplet loss on cosine distance (docs/model.md).
 
 With ``intra_modal`` (the reference's ``intraModalLoss``) the B image and B recipe embeddings are
 pooled into 2B items: each item is an anchor whose positive is its pair (the other modality, same
@@ -8,8 +8,7 @@ hardest (smallest) one, otherwise the mean over its negatives. The loss is the m
 of ``relu(d_pos - d_neg + alpha)``, with distance ``1 - cos``.
 
 Under DDP the caller gathers every rank's embeddings (keeping gradients for the local part, see
-``utils/distributed.py``) so negatives come from the global batch; ``valid`` marks the rows that
-are real when ranks padded their batches to a common size.
+``utils/distributed.py``) so negatives come from the global batch.
 """
 
 from __future__ import annotations
@@ -32,8 +31,7 @@ _FAR = 4.0  # larger than any cosine distance (<= 2): fills non-negatives before
 
 
 def batch_hard_triplet(img_emb: torch.Tensor, rec_emb: torch.Tensor, *, alpha: float = 0.3,
-                       intra_modal: bool = True, ohem: bool = True,
-                       valid: torch.Tensor | None = None) -> TripletOutput:
+                       intra_modal: bool = True, ohem: bool = True) -> TripletOutput:
     """Batch-hard triplet loss between paired image and recipe embeddings.
 
     Args:
@@ -42,8 +40,6 @@ def batch_hard_triplet(img_emb: torch.Tensor, rec_emb: torch.Tensor, *, alpha: f
         alpha: the margin.
         intra_modal: pool both modalities (anchors and negatives from all 2B items).
         ohem: hardest negative per anchor instead of the mean over negatives.
-        valid: optional ``(B,)`` bool mask of real rows; invalid rows are neither anchors nor
-            negatives (padding of gathered batches).
 
     Returns:
         :class:`TripletOutput`. Anchors without any negative (a batch of one) are left out; with no
@@ -54,12 +50,6 @@ def batch_hard_triplet(img_emb: torch.Tensor, rec_emb: torch.Tensor, *, alpha: f
                          f"and {tuple(rec_emb.shape)}")
     b = img_emb.shape[0]
     device = img_emb.device
-    if valid is None:
-        valid = torch.ones(b, dtype=torch.bool, device=device)
-    else:
-        if valid.shape != (b,):
-            raise ValueError(f"valid must have shape ({b},), got {tuple(valid.shape)}")
-        valid = valid.to(device=device, dtype=torch.bool)
     img = F.normalize(img_emb, dim=1)  # (B, D)
     rec = F.normalize(rec_emb, dim=1)  # (B, D)
 
@@ -68,13 +58,11 @@ def batch_hard_triplet(img_emb: torch.Tensor, rec_emb: torch.Tensor, *, alpha: f
         candidates = anchors  # (2B, D)
         n = 2 * b
         pos_idx = (torch.arange(n, device=device) + b) % n  # (2B,) item i <-> its pair
-        anchor_ok = torch.cat([valid, valid])  # (2B,)
     else:
         anchors, candidates, n = img, rec, b
         pos_idx = torch.arange(n, device=device)  # (B,)
-        anchor_ok = valid
     rows = torch.arange(n, device=device)
-    neg_mask = anchor_ok.unsqueeze(0).expand(n, n).clone()  # (N, N) real candidates...
+    neg_mask = torch.ones(n, n, dtype=torch.bool, device=device)  # (N, N) every candidate...
     neg_mask[rows, rows] = False  # ...except the anchor itself (intra) / its own recipe (cross)
     neg_mask[rows, pos_idx] = False  # ...and its pair
 
@@ -86,7 +74,7 @@ def batch_hard_triplet(img_emb: torch.Tensor, rec_emb: torch.Tensor, *, alpha: f
     else:
         d_neg = (dist * neg_mask).sum(dim=1) / n_neg.clamp(min=1)  # (N,)
 
-    use = anchor_ok & (n_neg > 0)  # (N,)
+    use = n_neg > 0  # (N,)
     count = use.sum().clamp(min=1)
     per_anchor = torch.where(use, F.relu(d_pos - d_neg + alpha), torch.zeros_like(d_pos))  # (N,)
     loss = per_anchor.sum() / count

@@ -1,4 +1,4 @@
-"""The recipe branch's encoder: a small Hugging Face BERT (SPEC section 4).
+"""The recipe branch's encoder: a small Hugging Face BERT (docs/model.md).
 
 The paper's encoder has 2 layers, 2 heads and hidden size 768, mBERT's configuration otherwise
 (intermediate 3072, GELU, dropout 0.1). Only its embedding tables (word, position, token type and
@@ -11,8 +11,7 @@ forward that asks for attention maps, because sdpa cannot return them.
 
 Columns that are padding in every row of a batch are cut before the encoder runs (attention
 masks them anyway, and position embeddings depend only on the position), so a batch padded to 512
-costs what its longest recipe costs. ``trim_padding = False`` turns this off (the benchmark uses
-it to time the reference's way).
+costs what its longest recipe costs.
 """
 
 from __future__ import annotations
@@ -64,7 +63,6 @@ class TextEncoder(nn.Module):
         self.bert = BertModel(bert_config(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads,
                                           intermediate=intermediate, max_len=max_len, pad_id=pad_id))
         self.pad_id = pad_id
-        self.trim_padding = True
 
     @property
     def word_embeddings(self) -> nn.Embedding:
@@ -92,16 +90,15 @@ class TextEncoder(nn.Module):
         Returns:
             ``(B, hidden)`` pooled vectors, or ``(pooled, attentions)`` where ``attentions`` is a
             tuple with one ``(B, heads, T', T')`` tensor per layer, ``T'`` being ``T`` less the
-            columns that are padding in every row when ``trim_padding`` is on.
+            columns that are padding in every row.
         """
         if tokens.dim() != 2:
             raise ValueError(f"tokens must be (B, T), got shape {tuple(tokens.shape)}")
         max_pos = self.bert.config.max_position_embeddings
         mask = tokens != self.pad_id  # (B, T)
-        if self.trim_padding:
-            used = mask.any(dim=0).nonzero()
-            keep = int(used.max()) + 1 if used.numel() else 1
-            tokens, mask = tokens[:, :keep], mask[:, :keep]  # (B, T')
+        used = mask.any(dim=0).nonzero()
+        keep = int(used.max()) + 1 if used.numel() else 1
+        tokens, mask = tokens[:, :keep], mask[:, :keep]  # (B, T')
         if tokens.shape[1] > max_pos:
             raise ValueError(f"token rows of length {tokens.shape[1]} exceed the encoder's {max_pos} positions")
         ctx = self._eager_attention() if output_attentions else contextlib.nullcontext()

@@ -1,4 +1,4 @@
-"""End-to-end tests of create_lmdb.py on a small synthetic Recipe1M (SPEC sections 3 and 8)."""
+"""End-to-end tests of create_lmdb.py on a small synthetic Recipe1M (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -159,6 +159,7 @@ def test_counts_keys_and_dropped(built, r1m):
     assert manifest["counts"] == {p: len(load_keys(keys_file(data_path, p))) for p in PARTITIONS}
     assert manifest["dropped"] == {"train": {"duplicate": 1, "no_image": 1, "not_in_layer1": 1},
                                    "val": {}, "test": {}}
+    assert manifest["empty_partitions"] == {}
     assert manifest["languages"] == list(LANGS)
     assert manifest["special_ids"]["pad"] == 0 and manifest["vocab_size"] == 300
     assert (manifest["max_len"], manifest["max_imgs"], manifest["format_version"]) == (MAX_LEN, 2, 1)
@@ -256,7 +257,7 @@ def test_bad_input_stops_with_a_message(r1m, tmp_path):
     broken = tmp_path / "r1m"
     shutil.copytree(r1m, broken)
     (broken / "layer2.json").unlink()
-    with pytest.raises(SystemExit, match="layer2.json not found"):
+    with pytest.raises(SystemExit, match="^error: .*layer2.json not found"):
         create_lmdb.main(["--r1m_path", str(broken), "--data_path", str(tmp_path / "out"), *BASE_ARGS])
     with pytest.raises(SystemExit, match="--tokenizer train"):
         create_lmdb.main(["--r1m_path", str(r1m), "--data_path", str(tmp_path / "out"),
@@ -307,3 +308,127 @@ def test_killed_run_keeps_previous_output(built, r1m, tmp_path, capsys):
     assert after == _snapshot(tmp_path / "clean") and after != before
     assert json.loads(after["manifest.json"])["max_len"] == 40
     assert sorted(x.name for x in data_path.iterdir() if x.name.startswith(".")) == [".create_lmdb.lock"]
+
+
+# --------------------------------------------------------------------------- inputs checked first
+
+def _copy_r1m(r1m: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "r1m"
+    shutil.copytree(r1m, out)
+    return out
+
+
+def _corrupt(r1m: Path, name: str) -> str:
+    """Spoil one input file of ``r1m``; returns the file name the error must name."""
+    if name == "classes1M.pkl":
+        (r1m / name).write_bytes((r1m / name).read_bytes()[:-7])  # a truncated pickle
+    elif name == "val_keys.pkl":
+        (r1m / name).write_bytes((r1m / "classes1M.pkl").read_bytes())  # two dicts, not one list
+    elif name == "layer2.json":
+        text = (r1m / name).read_text(encoding="utf-8")
+        (r1m / name).write_text(text[: len(text) // 2], encoding="utf-8")  # cut short mid-file
+    elif name == "layer1_fr.json":
+        (r1m / name).write_text('[{"id": "x", "title": 3}]', encoding="utf-8")  # not a translated file
+    return name
+
+
+@pytest.mark.parametrize("name", ["classes1M.pkl", "val_keys.pkl", "layer2.json", "layer1_fr.json"])
+def test_bad_input_file_stops_before_the_layer1_scan(r1m, built, tmp_path, monkeypatch, name):
+    broken = _copy_r1m(r1m, tmp_path)
+    spoiled = _corrupt(broken, name)
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("layer1.json was scanned before every input was checked")
+
+    monkeypatch.setattr(create_lmdb, "scan_english", no_scan)
+    monkeypatch.setattr(create_lmdb, "scan_language", no_scan)
+    with pytest.raises(SystemExit) as err:
+        create_lmdb.main(["--r1m_path", str(broken), "--data_path", str(tmp_path / "out"),
+                          "--tokenizer", str(built[0] / "tokenizer"), *BASE_ARGS])
+    message = str(err.value)
+    assert message.startswith("error: ") and "\n" not in message  # one line, through run_main
+    assert str(broken / spoiled) in message
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_bad_classes_pickle_is_one_line_on_the_command_line(r1m, built, tmp_path):
+    broken = _copy_r1m(r1m, tmp_path)
+    _corrupt(broken, "classes1M.pkl")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "create_lmdb.py"), "--r1m_path", str(broken), "--data_path",
+           str(tmp_path / "out"), "--tokenizer", str(built[0] / "tokenizer"), *BASE_ARGS]
+    result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {broken / 'classes1M.pkl'}: object ")
+    assert lines[0].endswith("is not a readable pickle (UnpicklingError: pickle data was truncated)")
+    assert "layer1.json" not in result.stderr  # no progress bar: the scan never started
+
+
+# --------------------------------------------------------------------------- refused image ids
+
+def test_image_ids_outside_the_image_folder_are_dropped_when_indexing(r1m, built, tmp_path, capsys):
+    broken = _copy_r1m(r1m, tmp_path)
+    entries = json.loads((broken / "layer2.json").read_text(encoding="utf-8"))
+    val = load_keys(broken / "val_keys.pkl")
+    train = [rid for rid in load_keys(broken / "train_keys.pkl")
+             if rid not in DROPPED.values() and any(e["id"] == rid for e in entries)]
+    by_id = {e["id"]: e for e in entries}
+    by_id[val[0]]["images"][0]["id"] = "../../etc/passwd"
+    by_id[train[1]]["images"].append({"id": "/etc/passwd", "url": "x"})  # not even one stored
+    by_id[train[2]]["images"][0]["id"] = "..\\..\\x.jpg"
+    (broken / "layer2.json").write_text(json.dumps(entries), encoding="utf-8")
+    write_keys(broken / "val_keys.pkl", [val[0]])  # the val split's only recipe is refused
+    capsys.readouterr()
+    manifest = create_lmdb.main(["--r1m_path", str(broken), "--data_path", str(tmp_path / "out"),
+                                 "--tokenizer", str(built[0] / "tokenizer"), *BASE_ARGS])
+    err = capsys.readouterr()
+    assert manifest["dropped"]["train"]["bad_image_id"] == 2
+    assert manifest["dropped"]["val"] == {"bad_image_id": 1}
+    indexed = {rid for p in PARTITIONS for rid in load_keys(keys_file(tmp_path / "out", p))}
+    assert indexed.isdisjoint({val[0], train[1], train[2]})
+    assert manifest["counts"]["train"] == built[1]["counts"]["train"] - 2
+    warning = [line for line in err.err.splitlines() if line.startswith(f"warning: {broken / 'layer2.json'}: ")]
+    assert len(warning) == 1 and "3 recipe(s)" in warning[0]
+    assert "'../../etc/passwd'" in warning[0] or "'/etc/passwd'" in warning[0] or "x.jpg" in warning[0]
+    # The split left without a recipe is named, with its file, and recorded.
+    assert manifest["counts"]["val"] == 0
+    assert str(broken / "val_keys.pkl") in manifest["empty_partitions"]["val"]
+    assert "bad_image_id 1" in manifest["empty_partitions"]["val"]
+    assert any(line.startswith("warning: the val split is empty: ") and "val_keys.pkl" in line
+               for line in err.err.splitlines())
+    assert "empty splits: val" in err.out
+
+
+# --------------------------------------------------------------------------- empty splits
+
+def test_empty_splits_are_warned_about_and_recorded(r1m, built, tmp_path, capsys):
+    broken = _copy_r1m(r1m, tmp_path)
+    write_keys(broken / "val_keys.pkl", [])
+    # No test keys file, and no test recipe with an image: the fallback finds nothing.
+    test_ids = set(load_keys(broken / "test_keys.pkl"))
+    (broken / "test_keys.pkl").unlink()
+    layer1 = json.loads((broken / "layer1.json").read_text(encoding="utf-8"))
+    test_ids |= {e["id"] for e in layer1 if e["partition"] == "test"}
+    entries = json.loads((broken / "layer2.json").read_text(encoding="utf-8"))
+    (broken / "layer2.json").write_text(json.dumps([e for e in entries if e["id"] not in test_ids]),
+                                        encoding="utf-8")
+    capsys.readouterr()
+    manifest = create_lmdb.main(["--r1m_path", str(broken), "--data_path", str(tmp_path / "out"),
+                                 "--tokenizer", str(built[0] / "tokenizer"), *BASE_ARGS])
+    out, err = capsys.readouterr()
+    assert manifest["counts"]["val"] == manifest["counts"]["test"] == 0 and manifest["counts"]["train"] > 0
+    assert manifest["empty_partitions"] == {
+        "val": f"{broken / 'val_keys.pkl'} lists no recipe",
+        "test": f"{broken / 'layer1.json'} has no test recipe with an image in {broken / 'layer2.json'} "
+                f"(dropped: no_image {manifest['dropped']['test']['no_image']})",
+    }
+    lines = err.splitlines()
+    assert f"warning: the val split will be empty: {broken / 'val_keys.pkl'} lists no recipe" in lines
+    assert f"warning: the test split is empty: {manifest['empty_partitions']['test']}" in lines
+    assert sum(line.startswith("warning: the ") for line in lines) == 2, err  # one line each, once
+    assert "empty splits: val, test" in out
+    for p in ("val", "test"):  # written, and empty
+        assert _read_lmdb(lmdb_dir(tmp_path / "out", p)) == {} and load_keys(keys_file(tmp_path / "out", p)) == []
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8")) == manifest

@@ -21,18 +21,24 @@ import torch
 from PIL import Image
 
 from data.dataset import (
+    BadImageLimitError,
     BadImageTracker,
     BadSample,
     Batch,
+    DatasetError,
+    EmptyPartitionError,
+    ImageRootError,
     RecipeImageDataset,
     Sample,
     assemble_tokens,
+    check_image_root,
+    check_partition,
     collate_skip_bad,
     language_distribution,
     parse_textinputs,
 )
 from data.langs import LANGS
-from data.lmdb_format import MANIFEST, Record, encode_record, keys_file, lmdb_dir
+from data.lmdb_format import MANIFEST, Record, RecordError, RecordReader, encode_record, keys_file, lmdb_dir
 from data.recipe1m import image_path, write_keys
 from data.transforms import (
     IMAGENET_MEAN,
@@ -45,6 +51,7 @@ from data.transforms import (
     resize_size,
     train_transform,
 )
+from utils.errors import InputError
 
 SPECIAL = {"pad": 0, "unk": 1, "cls": 2, "sep": 3, "mask": 4}
 MAX_LEN = 16
@@ -551,15 +558,35 @@ def test_dataloader_workers_identical(full):
     assert not torch.equal(got[0][0].images, got[1][0].images)
 
 
+def test_record_reader_is_the_one_lmdb_reader(full, tmp_path):
+    data, _ = full
+    reader = RecordReader(lmdb_dir(data, PART))
+    assert not reader.opened  # opened on the first read
+    record = reader.get(rid(0))
+    assert record.cls == 1 and record.langs == list(LANGS) and reader.opened
+    assert reader.get("no-such-recipe") is None
+    assert not pickle.loads(pickle.dumps(reader)).opened
+    with RecordReader(lmdb_dir(data, PART), shared=False) as private:
+        assert private.get(rid(1)).cls == 8
+    assert not private.opened  # closed with the block
+    bad = tmp_path / "bad_lmdb"
+    env = lmdb.open(str(bad), map_size=1 << 20)
+    with env.begin(write=True) as txn:
+        txn.put(b"x", b"not a record")
+    env.close()
+    with RecordReader(bad, shared=False) as private, pytest.raises(RecordError, match="bad magic"):
+        private.get("x")
+
+
 def test_dataset_pickles_without_env(full):
     ds = make(full, train=False)
     first = ds[0]
-    assert ds._env is not None  # opened lazily on first access
+    assert ds._records.opened  # opened lazily on first access
     clone = pickle.loads(pickle.dumps(ds))
-    assert clone._env is None
+    assert not clone._records.opened
     assert torch.equal(clone[0].image, first.image)
     fresh = make(full, train=False)
-    assert fresh._env is None  # nothing opened in __init__
+    assert not fresh._records.opened  # nothing opened in __init__
 
 
 # ------------------------------------------------------------------ bad images
@@ -597,11 +624,18 @@ def test_bad_image_tracker(caplog):
     with caplog.at_level(logging.WARNING, logger="data.dataset"):
         assert tracker.update([one]) == 1
         assert tracker.update([one, two]) == 1  # r0 counted and logged once
-    assert tracker.count == 2 and "2 of 200 images of val" in tracker.summary()
+    assert tracker.summary() == "2 of 200 recipes of val had no readable image (skipped)"
     assert sum("r0" in rec.getMessage() for rec in caplog.records) == 1
-    with pytest.raises(RuntimeError, match=r"3 of 200 images of val unreadable, above --max_bad_images "
-                                           r"0.01; first ids: r0, r1, r2"):
+    with pytest.raises(BadImageLimitError, match=r"^3 of 200 recipes of val have no readable image, above "
+                                                 r"--max_bad_images 0.01; first: recipe r0: missing image "
+                                                 r"file x0.jpg; check --img_path") as err:
         tracker.update([three])
+    assert isinstance(err.value, InputError) and "\n" not in str(err.value)
+    rooted = BadImageTracker("val", total=1, max_fraction=0.0, img_root="/imgs")
+    with pytest.raises(BadImageLimitError, match=r"1 of 1 recipes of val have no readable image under /imgs"):
+        rooted.update([BadSample("r9", "unreadable image file\nx.jpg (OSError: truncated)")])
+    with pytest.raises(InputError, match="--max_bad_images must be a fraction"):
+        BadImageTracker("val", total=1, max_fraction=1.5)
 
 
 def test_tracker_through_loader_stops_run(full):
@@ -612,6 +646,39 @@ def test_tracker_through_loader_stops_run(full):
         tracker.update(batch.bad)
     assert tracker.count == 4
     strict = BadImageTracker(PART, len(ds), max_fraction=0.25)
-    with pytest.raises(RuntimeError, match=f"of {PART} unreadable"):
+    with pytest.raises(BadImageLimitError, match=f"of {PART} have no readable image"):
         for batch in loader:
             strict.update(batch.bad)
+
+
+def test_bad_inputs_refused_when_built(full, tmp_path):
+    """Each bad input is one line naming the path and the fix, raised before any sample is read."""
+    data, imgs = full
+    assert check_partition(data, PART) == [rid(i) for i in range(len(KINDS))]
+    assert check_image_root(imgs, [PART]) == imgs
+    with pytest.raises(ImageRootError, match=rf"^--img_path {tmp_path / 'nowhere'}: no such folder"):
+        make((data, tmp_path / "nowhere"), train=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ImageRootError, match="afile: not a folder"):
+        check_image_root(tmp_path / "afile")
+    with pytest.raises(ImageRootError, match=f"it has no {PART}/ folder"):
+        make((data, tmp_path), train=False)
+    with pytest.raises(DatasetError, match="unknown partition 'dev'"):
+        RecipeImageDataset(data, imgs, "dev", train=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / MANIFEST).write_text((data / MANIFEST).read_text())
+    with pytest.raises(DatasetError, match=rf"{keys_file(empty, PART)} not found: .*create_lmdb.py"):
+        make((empty, imgs), train=False)
+    write_keys(keys_file(empty, PART), [])
+    lmdb_dir(empty, PART).mkdir()
+    with pytest.raises(EmptyPartitionError, match=rf"^partition {PART} of {empty} holds 0 recipes .*create_lmdb.py"):
+        make((empty, imgs), train=False)
+    (empty / MANIFEST).write_text("{not json")
+    with pytest.raises(DatasetError, match="not valid JSON"):
+        make((empty, imgs), train=False)
+    (empty / MANIFEST).unlink()
+    with pytest.raises(DatasetError, match="manifest.json not found: build the LMDBs with create_lmdb.py"):
+        make((empty, imgs), train=False)
+    for err in (ImageRootError, EmptyPartitionError, BadImageLimitError):
+        assert issubclass(err, InputError)

@@ -3,6 +3,7 @@
 import json
 
 import demo
+from utils.metrics import format_results
 
 
 def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
@@ -20,12 +21,15 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert summary["retrieval"] == retrieval["test"]["en"]
     printed = capsys.readouterr().out
     assert "chance R@1" in printed and "TensorBoard" in printed and "host: fp32 matmul" in printed
-    # generated -> recipe is printed beside real image -> recipe, from the same bag
+    # generated -> recipe is printed beside real image -> recipe, from the same bag, in the one table format
     bag = next(iter(retrieval["test"]["en"]))
     fake = synthesis["fake2rec"][bag]
-    assert demo._row("generated -> recipe", fake) in printed
-    assert demo._row("real image -> recipe", entry["im2rec"]) in printed
-    assert f"generated -> recipe      medR {fake['medR']:7.1f}" in printed
+    table = format_results(demo.bag_rows(bag, entry, synthesis))
+    assert table in printed
+    for name, m in (("generated -> recipe", fake), ("real image -> recipe", entry["im2rec"])):
+        line = next(line for line in table.splitlines() if f"  {name} " in line)
+        assert line.startswith(f"{bag} ")
+        assert line.endswith(f"{m['medR']:>7.2f} " + " ".join(f"{100 * m[k]:>7.1f}" for k in ("R@1", "R@5", "R@10")))
     assert f"generated / real: medR x{fake['medR'] / entry['im2rec']['medR']:.2f}" in printed
 
     # A second run reuses every finished stage and prints the same summary.

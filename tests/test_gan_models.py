@@ -1,4 +1,4 @@
-"""Synthesis networks and losses (models/gan.py, models/gan_losses.py; SPEC section 6)."""
+"""Synthesis networks and losses (models/gan.py, models/gan_losses.py; docs/synthesis.md#the-method)."""
 
 from __future__ import annotations
 
@@ -68,8 +68,6 @@ class ToyEncoder(nn.Module):
 
 def test_default_generator_has_the_reference_parameter_count():
     assert count_parameters(Generator()) == 21_080_288
-    # the optional 64 px head is one conv3x3 GF_DIM -> 3 without bias
-    assert count_parameters(Generator(GANConfig(head64=True))) == 21_080_288 + 64 * 3 * 9
 
 
 def test_state_dict_keys_follow_the_reference_names():
@@ -90,20 +88,15 @@ def test_state_dict_keys_follow_the_reference_names():
 
 
 def test_generator_shapes_and_range_at_small_size():
-    g, _ = _small_gd(head64=True)
+    g, _ = _small_gd()
     emb, z = torch.randn(5, 32), torch.randn(5, 10)
     fake, mu, logvar = g(emb, z)
     assert fake.shape == (5, 3, 128, 128) and mu.shape == (5, 6) and logvar.shape == (5, 6)
     assert fake.abs().max() <= 1.0
-    fake, mu, logvar, fake64 = g(emb, z, return_64=True)
-    assert fake64.shape == (5, 3, 64, 64)
-    g_plain, _ = _small_gd()
-    with pytest.raises(ValueError, match="head64"):
-        g_plain(emb, z, return_64=True)
     with pytest.raises(ValueError, match="noise"):
-        g_plain(emb, torch.randn(5, 11))
+        g(emb, torch.randn(5, 11))
     with pytest.raises(ValueError, match="embeddings"):
-        g_plain(torch.randn(5, 31), z)
+        g(torch.randn(5, 31), z)
 
 
 def test_glu_matches_the_reference_slicing():
@@ -225,16 +218,26 @@ def test_output_spaces():
 
 
 def test_config_round_trip_and_flags():
-    cfg = GANConfig(z_dim=10, gf_dim=8, output_space="imagenet", head64=True)
+    cfg = GANConfig(z_dim=10, gf_dim=8, output_space="pixel")
     assert GANConfig.from_dict(cfg.to_dict()) == cfg
+    assert "head64" not in cfg.to_dict()
     with pytest.raises(ValueError, match="unknown GANConfig keys"):
         GANConfig.from_dict({"zdim": 3})
+    # checkpoints written before the 64 px head was removed stored head64: False, and still load
+    assert GANConfig.from_dict({**cfg.to_dict(), "head64": False}) == cfg
+    for stored in (True, 1, "no"):
+        with pytest.raises(ValueError, match="head64"):
+            GANConfig.from_dict({**cfg.to_dict(), "head64": stored})
+    with pytest.raises(ValueError, match="unknown GANConfig keys"):
+        GANConfig.from_dict({"head64": False, "zdim": 3})
     with pytest.raises(ValueError, match="gf_dim"):
         GANConfig(gf_dim=7)
     with pytest.raises(ValueError, match="output_space"):
         GANConfig(output_space="rgb")
     parser = add_gan_arch_args(argparse.ArgumentParser())
     assert GANConfig.from_args(parser.parse_args([])) == GANConfig()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--G_head64"])
     args = parser.parse_args(["--Z_DIM", "10", "--GF_DIM", "8", "--DF_DIM", "8", "--EMBEDDING_DIM", "6",
                               "--R_NUM", "2", "--embDim", "32", "--numClasses", "7"])
     assert GANConfig.from_args(args) == SMALL
@@ -397,8 +400,8 @@ def test_bench_gan_step_quick_runs(tmp_path):
     for row in out["paths"].values():
         assert row["median_step_s"] > 0 and set(row["phases_median_s"]) == {"G forward", "D step", "G step"}
     assert out["speedup"] > 0 and (tmp_path / "b.json").is_file()
-    with pytest.raises(SystemExit, match="ours_formats"):
-        main(["--quick", "--ours_formats", "cl,cl"])
+    with pytest.raises(SystemExit, match="--variants"):
+        main(["--quick", "--variants", "cl,cl"])
 
 
 def test_emb_scale_multiplies_the_input_and_defaults_to_the_reference():

@@ -1,4 +1,4 @@
-"""GAN_train.py, GAN_test.py and utils/frechet.py end to end on the synthetic set (SPEC sections 5, 6, 8).
+"""GAN_train.py, GAN_test.py and utils/frechet.py end to end on the synthetic set (docs/synthesis.md).
 
 One encoder run (train.py then test.py) is shared by the module; on it three GAN runs are made:
 two epochs straight, one epoch, and that one resumed to two, which must equal the straight run.
@@ -24,11 +24,11 @@ import train
 from data.gan_dataset import gan_image
 from models.foodspace import ArchConfig, ImageEmbedder
 from models.gan import Discriminator128, GANConfig, Generator
-from models.gan_losses import class_weights, freeze_encoder
+from models.gan_losses import class_weights, encode_generated, freeze_encoder
 from models.gan_sampling import draw_noise, generate, parse_noise_mode
-from utils.checkpoint import ENCODER_SUFFIX
 from utils.embeddings import load_embeddings
 from utils.frechet import frechet_distance, frechet_from_stats, ledoit_wolf
+from utils.runs import ENCODER_SUFFIX
 
 # "test" is also Python's regression-test package: load the script by path.
 _spec = importlib.util.spec_from_file_location("xmrs_test_script_gan", ROOT / "test.py")
@@ -167,6 +167,14 @@ def test_missing_files_name_the_test_py_command(encoder_run, tmp_path):
     # German embeddings were never made.
     with pytest.raises(SystemExit, match=r"_train_de\.npz.*--language de"):
         GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--language", "3"])
+
+
+def test_a_failed_start_leaves_no_gan_run_folder(encoder_run, tmp_path):
+    before = sorted((encoder_run / "GAN_runs").glob("GAN_*")) if (encoder_run / "GAN_runs").is_dir() else []
+    with pytest.raises(SystemExit, match=r"^error: --resume_G: checkpoint not found: .*nope\.pth\.tar$"):
+        GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--resume_G", str(tmp_path / "nope.pth.tar")])
+    after = sorted((encoder_run / "GAN_runs").glob("GAN_*")) if (encoder_run / "GAN_runs").is_dir() else []
+    assert after == before
 
 
 def test_gan_test_outputs_and_metrics(gan_runs, encoder_run, indexed_set, tmp_path):
@@ -346,7 +354,7 @@ def test_output_space_is_the_references_by_default():
     from contextlib import nullcontext
 
     cfg, nets = _tiny_nets()
-    assert cfg.output_space == "imagenet" and GAN_train.get_parser().parse_args([]).G_output_space == "imagenet"
+    assert cfg.output_space == "imagenet" and GAN_train.get_parser().parse_args(["--encoder_dir", "RUN"]).G_output_space == "imagenet"
     seen = {}
     nets.D.register_forward_pre_hook(lambda m, inputs: seen.setdefault("D", []).append(inputs[0].detach().clone()))
     nets.encoder.register_forward_pre_hook(lambda m, inputs: seen.setdefault("E", inputs[0].detach().clone()))
@@ -373,7 +381,7 @@ def test_validation_noise_is_the_references_seeded():
     from contextlib import nullcontext
 
     cfg, nets = _tiny_nets()
-    args = GAN_train.get_parser().parse_args(["--medr", "6", "--seed", "3", "--batch_size", "4"])
+    args = GAN_train.get_parser().parse_args(["--encoder_dir", "RUN", "--medr", "6", "--seed", "3", "--batch_size", "4"])
     assert args.val_noise_mode == "BATCH_RANDOM"
     val_rec = F.normalize(torch.randn(6, 32), dim=1)
 
@@ -381,7 +389,7 @@ def test_validation_noise_is_the_references_seeded():
         def add_scalar(self, *a):
             pass
 
-    sched = {"lr_G": 1e-4, "lr_D": 1e-4}
+    sched = GAN_train.Schedule(lr_G=1e-4, lr_D=1e-4)
     val_img = F.normalize(torch.randn(6, 32), dim=1)
     m1 = GAN_train.validate_epoch(args, 0, nets.G, nets.encoder, val_rec, val_img, "cpu", nullcontext(), Writer(),
                                   print, sched)
@@ -391,7 +399,7 @@ def test_validation_noise_is_the_references_seeded():
     z, eps = draw_noise(6, cfg, "BATCH_RANDOM", 3)
     nets.G.eval()
     with torch.no_grad():
-        gen = GAN_train.encode_fake(nets.encoder, nets.G(val_rec, z, eps=eps)[0], cfg.output_space)
+        gen = encode_generated(nets.encoder, nets.G(val_rec, z, eps=eps)[0], cfg.output_space)
     nets.G.train()
     expected = GAN_train.evaluate_retrieval(gen, val_rec, medr=[6], seed=3)["6"]["im2rec"]
     assert m1 == expected
@@ -432,27 +440,27 @@ def test_real_image_view():
 def test_lr_schedule():
     args = Namespace(auto_drop_lr=False, drop_G_lr_epoch=2, drop_D_lr_epoch=0, auto_drop_times=2,
                      auto_drop_after_epochs=1)
-    sched = {"lr_G": 1e-4, "lr_D": 1e-4, "auto_drops": 0}
+    sched = GAN_train.Schedule(lr_G=1e-4, lr_D=1e-4)
     for epoch in range(5):
         GAN_train.end_of_epoch_lr(args, sched, epoch, best_epoch=0)
-    assert sched["lr_G"] == pytest.approx(1e-5) and sched["lr_D"] == pytest.approx(1e-4)  # D: never
+    assert sched.lr_G == pytest.approx(1e-5) and sched.lr_D == pytest.approx(1e-4)  # D: never
     args.auto_drop_lr = True
-    sched = {"lr_G": 1e-4, "lr_D": 1e-4, "auto_drops": 0}
+    sched = GAN_train.Schedule(lr_G=1e-4, lr_D=1e-4)
     lrs = []
     # The reference's rule: best at epoch 0, patience 1: halve after every epoch more than 1 past the
     # best (epochs 2, 3, ...), no reset after a drop, at most auto_drop_times (2) drops.
     for epoch in range(8):
         GAN_train.end_of_epoch_lr(args, sched, epoch, best_epoch=0)
-        lrs.append(sched["lr_G"])
+        lrs.append(sched.lr_G)
     assert lrs == pytest.approx([1e-4, 1e-4, 5e-5, 2.5e-5, 2.5e-5, 2.5e-5, 2.5e-5, 2.5e-5])
-    assert sched["lr_D"] == pytest.approx(2.5e-5) and sched["auto_drops"] == 2
+    assert sched.lr_D == pytest.approx(2.5e-5) and sched.auto_drops == 2
     # A new best restarts the count: best at epoch 3 -> next drop after epoch 5.
     args.auto_drop_times = 3
-    sched = {"lr_G": 1e-4, "lr_D": 1e-4, "auto_drops": 0}
+    sched = GAN_train.Schedule(lr_G=1e-4, lr_D=1e-4)
     lrs = []
     for epoch in range(7):
         GAN_train.end_of_epoch_lr(args, sched, epoch, best_epoch=0 if epoch < 3 else 3)
-        lrs.append(sched["lr_G"])
+        lrs.append(sched.lr_G)
     assert lrs == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 5e-5, 2.5e-5, 1.25e-5])
 
 
@@ -517,7 +525,7 @@ def test_scripts_import_without_side_effects():
     for module in (GAN_train, GAN_test):
         parser = module.get_parser()
         assert all(a.help for a in parser._actions if a.option_strings and a.dest != "help")
-    args = GAN_train.get_parser().parse_args([])
+    args = GAN_train.get_parser().parse_args(["--encoder_dir", "RUN"])
     assert (args.batch_size, args.Z_DIM, args.W_IMG_IMG_COS_LOSS, args.drop_G_lr_epoch) == (48, 100, 32.0, 30)
 
 
@@ -529,9 +537,7 @@ def test_spread_against_brute_force():
     assert GAN_train.spread(x[:1].expand(6, 5)) == pytest.approx(0.0, abs=1e-12)  # mode collapse
 
 
-def test_encode_fake_shrinks_with_antialias_and_grows_as_the_reference():
-    from utils.encoder_run import encode_fake
-
+def test_encode_generated_shrinks_with_antialias_and_grows_as_the_reference():
     seen = []
 
     class Probe(torch.nn.Module):
@@ -542,13 +548,13 @@ def test_encode_fake_shrinks_with_antialias_and_grows_as_the_reference():
     enc = freeze_encoder(Probe())
     fake = torch.rand(2, 3, 128, 128) * 2 - 1
     enc.input_size = 64  # a demo-size encoder: G's 128 px output is shrunk like PIL shrank the real images
-    encode_fake(enc, fake, "imagenet")
+    encode_generated(enc, fake, "imagenet")
     assert torch.allclose(seen[-1], F.interpolate(fake, size=(64, 64), mode="bilinear", antialias=True), atol=1e-6)
     for half in (torch.float16, torch.bfloat16):  # under autocast: no half-precision antialias kernel on CPU
-        encode_fake(enc, fake.to(half), "imagenet")
+        encode_generated(enc, fake.to(half), "imagenet")
         assert seen[-1].dtype == half
         assert torch.allclose(seen[-1].float(), seen[0], atol=2e-2)
     enc.input_size = 160  # larger: bilinear upsampling with align_corners, the reference's layer
-    encode_fake(enc, fake, "imagenet")
+    encode_generated(enc, fake, "imagenet")
     assert torch.allclose(seen[-1], F.interpolate(fake, size=(160, 160), mode="bilinear", align_corners=True),
                           atol=1e-6)

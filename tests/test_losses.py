@@ -1,4 +1,4 @@
-"""The batch-hard triplet loss against a brute-force loop implementation (SPEC section 4)."""
+"""The batch-hard triplet loss against a brute-force loop implementation (docs/model.md)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ def _cos_dist(u: list[float], v: list[float]) -> float:
     return 1.0 - dot / (math.sqrt(sum(a * a for a in u)) * math.sqrt(sum(b * b for b in v)))
 
 
-def brute_force(img, rec, *, alpha, intra_modal, ohem, valid=None):
-    """The loss written as the SPEC states it, one anchor and one candidate at a time."""
+def brute_force(img, rec, *, alpha, intra_modal, ohem):
+    """The loss written as docs/model.md states it, one anchor and one candidate at a time."""
     img, rec = img.double().tolist(), rec.double().tolist()
     b = len(img)
-    valid = [True] * b if valid is None else [bool(v) for v in valid]
     # items: (modality, index, vector)
     items = [("img", i, img[i]) for i in range(b)]
     if intra_modal:
@@ -27,12 +26,9 @@ def brute_force(img, rec, *, alpha, intra_modal, ohem, valid=None):
     candidates = items if intra_modal else [("rec", i, rec[i]) for i in range(b)]
     losses, pos, neg = [], [], []
     for mod, i, vec in items:
-        if not valid[i]:
-            continue
         pair = rec[i] if mod == "img" else img[i]
         d_pos = _cos_dist(vec, pair)
-        negs = [_cos_dist(vec, cvec) for cmod, j, cvec in candidates
-                if j != i and valid[j]]  # same index = itself or its pair
+        negs = [_cos_dist(vec, cvec) for cmod, j, cvec in candidates if j != i]  # same index = itself or its pair
         if not negs:
             continue
         d_neg = min(negs) if ohem else sum(negs) / len(negs)
@@ -46,35 +42,19 @@ def brute_force(img, rec, *, alpha, intra_modal, ohem, valid=None):
 
 @pytest.mark.parametrize("intra_modal", [True, False])
 @pytest.mark.parametrize("ohem", [True, False])
-@pytest.mark.parametrize("masked", [False, True])
-def test_matches_brute_force(intra_modal, ohem, masked):
+def test_matches_brute_force(intra_modal, ohem):
     gen = torch.Generator().manual_seed(7 + 2 * intra_modal + ohem)
     b, d = 9, 6
     img = torch.randn(b, d, generator=gen)
     rec = img + 0.8 * torch.randn(b, d, generator=gen)  # correlated pairs: some margins active, some not
-    valid = torch.tensor([1, 1, 0, 1, 1, 1, 0, 1, 1], dtype=torch.bool) if masked else None
     losses = []
     for alpha in (0.3, 0.05, 1.0):
-        out = batch_hard_triplet(img, rec, alpha=alpha, intra_modal=intra_modal, ohem=ohem, valid=valid)
-        ref = brute_force(img, rec, alpha=alpha, intra_modal=intra_modal, ohem=ohem, valid=valid)
+        out = batch_hard_triplet(img, rec, alpha=alpha, intra_modal=intra_modal, ohem=ohem)
+        ref = brute_force(img, rec, alpha=alpha, intra_modal=intra_modal, ohem=ohem)
         got = (out.loss.item(), out.d_pos.item(), out.d_neg.item())
         assert got == pytest.approx(ref, abs=1e-5)
         losses.append(ref[0])
     assert max(losses) > 0  # the test exercises active margins
-
-
-def test_invalid_rows_equal_dropping_them():
-    """Padded rows of a gathered batch marked invalid change nothing."""
-    gen = torch.Generator().manual_seed(3)
-    img, rec = torch.randn(6, 5, generator=gen), torch.randn(6, 5, generator=gen)
-    junk = torch.randn(3, 5, generator=gen)
-    valid = torch.tensor([True] * 6 + [False] * 3)
-    for intra in (True, False):
-        for ohem in (True, False):
-            kept = batch_hard_triplet(img, rec, intra_modal=intra, ohem=ohem)
-            padded = batch_hard_triplet(torch.cat([img, junk]), torch.cat([rec, -junk]), intra_modal=intra,
-                                        ohem=ohem, valid=valid)
-            torch.testing.assert_close(torch.stack(padded), torch.stack(kept))
 
 
 def test_ohem_picks_the_hardest_negative():
@@ -105,14 +85,11 @@ def test_gradients_flow_and_are_finite(intra_modal, ohem):
     gen = torch.Generator().manual_seed(11)
     img = torch.randn(5, 8, generator=gen, requires_grad=True)
     rec = torch.randn(5, 8, generator=gen, requires_grad=True)
-    valid = torch.tensor([True, True, True, False, True])
-    out = batch_hard_triplet(img, rec, alpha=0.5, intra_modal=intra_modal, ohem=ohem, valid=valid)
+    out = batch_hard_triplet(img, rec, alpha=0.5, intra_modal=intra_modal, ohem=ohem)
     out.loss.backward()
     for grad in (img.grad, rec.grad):
         assert grad is not None and torch.isfinite(grad).all()
     assert img.grad.abs().sum() > 0 and rec.grad.abs().sum() > 0
-    # invalid rows get no gradient: they are neither anchors nor negatives
-    assert img.grad[3].abs().sum() == 0 and rec.grad[3].abs().sum() == 0
     assert not out.d_pos.requires_grad and not out.d_neg.requires_grad
 
 
@@ -129,9 +106,7 @@ def test_degenerate_batches():
     out = batch_hard_triplet(one, one * 2, intra_modal=True)
     assert out.loss.item() == 0.0  # no negatives: no anchor
     out.loss.backward()  # still attached to the graph
-    none_valid = batch_hard_triplet(torch.randn(3, 4), torch.randn(3, 4), valid=torch.zeros(3, dtype=torch.bool))
-    assert none_valid.loss.item() == 0.0
     with pytest.raises(ValueError, match="shape"):
         batch_hard_triplet(torch.randn(3, 4), torch.randn(2, 4))
-    with pytest.raises(ValueError, match="valid"):
-        batch_hard_triplet(torch.randn(3, 4), torch.randn(3, 4), valid=torch.ones(2, dtype=torch.bool))
+    with pytest.raises(TypeError, match="valid"):  # the padding mask is gone: gathers cut their padding
+        batch_hard_triplet(torch.randn(3, 4), torch.randn(3, 4), valid=torch.ones(3, dtype=torch.bool))

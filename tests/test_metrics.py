@@ -1,17 +1,20 @@
-"""The retrieval protocol (SPEC section 5) against brute-force copies of it."""
+"""The retrieval protocol (docs/evaluation.md) against brute-force copies of it."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import utils.metrics as metrics
 from utils.metrics import (
+    _mean_over_bags,
     _paired_ranks,
     draw_bags,
     evaluate_retrieval,
@@ -204,6 +207,96 @@ def test_torch_tile_path_equals_numpy_path():
         assert np.array_equal(want_col, 1 + (sims > np.diag(sims)[None, :]).sum(0))
 
 
+# ------------------------------------------------------------------------------------------
+# Per-bag conversion against the former whole-split conversion
+# ------------------------------------------------------------------------------------------
+def _whole_split_float64(x, name):
+    """The former ``_as_float64``: the whole input copied to float64 (kept as the reference)."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to(torch.float64)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(np.asarray(x, dtype=np.float64)))
+    assert t.dim() == 2 and bool(torch.isfinite(t).all()), name
+    return t
+
+
+def evaluate_retrieval_whole_split(img_embeds, rec_embeds, medr=None, seed=1234, bags=10, chunk=4096):
+    """``evaluate_retrieval`` as it was before the per-bag conversion: every row of the split
+    copied to float64 and normalised first, then the bags gathered from those copies."""
+    img = torch.nn.functional.normalize(_whole_split_float64(img_embeds, "img"), dim=1)
+    rec = torch.nn.functional.normalize(_whole_split_float64(rec_embeds, "rec"), dim=1)
+    img, rec = img.numpy(), rec.numpy()
+    n = img.shape[0]
+    results = {}
+    for key, size in resolve_bag_sizes(medr, n):
+        bag_list = [list(range(n))] if key == "all" else draw_bags(n, size, seed, bags)
+        per_dir = {"im2rec": [], "rec2im": []}
+        for bag in bag_list:
+            sel = np.asarray(bag, dtype=np.int64)
+            im2rec, rec2im = _paired_ranks(img[sel], rec[sel], chunk, both=True)
+            per_dir["im2rec"].append(rank_metrics(im2rec))
+            per_dir["rec2im"].append(rank_metrics(rec2im))
+        results[key] = {"n": size, "bags": len(bag_list)}
+        results[key].update({d: _mean_over_bags(v) for d, v in per_dir.items()})
+    return results
+
+
+@pytest.mark.parametrize("case", ["float32", "float16", "float64", "torch", "scaled", "tied", "all"])
+def test_per_bag_conversion_equals_whole_split_conversion(case):
+    n, dim, medr, chunk = 2600, 48, [1000, 300], 4096
+    img, rec = paired_embeddings(n=n, dim=dim, noise=1.5, seed=11)
+    if case == "float16":
+        img, rec = img.astype(np.float16), rec.astype(np.float16)
+    elif case == "float64":
+        rng = np.random.default_rng(12)
+        img, rec = img.astype(np.float64) + rng.standard_normal(img.shape) * 1e-9, rec.astype(np.float64)
+    elif case == "torch":
+        img, rec = torch.from_numpy(img), torch.from_numpy(rec)
+    elif case == "scaled":  # rows of very different norms: normalisation matters
+        scale = np.random.default_rng(13).uniform(1e-3, 1e3, (n, 1)).astype(np.float32)
+        img, rec, chunk = img * scale, rec / scale, 128
+    elif case == "tied":
+        img, rec = tied_embeddings(n=n)
+        medr, chunk = [500], 97
+    elif case == "all":
+        img, rec, medr = img[:700], rec[:700], None
+    want = evaluate_retrieval_whole_split(img, rec, medr=medr, seed=5, bags=3, chunk=chunk)
+    before = np.array(img, copy=True), np.array(rec, copy=True)
+    got = evaluate_retrieval(img, rec, medr=medr, seed=5, bags=3, chunk=chunk)
+    assert got == want  # exact float equality, every number
+    assert np.array_equal(before[0], np.asarray(img)) and np.array_equal(before[1], np.asarray(rec))  # untouched
+
+
+def test_only_one_bag_is_converted_to_float64(monkeypatch):
+    img, rec = paired_embeddings(n=3000, dim=16, seed=4)
+    seen = []
+    unit_rows = metrics._unit_rows
+
+    def spy(t, **kwargs):
+        seen.append((tuple(t.shape), t.dtype))
+        return unit_rows(t, **kwargs)
+
+    monkeypatch.setattr(metrics, "_unit_rows", spy)
+    evaluate_retrieval(img, rec, medr=[200, 1000], bags=2)
+    # Two rows per bag (images, recipes), never the 3000-row split; the input stays float32.
+    assert seen == [((200, 16), torch.float32)] * 4 + [((1000, 16), torch.float32)] * 4
+
+
+def test_read_only_and_memory_mapped_inputs(tmp_path):
+    img, rec = paired_embeddings(n=400, dim=8, seed=9)
+    want = evaluate_retrieval(img, rec, medr=100, bags=2)
+    np.save(tmp_path / "img.npy", img)
+    np.save(tmp_path / "rec.npy", rec)
+    mapped = np.load(tmp_path / "img.npy", mmap_mode="r"), np.load(tmp_path / "rec.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not writable" warning from torch
+        assert evaluate_retrieval(*mapped, medr=100, bags=2) == want
+    # A strided view and plain lists give the same numbers too.
+    wide = np.repeat(img, 2, axis=1)
+    assert evaluate_retrieval(wide[:, ::2], rec, medr=100, bags=2) == want
+    assert evaluate_retrieval(img[:120].tolist(), rec[:120].tolist()) == evaluate_retrieval(img[:120], rec[:120])
+
+
 def test_bags_and_python_random_state():
     img, rec = paired_embeddings(n=400, dim=8, seed=1)
     random.seed(99)
@@ -255,6 +348,14 @@ def test_bad_input_is_reported_clearly():
     bad[3, 1] = np.nan
     with pytest.raises(ValueError, match=r"img_embeds: row 3"):
         evaluate_retrieval(bad, rec)
+    big, big_rec = paired_embeddings(n=6000, dim=4)  # checked in blocks of rows: the row is still exact
+    big[5000, 0] = np.inf
+    with pytest.raises(ValueError, match=r"img_embeds: row 5000 holds NaN or inf"):
+        evaluate_retrieval(big, big_rec)
+    with pytest.raises(ValueError, match=r"rec_embeds: row 4097"):
+        evaluate_retrieval(big_rec, torch.from_numpy(big_rec).index_fill(0, torch.tensor([4097]), float("nan")))
+    with pytest.raises(ValueError, match="cannot be read as a float array"):
+        evaluate_retrieval([["a", "b"]], [[1.0, 2.0]])
     with pytest.raises(ValueError, match="img_embeds has 20 rows but rec_embeds has 19"):
         evaluate_retrieval(img, rec[:19])
     with pytest.raises(ValueError, match="dimension"):
@@ -342,3 +443,20 @@ def test_bench_script_runs_small():
     out = mod.main(["--n", "400", "--dim", "8", "--medr", "100", "300", "--bags", "2", "--no_progress"])
     assert out["ratio"] > 0 and out["reference_s"] > 0
     assert out["max_metric_diff"] < 0.01
+
+
+def test_bench_memory_mode_runs_small():
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: --memory reads the old utils/metrics.py from git")
+    spec = importlib.util.spec_from_file_location("bench_eval_memory", root / "bench" / "eval.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--memory", "--memory_n", "300", "--medr", "100", "--dim", "8", "--bags", "2",
+                    "--old_rev", "HEAD"])
+    (row,) = out["memory"]
+    assert (row["n"], row["bag"], row["identical"]) == (300, 100, True)
+    for side in ("old", "new"):
+        assert row[side]["inputs_bytes"] == 2 * 300 * 8 * 4 and row[side]["extra_bytes"] >= 0

@@ -1,4 +1,4 @@
-"""FoodSpaceNet, its encoders and ArchConfig on tiny configurations (SPEC section 4)."""
+"""FoodSpaceNet, its encoders and ArchConfig on tiny configurations (docs/model.md)."""
 
 from __future__ import annotations
 
@@ -82,11 +82,9 @@ def test_padding_beyond_the_longest_row_changes_nothing(model):
     with torch.no_grad():
         ref = model.embed_recipes(tokens)
         trimmed = model.embed_recipes(padded)
-        model.text_encoder.trim_padding = False  # the mask alone must give the same answer
-        try:
-            masked = model.embed_recipes(padded)
-        finally:
-            model.text_encoder.trim_padding = True
+        # the mask alone (BERT over all 48 columns, untrimmed) must give the same answer
+        pooled = model.text_encoder.bert(input_ids=padded, attention_mask=(padded != 0).long()).pooler_output
+        masked = torch.nn.functional.normalize(model.text_out(model.shared(model.text_head(pooled))), dim=1)
         changed = tokens.clone()
         changed[1, 3] = (changed[1, 3] + 1) % 98 + 2  # a real token: the embedding must move
         moved = model.embed_recipes(changed)
@@ -100,13 +98,9 @@ def test_attention_maps(model):
     model.eval()
     tokens = make_tokens([12, 7, 20, 3], 20)
     enc = model.text_encoder
-    enc.trim_padding = False
-    try:
-        with torch.no_grad():
-            emb, attn = model.embed_recipes(tokens, output_attentions=True)
-            plain = model.embed_recipes(tokens)
-    finally:
-        enc.trim_padding = True
+    with torch.no_grad():  # the longest row fills the 20 columns: nothing is trimmed
+        emb, attn = model.embed_recipes(tokens, output_attentions=True)
+        plain = model.embed_recipes(tokens)
     assert len(attn) == 1 and attn[0].shape == (4, 2, 20, 20)
     torch.testing.assert_close(attn[0].sum(-1), torch.ones(4, 2, 20))
     key_is_pad = (tokens == 0)[:, None, None, :].expand_as(attn[0])  # attention mask = id > 0

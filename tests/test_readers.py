@@ -434,3 +434,30 @@ def test_image_path():
                                 ("val", "ab/cd.jpg"), ("val", "ab")]:
         with pytest.raises(ValueError):
             r1m.image_path("/imgs", partition, image_id)
+
+
+@pytest.mark.parametrize("image_id, words", [
+    ("../../etc/passwd", "path separator"), ("/etc/passwd", "path separator"), ("..\\..\\x.jpg", "path separator"),
+    ("ab/cd.jpg", "path separator"), ("..abcdef.jpg", "starts with '.'"), (".hidden.jpg", "starts with '.'"),
+    ("abc", "shorter than 4"), ("", "shorter than 4"), (None, "not a string"),
+])
+def test_image_id_problem_refuses_what_could_leave_the_image_root(image_id, words):
+    assert words in r1m.image_id_problem(image_id)
+    with pytest.raises(ValueError, match="invalid image id"):
+        r1m.image_path("/imgs", "val", image_id)
+
+
+def test_image_id_problem_accepts_recipe1m_ids():
+    for image_id in ("ef3dc0de11.jpg", "0123ab.jpg", "abcd"):
+        assert r1m.image_id_problem(image_id) is None
+        path = r1m.image_path("/imgs", "test", image_id)
+        assert path.parent.parent.parent.parent.parent == Path("/imgs/test") and path.name == image_id
+    # ".." inside a file name is no path component: the file stays under the root.
+    path = r1m.image_path("/imgs", "test", "ab..cd.jpg")
+    assert os.path.normpath(path) == str(path) and path.is_relative_to("/imgs/test") and path.name == "ab..cd.jpg"
+
+
+def test_reader_errors_are_input_errors():
+    from utils.errors import InputError
+
+    assert issubclass(r1m.Recipe1MError, InputError) and issubclass(r1m.Recipe1MError, ValueError)

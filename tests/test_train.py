@@ -93,13 +93,14 @@ def test_schedule_release_and_decay():
     args = train.get_parser().parse_args(["--warmup", "2", "--decayLR", "3", "--freeHeads", "no",
                                           "--w2vTrain", "false"])
     state = train.initial_schedule(args)
-    assert state == {"lr_scale": 1.0, "free": {"heads": False, "vision": True, "wordemb": True, "text": True}}
+    assert state == train.Schedule(lr_scale=1.0, free={"heads": False, "vision": True, "wordemb": True, "text": True})
+    assert train.Schedule.from_dict(state.to_dict()) == state  # stored as a plain dict in the checkpoint
     assert train.group_lrs(args, state) == {"heads": 0.0, "vision": 1e-4, "wordemb": 0.0, "text": 1e-4}
     assert train.end_of_epoch_schedule(args, state, 0) == []
     assert train.end_of_epoch_schedule(args, state, 1)  # after 1-based epoch 2: release
-    assert state["free"]["heads"] is True
+    assert state.free["heads"] is True
     train.end_of_epoch_schedule(args, state, 2)
-    assert state["lr_scale"] == pytest.approx(0.1)
+    assert state.lr_scale == pytest.approx(0.1)
     assert train.group_lrs(args, state)["heads"] == pytest.approx(1e-5)
     assert train.group_lrs(args, state)["wordemb"] == 0.0  # --w2vTrain false: frozen for good
 

@@ -20,7 +20,6 @@ from data.translation import (
     FairseqConversionError,
     TranslationCache,
     batch_digest,
-    build_tiny_fsmt,
     collect_unique,
     convert_fairseq_checkpoint,
     is_empty,
@@ -31,6 +30,7 @@ from data.translation import (
     sort_key,
     translate_batches,
 )
+from tests.tiny_models import build_tiny_fsmt
 
 # Duplicates across recipes and across fields, empty and whitespace-only texts, an empty title,
 # an empty ingredient list, non-ASCII text.

@@ -1,6 +1,7 @@
 """Shared helpers: atomic writes, checkpoints, RNG state, flags, run folders."""
 
 import argparse
+import glob
 import random
 from pathlib import Path
 
@@ -8,10 +9,24 @@ import numpy as np
 import pytest
 import torch
 
-from utils.checkpoint import is_image_encoder_file, load_checkpoint, save_checkpoint, to_plain
+from utils.checkpoint import CHECKPOINT_FORMAT, checkpoint_state, load_checkpoint, save_checkpoint, to_plain
 from utils.cli import explicit_flags, int_list, str2bool
+from utils.errors import CheckpointError, InputError, RunFolderError
 from utils.io import atomic_write, atomic_write_json
-from utils.runs import new_run_dir, read_opts, write_opts
+from utils.runs import (
+    best_glob,
+    best_name,
+    find_encoder_files,
+    image_encoder_path,
+    is_image_encoder_file,
+    new_gan_run_dir,
+    new_run_dir,
+    read_opts,
+    run_dir_glob,
+    vectors_glob,
+    vectors_name,
+    write_opts,
+)
 from utils.seed import get_rng_state, seed_everything, set_rng_state
 
 
@@ -41,10 +56,32 @@ def test_rng_state_round_trip_through_weights_only_checkpoint(tmp_path):
 def test_load_checkpoint_refuses_foreign_pickles(tmp_path):
     path = tmp_path / "bad.pth.tar"
     torch.save({"ns": argparse.Namespace(a=1)}, path)
-    with pytest.raises(RuntimeError, match="weights_only"):
+    with pytest.raises(CheckpointError) as err:
         load_checkpoint(path)
-    with pytest.raises(FileNotFoundError, match="missing"):
-        load_checkpoint(tmp_path / "missing.pth.tar")
+    assert str(err.value) == (f"{path}: refused by torch.load(weights_only=True): it holds argparse.Namespace "
+                              "(not a checkpoint this project wrote; never unpickle untrusted files)")
+    missing = tmp_path / "missing.pth.tar"
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(missing)
+    assert str(err.value) == f"checkpoint not found: {missing}" and isinstance(err.value, InputError)
+
+
+def test_load_checkpoint_names_a_cut_short_file_in_one_line(tmp_path):
+    path = tmp_path / "cut.pth.tar"
+    save_checkpoint(checkpoint_state("foodspace", model={"w": torch.zeros(64)}), path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"not a readable checkpoint \(cut short or corrupt\): ") as err:
+        load_checkpoint(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    (tmp_path / "empty.pth.tar").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="cut short or corrupt"):
+        load_checkpoint(tmp_path / "empty.pth.tar")
+
+
+def test_checkpoint_state_puts_the_format_first():
+    state = checkpoint_state("image_encoder", arch={"a": 1}, epoch=3)
+    assert list(state) == ["format", "kind", "arch", "epoch"]
+    assert state["format"] == CHECKPOINT_FORMAT and state["kind"] == "image_encoder"
 
 
 def test_flags_helpers():
@@ -67,9 +104,48 @@ def test_run_dir_and_opts(tmp_path):
     assert read_opts(first / "opts.txt") == {"lr": 0.1, "warmup": [1, 2], "name": "a: b"}
 
 
-def test_image_encoder_names_are_not_checkpoints():
+def test_image_encoder_names_are_not_checkpoints(tmp_path):
     assert is_image_encoder_file("m/model_BEST_REC_e001_v-1.000_cr-2.0000_image_encoder.pth.tar")
     assert not is_image_encoder_file("m/model_BEST_REC_e001_v-1.000_cr-2.0000.pth.tar")
+    name = best_name("REC", 1, 1.0, 2.0)
+    assert name == "model_BEST_REC_e001_v-1.000_cr-2.0000.pth.tar"
+    encoder = image_encoder_path(tmp_path / "models" / name)
+    assert encoder.name == "model_BEST_REC_e001_v-1.000_cr-2.0000_image_encoder.pth.tar"
+    for path in (encoder, tmp_path / "models" / name, tmp_path / "models" / best_name("VAL", 2, 3.0, 1.5)):
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
+    models = tmp_path / "models"
+    assert sorted(p.name for p in models.glob(best_glob("REC"))) == [name]  # never the export
+    assert [p.name for p in models.glob(best_glob("REC", image_encoder=True))] == [encoder.name]
+
+
+def test_run_folder_names(tmp_path):
+    run = new_run_dir(tmp_path / "runs", "_demo")
+    assert Path(glob.glob(run_dir_glob(tmp_path / "runs", "_demo"))[0]) == run
+    gan = new_gan_run_dir(run)
+    assert gan.parent == run / "GAN_runs" and gan.name.startswith("GAN_") and gan.is_dir()
+    vectors = vectors_name(run, "model_BEST_REC_e001", "test", "de-en")
+    assert vectors.name == f"foodSpace_vectors_{run.name.split('__')[0]}_model_BEST_REC_e001_test_de-en.npz"
+    vectors.touch()
+    assert glob.glob(vectors_glob(run, "model_BEST_REC_e001", "test", "de-en")) == [str(vectors)]
+
+
+def test_find_encoder_files_names_the_command_that_makes_them(tmp_path):
+    with pytest.raises(RunFolderError, match="no such folder"):
+        find_encoder_files(tmp_path / "nothing", "en")
+    (tmp_path / "models").mkdir()
+    with pytest.raises(RunFolderError, match=r"make it with: python test\.py .*--language en"):
+        find_encoder_files(tmp_path, "en")
+    ckpt = tmp_path / "models" / best_name("REC", 1, 1.0, 2.0)
+    ckpt.touch()
+    image_encoder_path(ckpt).touch()
+    with pytest.raises(RunFolderError, match="_train_en.npz"):
+        find_encoder_files(tmp_path, "en")
+    vectors = {p: vectors_name(tmp_path, ckpt.name.removesuffix(".pth.tar"), p, "en") for p in ("train", "val", "test")}
+    for path in vectors.values():
+        path.touch()
+    files = find_encoder_files(tmp_path, "en")
+    assert files.encoder == image_encoder_path(ckpt) and files.embeddings == vectors
 
 
 def test_atomic_write_gives_usual_permissions(tmp_path):

@@ -1,6 +1,6 @@
-"""The one checkpoint format (SPEC section 8): tensors and plain values, written atomically.
+"""The one checkpoint format (docs/run_folders.md): tensors and plain values, written atomically.
 
-A checkpoint is a dict such as::
+A checkpoint is a dict made by :func:`checkpoint_state` such as::
 
     {"format": 1, "kind": "foodspace", "arch": ArchConfig.to_dict(), "model": state_dict,
      "optimizer": ..., "scaler": ..., "epoch": int, "iteration": int, "best": {...},
@@ -15,15 +15,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from utils.errors import CheckpointError
 from utils.io import atomic_write
 
 CHECKPOINT_FORMAT = 1
-ENCODER_SUFFIX = "_image_encoder.pth.tar"
+# torch names the refused class in its weights_only message: "Unsupported global: GLOBAL x.y was not ..."
+# torch names the refused class in one of two phrasings (an unknown global; a blocked module's)
+_UNSUPPORTED_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)")
 
 
 def to_plain(value: Any) -> Any:
@@ -61,6 +66,11 @@ class PlainConfig:
         return cls(**d)
 
 
+def checkpoint_state(kind: str, **fields) -> dict:
+    """A checkpoint dict: ``{"format": CHECKPOINT_FORMAT, "kind": kind, **fields}``."""
+    return {"format": CHECKPOINT_FORMAT, "kind": kind, **fields}
+
+
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Write ``state`` to ``path`` atomically (temp file + rename)."""
     with atomic_write(path, "wb") as handle:
@@ -68,16 +78,31 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint with ``weights_only=True``; a clear error names the file otherwise."""
+    """Load a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CheckpointError: one line naming the file: missing, cut short or corrupt, or refused by
+            ``weights_only`` (with the class it holds).
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning would add a line to the error
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file or a foreign pickle
-        raise RuntimeError(f"cannot load checkpoint {path} with weights_only=True: {exc}") from exc
+        refused = _UNSUPPORTED_GLOBAL.search(str(exc))
+        if refused:
+            raise CheckpointError(f"{path}: refused by torch.load(weights_only=True): it holds {refused.group(1)} "
+                                  "(not a checkpoint this project wrote; never unpickle untrusted files)") from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint (cut short or corrupt): {_short_reason(exc)}") from exc
 
 
-def is_image_encoder_file(path: str | Path) -> bool:
-    """True for an exported image encoder (``<ckpt>_image_encoder.pth.tar``), never a training checkpoint."""
-    return Path(path).name.endswith(ENCODER_SUFFIX)
+def _short_reason(exc: Exception) -> str:
+    """The first sentence of torch's message (its ``WeightsUnpickler error:`` part when there is one)."""
+    text = str(exc)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+    text = (found.group(1) if found else text).strip()
+    first = re.split(r"\.\s|\n", text, maxsplit=1)[0].strip().rstrip(".")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import TypeVar
@@ -20,12 +19,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def run_main(body: Callable[[], T]) -> T:
-    """Run a script's body; bad input (:class:`InputError`) exits with one line, never a traceback."""
+    """Run a script's body; bad input (:class:`InputError`) exits with one line, never a traceback.
+
+    The exit is ``SystemExit("error: <message>")``: status 1, the line on stderr.
+    """
     try:
         return body()
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise SystemExit(f"error: {err}") from None
+
+
+BOOL = "{yes,no}"  # metavar of str2bool flags; true/false, t/f, y/n and 1/0 are accepted too
 
 
 def str2bool(value: str | bool) -> bool:

@@ -3,7 +3,7 @@
 Every error a user can cause and fix (a missing file, a malformed entry, a flag that does not fit
 the run) derives from :class:`InputError`. Its message names the file (and the entry) and, where
 there is one, the command or flag that fixes it. :func:`utils.cli.run_main` turns it into
-``error: <message>`` and exit status 2, never a traceback.
+``error: <message>`` on stderr and exit status 1, never a traceback.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Frechet distance between two sets of features (the FID formula, SPEC section 8).
+"""Frechet distance between two sets of features (the FID formula, docs/run_folders.md).
 
 For feature sets A (n_a, D) and B (n_b, D) with means m_a, m_b and covariances S_a, S_b::
 

@@ -1,4 +1,4 @@
-"""The retrieval protocol of SPEC section 5: median rank and recall@K over random bags.
+"""The retrieval protocol of docs/evaluation.md: median rank and recall@K over random bags.
 
 For N paired embeddings (image i goes with recipe i), Python's ``random`` is seeded with ``seed``
 and ``bags`` times ``random.sample(range(N), size)`` draws a bag (bags may overlap). In a bag the
@@ -14,16 +14,21 @@ BLAS, the device, the tiling or TF32 settings; float32 products (the reference's
 and flip near-ties differently from one library or blocking to the next. The price is the float64
 GEMM, about 2x the float32 one on CPU (``bench/eval.py`` prints both).
 
-Memory: each bag is processed in square tiles of ``chunk`` x ``chunk`` similarities. Diagonal
-tiles come first and give every query's own-pair similarity; each off-diagonal tile then serves
-both directions (its rows for image-to-recipe, its columns for recipe-to-image), so every
-similarity is computed exactly once and the comparison with the own pair uses the very same
-numbers, yet no N x N matrix is ever held.
+Memory: ``evaluate_retrieval`` keeps the inputs in their own dtype (a float numpy array is not
+even copied) and converts to float64, then normalises, one bag at a time: a float64 copy of a
+whole split (8 KB per embedding at 1024-d, twice) is never made, and since normalisation works
+row by row the numbers are those of a whole-split copy. Each bag is processed in square tiles of
+``chunk`` x ``chunk`` similarities. Diagonal tiles come first and give every query's own-pair
+similarity; each off-diagonal tile then serves both directions (its rows for image-to-recipe, its
+columns for recipe-to-image), so every similarity is computed exactly once and the comparison
+with the own pair uses the very same numbers, yet no N x N matrix is ever held.
+(``ranks_chunked`` and ``topk_chunked`` rank against a whole set, which they copy to float64.)
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,7 +49,7 @@ def bag_key(size: int) -> str:
 
 
 def resolve_bag_sizes(requested: int | Sequence[int] | None, n: int) -> list[tuple[str, int]]:
-    """Apply SPEC section 5's bag-size rules.
+    """Apply docs/evaluation.md's bag-size rules.
 
     Args:
         requested: asked bag sizes (an int is one size); None means ``[1000, 10000]``.
@@ -83,23 +88,73 @@ def resolve_bag_sizes(requested: int | Sequence[int] | None, n: int) -> list[tup
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
-def _as_float64(x, name: str) -> torch.Tensor:
-    """A 2-D float64 tensor (on ``x``'s device when ``x`` is a tensor), rejecting NaN/inf rows."""
+_CHECK_ROWS = 4096  # rows checked for NaN / inf at a time (a bool mask of this many rows)
+
+
+def _float_rows(x, name: str) -> torch.Tensor:
+    """``x`` as a 2-D floating tensor, without a float64 copy of a float array, NaN/inf refused.
+
+    A float numpy array becomes a tensor sharing its memory, a float tensor is kept as it is (on
+    its device); anything else (lists, integers) is converted to float64 as a whole. Converting
+    float16/32 to float64 is exact, so normalising rows later (:func:`_unit_rows`) gives the very
+    numbers a float64 copy of the whole array would have given.
+    """
     if isinstance(x, torch.Tensor):
-        t = x.detach().to(torch.float64)
+        t = x.detach()
+        if not t.is_floating_point():
+            t = t.to(torch.float64)
     else:
         try:
-            arr = np.asarray(x, dtype=np.float64)
+            arr = np.asarray(x)
+            if arr.dtype.kind != "f" or arr.dtype.itemsize > 8:  # not a float torch can share
+                arr = np.asarray(x, dtype=np.float64)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{name}: cannot be read as a float array ({exc})") from exc
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        if not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr)
+        with warnings.catch_warnings():  # a read-only array (np.load's mmap): never written to here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            t = torch.from_numpy(arr)
     if t.dim() != 2:
         raise ValueError(f"{name}: expected a 2-D array (N, D), got shape {tuple(t.shape)}")
-    bad = ~torch.isfinite(t).all(dim=1)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise ValueError(f"{name}: row {row} holds NaN or inf")
+    for s in range(0, t.shape[0], _CHECK_ROWS):  # by blocks: no (N, D) mask
+        bad = ~torch.isfinite(t[s:s + _CHECK_ROWS]).all(dim=1)
+        if bool(bad.any()):
+            row = s + int(bad.nonzero()[0, 0])
+            raise ValueError(f"{name}: row {row} holds NaN or inf")
     return t
+
+
+def _checked_pair(queries, candidates, names, paired):
+    """Both inputs through :func:`_float_rows`, shapes checked, candidates on the queries' device."""
+    q = _float_rows(queries, names[0])
+    c = _float_rows(candidates, names[1])
+    if q.shape[1] != c.shape[1]:
+        raise ValueError(f"{names[0]} has dimension {q.shape[1]} but {names[1]} has {c.shape[1]}")
+    if paired and q.shape[0] != c.shape[0]:
+        raise ValueError(
+            f"{names[0]} has {q.shape[0]} rows but {names[1]} has {c.shape[0]}: "
+            "row i of each must be the same pair"
+        )
+    if c.device != q.device:
+        c = c.to(q.device)
+    return q, c
+
+
+def _unit_rows(src: torch.Tensor, normalize: bool = True, owned: bool = False):
+    """float64 (optionally L2-normalised) rows of ``src``: a numpy array on CPU, else a tensor.
+
+    ``owned``: ``src`` is a temporary of the caller's (a gathered bag), which may be normalised in
+    place. On CPU numpy does the tiles: its comparisons and counts ran ~5x faster than torch's
+    here, and its OpenBLAS products neither win nor lose against torch's MKL consistently.
+    """
+    t = src.to(torch.float64)  # a copy, unless src is float64 already
+    if normalize:
+        # Row by row: the same numbers for any set of rows. In place when t is ours (a second
+        # float64 buffer costs as much as the conversion).
+        inplace = owned or t is not src
+        t = torch.nn.functional.normalize(t, dim=1, out=t if inplace else None)
+    return t.numpy() if t.device.type == "cpu" else t
 
 
 def _prepare(queries, candidates, names=("queries", "candidates"), normalize=True, paired=False):
@@ -111,25 +166,8 @@ def _prepare(queries, candidates, names=("queries", "candidates"), normalize=Tru
         normalize: L2-normalise the rows.
         paired: require N == M (row i of both is a pair).
     """
-    q = _as_float64(queries, names[0])
-    c = _as_float64(candidates, names[1])
-    if q.shape[1] != c.shape[1]:
-        raise ValueError(f"{names[0]} has dimension {q.shape[1]} but {names[1]} has {c.shape[1]}")
-    if paired and q.shape[0] != c.shape[0]:
-        raise ValueError(
-            f"{names[0]} has {q.shape[0]} rows but {names[1]} has {c.shape[0]}: "
-            "row i of each must be the same pair"
-        )
-    if c.device != q.device:
-        c = c.to(q.device)
-    if normalize:
-        q = torch.nn.functional.normalize(q, dim=1)  # (N, D)
-        c = torch.nn.functional.normalize(c, dim=1)  # (M, D)
-    if q.device.type == "cpu":
-        # On CPU numpy does the tiles: its comparisons and counts ran ~5x faster than torch's
-        # here, and its OpenBLAS products neither win nor lose against torch's MKL consistently.
-        return q.numpy(), c.numpy()
-    return q, c
+    q, c = _checked_pair(queries, candidates, names, paired)
+    return _unit_rows(q, normalize), _unit_rows(c, normalize)
 
 
 def _check_chunk(chunk: int) -> int:
@@ -323,7 +361,7 @@ def draw_bags(n: int, size: int, seed: int, bags: int) -> list[list[int]]:
 
 def evaluate_retrieval(img_embeds, rec_embeds, medr=None, seed: int = 1234, bags: int = 10,
                        chunk: int = DEFAULT_CHUNK) -> dict[str, dict]:
-    """Image-to-recipe and recipe-to-image medR and R@1/5/10 under SPEC section 5.
+    """Image-to-recipe and recipe-to-image medR and R@1/5/10 under docs/evaluation.md.
 
     Args:
         img_embeds: (N, D) numpy array or torch tensor (any device); row i pairs with recipe i.
@@ -343,7 +381,10 @@ def evaluate_retrieval(img_embeds, rec_embeds, medr=None, seed: int = 1234, bags
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     chunk = _check_chunk(chunk)
-    img, rec = _prepare(img_embeds, rec_embeds, names=("img_embeds", "rec_embeds"), paired=True)
+    # Checked, in their own dtype: each bag is converted to float64 and normalised on its own,
+    # so memory holds one bag in float64, never the whole split (row-wise normalisation gives the
+    # same numbers either way).
+    img, rec = _checked_pair(img_embeds, rec_embeds, ("img_embeds", "rec_embeds"), paired=True)
     n = img.shape[0]
     results: dict[str, dict] = {}
     for key, size in resolve_bag_sizes(medr, n):
@@ -353,11 +394,10 @@ def evaluate_retrieval(img_embeds, rec_embeds, medr=None, seed: int = 1234, bags
             bag_list = draw_bags(n, size, int(seed), int(bags))
         per_dir: dict[str, list[dict[str, float]]] = {"im2rec": [], "rec2im": []}
         for bag in bag_list:
-            if isinstance(img, np.ndarray):
-                sel = np.asarray(bag, dtype=np.int64)
-            else:
-                sel = torch.as_tensor(bag, dtype=torch.long, device=img.device)
-            im2rec, rec2im = _paired_ranks(img[sel], rec[sel], chunk, both=True)  # (size,) each
+            sel = torch.as_tensor(bag, dtype=torch.long, device=img.device)
+            img_bag, rec_bag = _unit_rows(img[sel], owned=True), _unit_rows(rec[sel], owned=True)
+            im2rec, rec2im = _paired_ranks(img_bag, rec_bag, chunk, both=True)  # (size,) each
+            del img_bag, rec_bag  # before the next bag is gathered
             per_dir["im2rec"].append(rank_metrics(im2rec))
             per_dir["rec2im"].append(rank_metrics(rec2im))
         results[key] = {"n": size, "bags": len(bag_list)}
@@ -369,27 +409,44 @@ def evaluate_retrieval(img_embeds, rec_embeds, medr=None, seed: int = 1234, bags
 # Printing
 # --------------------------------------------------------------------------------------------
 def format_results(results: dict, title: str | None = None) -> str:
-    """A fixed-width table: one row per bag and direction; recalls printed as percentages.
+    """The one results table of the project: one row per bag and direction; recalls as percentages.
 
     Args:
-        results: the output of ``evaluate_retrieval`` (any direction names are accepted).
+        results: ``{bag: {"n": size, "bags": count, <direction>: {"medR", "R@1", "R@5", "R@10"}}}``,
+            the output of ``evaluate_retrieval``; any bag keys and direction names are accepted
+            (the columns widen to fit them), see :func:`results_by_bag` for per-direction metrics.
         title: an optional first line.
 
     Returns:
         The table as a string (no trailing newline).
     """
-    header = f"{'bag':<6} {'n':>7} {'bags':>4}  {'direction':<10} {'medR':>7} " + " ".join(
+    rows = [(str(key), entry, str(direction), m) for key, entry in results.items()
+            for direction, m in entry.items() if isinstance(m, dict)]
+    key_w = max([6] + [len(r[0]) for r in rows])
+    dir_w = max([10] + [len(r[2]) for r in rows])
+    header = f"{'bag':<{key_w}} {'n':>7} {'bags':>4}  {'direction':<{dir_w}} {'medR':>7} " + " ".join(
         f"{f'R@{k} %':>7}" for k in RECALL_KS
     )
     lines = [title] if title else []
     lines += [header, "-" * len(header)]
-    for key, entry in results.items():
-        for direction, m in entry.items():
-            if not isinstance(m, dict):
-                continue
-            recalls = " ".join(f"{100.0 * m[f'R@{k}']:>7.1f}" for k in RECALL_KS)
-            lines.append(
-                f"{key:<6} {entry.get('n', ''):>7} {entry.get('bags', ''):>4}  {direction:<10} "
-                f"{m['medR']:>7.2f} {recalls}"
-            )
+    for key, entry, direction, m in rows:
+        recalls = " ".join(f"{100.0 * m[f'R@{k}']:>7.1f}" for k in RECALL_KS)
+        lines.append(
+            f"{key:<{key_w}} {entry.get('n', ''):>7} {entry.get('bags', ''):>4}  {direction:<{dir_w}} "
+            f"{m['medR']:>7.2f} {recalls}"
+        )
     return "\n".join(lines)
+
+
+def results_by_bag(per_direction: dict[str, dict]) -> dict:
+    """``{direction: {bag: {"n", "bags", "medR", "R@k"...}}}`` -> :func:`format_results`' input.
+
+    For metrics kept per direction (GAN_test.py's ``fake2rec``, ``rec2fake``...): the result is
+    ``{bag: {"n", "bags", direction: {"medR", "R@1", "R@5", "R@10"}}}``, bags in first-seen order.
+    """
+    rows: dict = {}
+    for direction, per_bag in per_direction.items():
+        for bag, entry in per_bag.items():
+            row = rows.setdefault(bag, {"n": entry["n"], "bags": entry["bags"]})
+            row[direction] = {k: entry[k] for k in ("medR", *(f"R@{k}" for k in RECALL_KS))}
+    return rows

@@ -1,59 +1,51 @@
 """Retrieval figures like the paper's: queries followed by their top-3 matches (PNG, drawn with PIL).
 
-Recipe texts are decoded from the LMDB's token rows with the saved tokenizer, so no Recipe1M JSON
-is needed; nearest neighbours come from chunked products, never an N x N matrix.
+Pure drawing: the caller says what a recipe looks like (:class:`RecipeView`: title, ingredient
+line, image path or picture), e.g. decoded from the LMDB by test.py; nearest neighbours come from
+chunked products, never an N x N matrix.
 """
 
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from data.lmdb_format import PART_INGR, PART_TITLE, TOKENIZER_DIR, decode_record, lmdb_dir, shared_env
-from data.recipe1m import image_path
 from utils.metrics import topk_chunked
 
 TILE = 160  # image side in the figure
 TEXT_W = 220  # width of a recipe's text block
 
 
-class _Recipes:
-    """Title, first ingredients and first image of recipes, read lazily from one LMDB partition."""
+class RecipeView(NamedTuple):
+    """What a figure shows of a recipe."""
 
-    def __init__(self, data_path: Path, img_path: Path, partition: str, lang: str) -> None:
-        from transformers import AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(str(Path(data_path) / TOKENIZER_DIR))
-        self.env = shared_env(lmdb_dir(data_path, partition))
-        self.img_path, self.partition, self.lang = Path(img_path), partition, lang
-
-    def text(self, recipe_id: str) -> tuple[str, str]:
-        record = self._record(recipe_id)
-        row = record.langs.index(self.lang) if self.lang in record.langs else 0
-        ids, parts = record.ids[row], record.parts[row]
-        title = self.tokenizer.decode(ids[parts == PART_TITLE].tolist()).strip()
-        ingredients = self.tokenizer.decode(ids[parts == PART_INGR].tolist()).strip()
-        return title, ingredients[:140]
-
-    def image(self, recipe_id: str) -> Image.Image:
-        record = self._record(recipe_id)
-        try:
-            with Image.open(image_path(self.img_path, self.partition, record.images[0])) as img:
-                return ImageOps.fit(ImageOps.exif_transpose(img).convert("RGB"), (TILE, TILE))
-        except (OSError, IndexError):  # unreadable: draw a labelled grey tile, not a fake photo
-            tile = Image.new("RGB", (TILE, TILE), (90, 90, 90))
-            ImageDraw.Draw(tile).text((8, TILE // 2), "image unreadable", fill=(255, 255, 255))
-            return tile
-
-    def _record(self, recipe_id: str):
-        with self.env.begin() as txn:
-            return decode_record(txn.get(recipe_id.encode("utf-8")))
+    title: str
+    ingredients: str  # one line, cut by the caller
+    image: str | Path | Image.Image | None  # a path, a picture, or None (no image: a labelled grey tile)
 
 
-def _text_block(title: str, ingredients: str, marked: bool) -> Image.Image:
+def image_tile(image: str | Path | Image.Image | None) -> Image.Image:
+    """A ``TILE`` x ``TILE`` tile of ``image``; a grey labelled tile when it is None or unreadable."""
+    try:
+        if image is None:
+            raise OSError("no image")
+        if isinstance(image, Image.Image):
+            return ImageOps.fit(ImageOps.exif_transpose(image).convert("RGB"), (TILE, TILE))
+        with Image.open(image) as img:
+            return ImageOps.fit(ImageOps.exif_transpose(img).convert("RGB"), (TILE, TILE))
+    except OSError:  # unreadable: draw a labelled grey tile, not a fake photo
+        tile = Image.new("RGB", (TILE, TILE), (90, 90, 90))
+        ImageDraw.Draw(tile).text((8, TILE // 2), "image unreadable", fill=(255, 255, 255))
+        return tile
+
+
+def text_block(title: str, ingredients: str, marked: bool) -> Image.Image:
+    """A recipe's title and ingredient line in a ``TEXT_W`` x ``TILE`` block; a green frame when ``marked``."""
     block = Image.new("RGB", (TEXT_W, TILE), (255, 255, 255))
     draw = ImageDraw.Draw(block)
     font = ImageFont.load_default()
@@ -70,7 +62,7 @@ def _text_block(title: str, ingredients: str, marked: bool) -> Image.Image:
     return block
 
 
-def _row(cells: list[Image.Image]) -> Image.Image:
+def tile_row(cells: list[Image.Image]) -> Image.Image:
     width = sum(c.width for c in cells) + 6 * (len(cells) - 1)
     row = Image.new("RGB", (width, TILE), (235, 235, 235))
     x = 0
@@ -80,7 +72,7 @@ def _row(cells: list[Image.Image]) -> Image.Image:
     return row
 
 
-def _stack(rows: list[Image.Image]) -> Image.Image:
+def stack_rows(rows: list[Image.Image]) -> Image.Image:
     width = max(r.width for r in rows)
     sheet = Image.new("RGB", (width, sum(r.height for r in rows) + 6 * (len(rows) - 1)), (235, 235, 235))
     y = 0
@@ -90,16 +82,22 @@ def _stack(rows: list[Image.Image]) -> Image.Image:
     return sheet
 
 
-def retrieval_figures(emb: dict, data_path, img_path, partition: str, lang: str, out_dir, n: int,
+def retrieval_figures(emb: dict, recipe: Callable[[str], RecipeView], out_dir, prefix: str, n: int,
                       k: int = 3) -> list[Path]:
-    """Write ``im2rec.png`` and ``rec2im.png`` for the first ``n`` queries of ``emb``.
+    """Write ``<prefix>_im2rec.png`` and ``<prefix>_rec2im.png`` for the first ``n`` queries of ``emb``.
 
     Each row: the query (image, or recipe text) then its top-``k`` matches (recipe text with that
     recipe's image, or image); the true match has a green frame.
+
+    Args:
+        emb: test.py's arrays (``img_embeds``, ``rec_embeds``, ``rec_ids``).
+        recipe: what to show of a recipe id (called only for the queries and their matches).
+        out_dir: the folder of the figures (made when missing).
+        prefix: the start of the file names, e.g. ``test_en``.
+        n, k: queries and matches per query.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    recipes = _Recipes(Path(data_path), Path(img_path), partition, lang)
     ids = [str(i) for i in emb["rec_ids"]]
     n = min(n, len(ids))
     img, rec = np.asarray(emb["img_embeds"]), np.asarray(emb["rec_embeds"])
@@ -108,21 +106,21 @@ def retrieval_figures(emb: dict, data_path, img_path, partition: str, lang: str,
         top, _ = topk_chunked(queries, cands, k)
         rows = []
         for q in range(n):
-            query = recipes.image(ids[q]) if name == "im2rec" else _text_block(*recipes.text(ids[q]), False)
-            cells = [query]
+            query = recipe(ids[q])
+            cells = [image_tile(query.image) if name == "im2rec" else text_block(query.title, query.ingredients, False)]
             for j in np.asarray(top[q]).tolist():
-                hit = j == q
+                hit, match = j == q, recipe(ids[j])
                 if name == "im2rec":
-                    cells += [_text_block(*recipes.text(ids[j]), hit), recipes.image(ids[j])]
+                    cells += [text_block(match.title, match.ingredients, hit), image_tile(match.image)]
                 else:
-                    tile = recipes.image(ids[j])
+                    tile = image_tile(match.image)
                     if hit:
                         ImageDraw.Draw(tile).rectangle([0, 0, TILE - 1, TILE - 1], outline=(0, 170, 0), width=5)
                     cells.append(tile)
-            rows.append(_row(cells))
-        path = out_dir / f"{partition}_{lang}_{name}.png"
+            rows.append(tile_row(cells))
+        path = out_dir / f"{prefix}_{name}.png"
         tmp = path.with_suffix(".tmp.png")
-        _stack(rows).save(tmp)
+        stack_rows(rows).save(tmp)
         tmp.replace(path)
         written.append(path)
     return written

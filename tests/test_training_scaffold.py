@@ -1,0 +1,56 @@
+"""utils.training: the scaffolding train.py and GAN_train.py share."""
+
+import argparse
+
+import pytest
+
+import GAN_train
+import train
+from utils.distributed import DistInfo
+from utils.training import RUNTIME_FLAGS, apply_resume_opts, epoch_steps, every_rank_has_a_batch, flag_kind
+
+
+def _dests(parser: argparse.ArgumentParser) -> set[str]:
+    return {a.dest for a in parser._actions if a.option_strings and a.dest != "help"}
+
+
+@pytest.mark.parametrize("script", [train, GAN_train])
+def test_every_runtime_flag_exists_and_the_architecture_is_fixed(script):
+    dests = _dests(script.get_parser())
+    assert RUNTIME_FLAGS & dests, "the table tags this script's runtime flags"
+    for arch in ("embDim", "image_backbone", "BERT_layers", "Z_DIM", "GF_DIM", "lr", "batch_size", "seed"):
+        if arch in dests:
+            assert flag_kind(arch) == "fixed", arch
+    assert flag_kind("epochs") == "runtime" and flag_kind("workers") == "runtime"
+    # every runtime flag of the table belongs to at least one training script
+    assert RUNTIME_FLAGS <= _dests(train.get_parser()) | _dests(GAN_train.get_parser())
+
+
+def test_resume_keeps_fixed_flags_and_takes_given_runtime_ones(capsys):
+    parser = train.get_parser()
+    stored = vars(parser.parse_args(["--embDim", "64", "--epochs", "3", "--lr", "0.5"]))
+    argv = ["--resume", "RUN", "--embDim", "32", "--epochs", "9", "--lr", "0.5"]
+    args = apply_resume_opts(parser, argv, parser.parse_args(argv), dict(stored))
+    assert args.embDim == 64 and args.epochs == 9 and args.lr == 0.5 and args.resume == "RUN"
+    # only the fixed flag given with another value is reported
+    assert capsys.readouterr().out.strip() == "--resume: keeping the run's settings; ignoring --embDim"
+
+
+def test_epoch_steps_and_small_batch_skip():
+    assert epoch_steps(10, 0) == 10 and epoch_steps(10, 3) == 3 and epoch_steps(2, 5) == 2
+    one = DistInfo(rank=0, world_size=1, local_rank=0)
+    assert every_rank_has_a_batch(2, one) and not every_rank_has_a_batch(1, one)
+
+
+@pytest.mark.parametrize("script", [train, GAN_train])
+def test_help_shows_defaults_and_hides_the_reference_only_flags(script, capsys):
+    with pytest.raises(SystemExit):
+        script.get_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "(default: 1234)" in text  # --seed
+    assert "{yes,no}" in text  # what a boolean flag accepts
+    hidden = ["--maxSeqlen", "--momentum", "--w2vInit"] if script is train else ["--trained_G_model_path", "--r1m_path"]
+    for flag in hidden:
+        assert flag not in text
+        required = ["--encoder_dir", "RUN"] if script is GAN_train else []
+        assert script.get_parser().parse_known_args([*required, flag, "1"])[1] == []  # still accepted
