@@ -73,7 +73,7 @@ from models.gan_losses import encode_generated
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
 from utils.checkpoint import load_checkpoint
 from utils.cli import BOOL, HelpFormatter, autocast_context, int_list, resolve_device, run_main, str2bool
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
 from utils.metrics import evaluate_retrieval, format_results, rank_metrics, ranks_chunked, results_by_bag
@@ -123,7 +123,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=48, help="batch size")
     p.add_argument("--workers", type=int, default=4, help="data loader worker processes")
     p.add_argument("--no_cuda", "--no-cuda", action="store_true", help="run on the CPU even if CUDA is available")
-    p.add_argument("--device", default=None, help="CUDA device index or 'cpu'")
+    p.add_argument("--device", nargs="+", default=None,
+                   help="CUDA device index, or 'cpu' (the reference's list of GPUs is accepted; only the first is used)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (GPU)")
     p.add_argument("--max_bad_images", type=float, default=0.01,
                    help="fraction of unreadable real images that stops the run")
@@ -163,7 +164,7 @@ def recipe_texts(ids: list[str], r1m_path, data_path, lang: str) -> dict[str, tu
                     texts[recipe.id] = (recipe.title.strip(), _lines(recipe.ingredients),
                                         _lines(recipe.instructions), str(path))
         except Recipe1MError as err:
-            raise SystemExit(str(err)) from None
+            raise InputError(str(err)) from None
     missing = [i for i in ids if i not in texts]
     if missing:
         from data.tokenizer import load_tokenizer
@@ -285,12 +286,7 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
     from utils.vis import image_tile
 
     recipes = read_recipe_json(args.recipe, lang)  # bad input stops before anything is loaded
-    if args.num_images < 1:
-        raise SystemExit(f"--num_images {args.num_images}: give at least 1")
-    num_images = args.num_images
-    if args.noise_mode == "MEAN" and num_images > 1:
-        print("--noise_mode MEAN gives one image per recipe; saving 1")
-        num_images = 1
+    num_images = images_per_recipe(args)
     opts = ckpt.get("opts", {})
     device = resolve_device(args.no_cuda, args.device)
     ctx = autocast_context(device, args.amp)
@@ -309,7 +305,7 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
     G.to(device).eval()
     rec = torch.from_numpy(searcher.embed_recipes(recipes, args.batch_size))  # (R, D)
     if rec.shape[1] != cfg.emb_dim:
-        raise SystemExit(f"{searcher.ckpt_path}: recipe embeddings of size {rec.shape[1]}, G expects {cfg.emb_dim}")
+        raise InputError(f"{searcher.ckpt_path}: recipe embeddings of size {rec.shape[1]}, G expects {cfg.emb_dim}")
     out_dir = Path(args.out_dir) if args.out_dir else g_path.parent / RECIPE_GEN_DIR
     folders = folder_names([r.id for r in recipes])
     print(f"G {g_path} (epoch {ckpt.get('epoch')}) | {len(recipes)} recipe(s) from {args.recipe} embedded with "
@@ -356,6 +352,16 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
 # --------------------------------------------------------------------------- main
 
 
+def images_per_recipe(args) -> int:
+    """``--num_images``, checked; MEAN noise has a single image per recipe."""
+    if args.num_images < 1:
+        raise InputError(f"--num_images {args.num_images}: give at least 1")
+    if args.noise_mode == "MEAN" and args.num_images > 1:
+        print("--noise_mode MEAN gives one image per recipe; saving 1")
+        return 1
+    return args.num_images
+
+
 def main(argv=None) -> dict:
     """Generate, save and score; returns the metrics written by ``--metrics_json``."""
     return run_main(lambda: _main(argv))
@@ -369,11 +375,11 @@ def _main(argv) -> dict:
     except CheckpointError as err:
         raise CheckpointError(f"--trained_G_model_path: {err}") from None
     if ckpt.get("kind") != "gan_G":
-        raise SystemExit(f"{g_path} is not a generator checkpoint of GAN_train.py (kind={ckpt.get('kind')!r})")
+        raise InputError(f"{g_path} is not a generator checkpoint of GAN_train.py (kind={ckpt.get('kind')!r})")
     opts = ckpt.get("opts", {})
     encoder_dir = args.encoder_dir or opts.get("encoder_dir")
     if not encoder_dir:
-        raise SystemExit("--encoder_dir is required (G's checkpoint does not name one)")
+        raise InputError("--encoder_dir is required (G's checkpoint does not name one)")
     lang = parse_language(args.language if args.language is not None else opts.get("language", "en"))
     if args.recipe:
         return recipe_images(args, ckpt, g_path, Path(encoder_dir), lang)
@@ -387,13 +393,8 @@ def _main(argv) -> dict:
     r1m_path = args.r1m_path or opts.get("r1m_path")
     out_dir = Path(args.out_dir) if args.out_dir else g_path.parent / GENERATED_DIR
     if not args.medr:
-        raise SystemExit("--medr: give at least one bag size, e.g. 1000")
-    if args.num_images < 1:
-        raise SystemExit(f"--num_images {args.num_images}: give at least 1")
-    num_images = args.num_images
-    if args.noise_mode == "MEAN" and num_images > 1:
-        print("--noise_mode MEAN gives one image per recipe; saving 1")
-        num_images = 1
+        raise InputError("--medr: give at least one bag size, e.g. 1000")
+    num_images = images_per_recipe(args)
     shrink = args.frechet_shrinkage
     try:
         shrink = float(shrink)
@@ -412,7 +413,7 @@ def _main(argv) -> dict:
     rec = torch.from_numpy(np.ascontiguousarray(emb["rec_embeds"], dtype=np.float32))  # (N, D)
     img = torch.from_numpy(np.ascontiguousarray(emb["img_embeds"], dtype=np.float32))  # (N, D)
     if rec.shape[1] != cfg.emb_dim:
-        raise SystemExit(f"{files.embeddings['test']}: embeddings of size {rec.shape[1]}, G expects {cfg.emb_dim}")
+        raise InputError(f"{files.embeddings['test']}: embeddings of size {rec.shape[1]}, G expects {cfg.emb_dim}")
     print(f"G {g_path} (epoch {ckpt.get('epoch')}) | encoder {files.encoder.name} | test {len(ids)} recipes "
           f"({lang}) | device {device}")
 
