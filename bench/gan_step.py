@@ -25,12 +25,13 @@ mode, gradients flowing through it to G).
   ResNet-50 weight gradients nobody uses); D's weights trainable during the G update (their
   gradients computed, then thrown away by the next D step); Adam's single-tensor loop, gradients
   zeroed in place.
-- ``--variants`` adds GAN_train.py's step with one option changed: ``fused_adam`` (``fused=True``
-  Adam over the same parameters: faster, not bitwise the same, so the script does not use it),
-  ``loop_adam`` (the single-tensor loop, PyTorch's CPU default, what build_optimizers used before it
-  asked for ``foreach``), ``enc_channels_last`` (the frozen encoder's weights and input
-  channels_last: not bitwise the same either). Each variant's final G and D are compared bit for bit
-  with ours (``same_weights_as_ours``).
+- ``--variants`` adds GAN_train.py's step with one option changed. Switched back to what the script
+  did before it adopted them (both bitwise the same as ours): ``loop_adam`` (Adam's single-tensor
+  loop, PyTorch's CPU default, instead of ``foreach``), ``d_trainable`` (a forward pre-hook on D
+  makes its weights trainable again for G's update, so their gradients are computed and thrown
+  away). Not adopted, because not bitwise the same: ``fused_adam`` (``fused=True`` Adam over the
+  same parameters), ``enc_channels_last`` (the frozen encoder's weights and input channels_last).
+  Each variant's final G and D are compared bit for bit with ours (``same_weights_as_ours``).
 
 Steps are interleaved (reference, ours, variants, reference, ...) after the warm-up, so that load
 from other processes hits every path alike; before each path's step the global RNG is seeded with
@@ -62,7 +63,7 @@ from models.gan_losses import ENCODER_SIZE, class_weights, discriminator_loss, f
 from utils.cli import autocast_context
 
 QUICK_GAN = GANConfig(z_dim=10, gf_dim=8, df_dim=8, ef_dim=8, r_num=1, emb_dim=64, num_classes=11)
-VARIANTS = {"fused_adam": "ours, fused Adam", "loop_adam": "ours, loop Adam",
+VARIANTS = {"loop_adam": "ours, loop Adam", "d_trainable": "ours, D trainable", "fused_adam": "ours, fused Adam",
             "enc_channels_last": "ours, encoder cl"}
 PHASES = ("G forward", "D step", "G step")
 # GAN_train.py flags the step depends on (their defaults are what "ours" runs)
@@ -174,6 +175,14 @@ class ScriptPath:
         D.register_forward_pre_hook(lambda *_: self._mark("D forward"))
         opt_D.register_step_post_hook(lambda *_: self._mark("D stepped"))
         self.clock = OptimizerClock(opt_G, opt_D)
+        if variant == "d_trainable":  # gan_step freezes D's trained weights for G's update: undo it
+            trained = [q for q in D.parameters() if q.requires_grad]
+
+            def unfreeze(*_) -> None:
+                for q in trained:
+                    q.requires_grad_(True)
+
+            D.register_forward_pre_hook(unfreeze)
 
     def _mark(self, event: str) -> None:
         self._marks.setdefault(event, time.perf_counter())  # returns None: a pre-hook's value would replace D's input

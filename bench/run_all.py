@@ -1,7 +1,7 @@
 """Run every benchmark of bench/ and print one table (work, this project, the reference's way, ratio).
 
     python bench/run_all.py            # the benchmarks at their default sizes (long on a CPU)
-    python bench/run_all.py --quick    # fewer timed steps and reference bags, GAN batch 16: minutes
+    python bench/run_all.py --quick    # fewer timed steps and reference bags, GAN batch 16, search 50k: minutes
     python bench/run_all.py --smoke    # tiny sizes, seconds: checks that every benchmark runs (tests)
 
 Each benchmark measures both ways side by side in one run; this script only calls them in turn
@@ -64,6 +64,19 @@ def _gan_step(r: dict) -> list[tuple]:
              f"CPU s/step {ours['median_cpu_s']:.1f} / {ref['median_cpu_s']:.1f}")]
 
 
+def _search(rows: list[dict]) -> list[tuple]:
+    """One row per index size: exact search's queries/s; faiss's beside it in the note (no reference way)."""
+    out = []
+    for n in dict.fromkeys(r["n"] for r in rows):
+        exact = next(r for r in rows if r["n"] == n and r["method"] == "exact")
+        ivf = [r for r in rows if r["n"] == n and r["method"] != "exact"]
+        note = "; ".join(f"{r['method'].split(' ', 1)[1]}: {r['queries_per_s']:,.0f}/s, recall {r['recall']:.3f}"
+                         for r in ivf)
+        out.append((f"search.py exact top-10, {n:,} items (queries/s)", f"{exact['queries_per_s']:,.0f}", "", "",
+                    f"the reference has no search; {note}"))
+    return out
+
+
 # (module, arguments at default sizes, with --quick, with --smoke, adapter)
 BENCHES = [
     ("bench.create_lmdb", [], ["--recipes", "20000"], ["--recipes", "200", "--vocab_size", "500"], _create_lmdb),
@@ -74,6 +87,7 @@ BENCHES = [
     ("bench.train_step", [], ["--steps", "2"], ["--quick", "--lengths", "normal", "--length_samples", "20"],
      _train_step),
     ("bench.gan_step", [], ["--batch_size", "16", "--steps", "2"], ["--quick", "--warmup", "0"], _gan_step),
+    ("bench.search", [], ["--sizes", "50000"], ["--quick", "--nprobe", "8"], _search),
 ]
 
 

@@ -152,7 +152,7 @@ def test_run_all_smoke_runs_every_benchmark_and_prints_the_table(capsys):
 
     rows = run_all.main(["--smoke"])
     names = [row[0] for row in rows]
-    assert len(names) == len(set(names)) >= 7
+    assert len(names) == len(set(names)) >= 8
     table = capsys.readouterr().out
     assert "| work | this project | reference's way | ratio |" in table
     for name in names:
@@ -167,7 +167,8 @@ def test_bench_variants_are_checked_bit_for_bit():
     assert res["paths"]["ours, loop Adam"]["same_weights_as_ours"] is True
     assert res["paths"]["ours, fused Adam"]["same_weights_as_ours"] is False
     assert res["paths"]["ours"]["median_adam_s"] > 0
-    res = gan_step.main(["--quick", "--threads", "1", "--warmup", "0", "--variants", "loop_adam"])
+    res = gan_step.main(["--quick", "--threads", "1", "--warmup", "0", "--variants", "loop_adam,d_trainable"])
     assert res["paths"]["ours, loop Adam"]["same_weights_as_ours"] is True
+    assert res["paths"]["ours, D trainable"]["same_weights_as_ours"] is True
     with pytest.raises(SystemExit, match="unknown"):
         gan_step.main(["--quick", "--variants", "turbo"])
