@@ -7,7 +7,7 @@ Run from the repository root: ``python -m bench.gan_step`` (defaults: the paper'
 
 Every path runs the same networks (same initial weights), the same losses (models/gan_losses.py,
 all terms on, cycle weights as GAN_train.py's defaults, 32) and the same batches, in the order of
-SPEC section 6: one G forward, the D update on real and detached fake images, then the G update
+docs/synthesis.md#the-method: one G forward, the D update on real and detached fake images, then the G update
 against the updated D with the generated images upsampled to 224 and encoded by the encoder (eval
 mode, gradients flowing through it to G).
 
@@ -15,7 +15,7 @@ mode, gradients flowing through it to G).
   ``GAN_train.build_optimizers`` and ``GAN_train.gan_step`` on a ``GAN_train.Nets`` (disabled
   ``GradScaler`` s of fp32, the ``autocast_context`` of ``--amp none``, no probe), with D's unused
   ``logits_class`` frozen and the encoder frozen by ``models.gan_losses.freeze_encoder`` as the
-  script's main and ``utils.encoder_run.load_image_encoder`` do, every network NCHW. So: the GLU of
+  script's main and ``models.foodspace.load_image_encoder`` do, every network NCHW. So: the GLU of
   models/gan.py (``F.glu``), the encoder's weights frozen (only the gradient to its input flows),
   D's weights frozen by ``gan_step`` during the G update (only the gradient to its input is
   needed there), ``foreach`` Adam, gradients set to None.

@@ -146,7 +146,7 @@ def lmdb_lengths(data_path: Path, n: int, max_len: int) -> np.ndarray:
 
 
 def synthetic_lengths(n: int, max_len: int, seed: int) -> np.ndarray:
-    """Lengths of English synthetic recipes as create_lmdb.py builds rows (SPEC section 3), + [SEP]."""
+    """Lengths of English synthetic recipes as create_lmdb.py builds rows (docs/data.md#the-lmdb-records), + [SEP]."""
     from data.synthetic import Renderer, make_recipe
     from data.tokenizer import train_wordpiece
 
