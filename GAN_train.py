@@ -515,12 +515,8 @@ def _main(argv: list[str]) -> Path:
     start_epoch, iteration = 0, 0
     local_images = 0  # images this process trained on in this invocation
     if ckpt_G:
-        G.load_state_dict(ckpt_G["model"])
-        D.load_state_dict(ckpt_D["model"])
-        opt_G.load_state_dict(ckpt_G["optimizer"])
-        opt_D.load_state_dict(ckpt_D["optimizer"])
-        scaler_G.load_state_dict(ckpt_G["scaler"])
-        scaler_D.load_state_dict(ckpt_D["scaler"])
+        tr.load_states(ckpt_G, model=G, optimizer=opt_G, scaler=scaler_G)
+        tr.load_states(ckpt_D, model=D, optimizer=opt_D, scaler=scaler_D)
         sched, best = Schedule.from_dict(ckpt_G["schedule"]), Best.from_dict(ckpt_G["best"])
         start_epoch, iteration = ckpt_G["epoch"] + 1, ckpt_G["iteration"]
         tr.restore_rng(ckpt_G["rng"], dist_info.rank)

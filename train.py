@@ -341,9 +341,7 @@ def _main(argv: list[str]) -> Path:
     start_epoch, iteration = args.start_epoch, 0
     local_images = 0  # images this process trained on in this invocation
     if ckpt:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+        tr.load_states(ckpt, model=model, optimizer=optimizer, scaler=scaler)
         sched, best = Schedule.from_dict(ckpt["schedule"]), Best.from_dict(ckpt["best"])
         start_epoch, iteration = ckpt["epoch"] + 1, ckpt["iteration"]
         tr.restore_rng(ckpt["rng"], dist_info.rank)

@@ -58,6 +58,12 @@ def shared_run_dir(dist_info: du.DistInfo, resume: str, make: Callable[[], Path]
     return Path(du.broadcast_object(str(make()) if dist_info.is_main else None))
 
 
+def load_states(ckpt: dict, **objects) -> None:
+    """``obj.load_state_dict(ckpt[name])`` for each ``name=obj`` (model, optimizer, scaler...)."""
+    for name, obj in objects.items():
+        obj.load_state_dict(ckpt[name])
+
+
 def restore_rng(rngs: list, rank: int) -> None:
     """Continue this rank's random streams from a checkpoint (a run resumed on more ranks reuses rank 0's)."""
     set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0])
