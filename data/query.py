@@ -41,6 +41,7 @@ import numpy as np
 
 from data.langs import parse_language
 from data.lmdb_format import PART_CLS, PART_INGR, PART_INST, PART_TITLE, TOKENIZER_DIR
+from data.recipe1m import text_list
 from data.tokenizer import ChunkEncoder, TokenizerError, load_tokenizer
 from utils.errors import InputError
 
@@ -94,16 +95,7 @@ def recipe_from_text(title: str, ingredients: str | None = None, instructions: s
 
 
 def _texts(path: Path, where: str, entry: dict, key: str) -> list[str]:
-    items = entry.get(key)
-    if not isinstance(items, list):
-        raise QueryError(f"{path}: {where}: '{key}' must be a list of {{\"text\": str}}, "
-                         f"got {'nothing' if items is None else type(items).__name__}")
-    out = []
-    for k, item in enumerate(items):
-        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-            raise QueryError(f"{path}: {where}: '{key}'[{k}] must be {{\"text\": str}}, got {item!r:.80}")
-        out.append(item["text"])
-    return out
+    return text_list(entry, key, f"{path}: {where}", QueryError)
 
 
 def read_recipe_json(path: str | Path, lang: str = "en") -> list[QueryRecipe]:

@@ -164,19 +164,27 @@ def _iter_array(handle: IO[bytes], name: str, chunk_size: int) -> Iterator[dict]
         index += 1
 
 
-def _text_list(path: Any, index: int, rid: str, entry: dict, field: str) -> list[str]:
-    """``entry[field]`` as a list of texts; it must be a list of ``{"text": str}``."""
+def text_list(entry: dict, field: str, where: str, error: type[Exception] | None = None) -> list[str]:
+    """``entry[field]`` as a list of texts; it must be a list of ``{"text": str}``.
+
+    Args:
+        where: the start of the message (file and entry); error: the class raised (Recipe1MError).
+    """
+    error = error or Recipe1MError
     items = entry.get(field)
     if not isinstance(items, list):
-        raise Recipe1MError(f"{_entry(path, index, rid)}: '{field}' must be a list of "
-                            f"{{\"text\": str}}, got {type(items).__name__}")
+        raise error(f"{where}: '{field}' must be a list of {{\"text\": str}}, "
+                    f"got {'nothing' if items is None else type(items).__name__}")
     texts = []
     for k, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("text"), str):
-            raise Recipe1MError(f"{_entry(path, index, rid)}: '{field}'[{k}] must be "
-                                f"{{\"text\": str}}, got {item!r:.80}")
+            raise error(f"{where}: '{field}'[{k}] must be {{\"text\": str}}, got {item!r:.80}")
         texts.append(item["text"])
     return texts
+
+
+def _text_list(path: Any, index: int, rid: str, entry: dict, field: str) -> list[str]:
+    return text_list(entry, field, _entry(path, index, rid))
 
 
 def _recipe_id(path: Any, index: int, entry: dict) -> str:
