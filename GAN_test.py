@@ -369,6 +369,9 @@ def main(argv=None) -> dict:
 
 def _main(argv) -> dict:
     args = get_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    for flag, value, low in (("--batch_size", args.batch_size, 1), ("--workers", args.workers, 0)):
+        if value < low:
+            raise InputError(f"{flag} {value}: give at least {low}")
     g_path = Path(args.trained_G_model_path)
     try:
         ckpt = load_checkpoint(g_path)

@@ -581,6 +581,8 @@ def _main(argv) -> dict:
     args = get_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.k < 1:
         raise SearchError(f"--k {args.k}: give at least 1")
+    if args.batch_size < 1:
+        raise SearchError(f"--batch_size {args.batch_size}: give at least 1")
     try:
         lang = parse_language(args.language)
     except ValueError as err:

@@ -374,3 +374,11 @@ def test_gan_test_recipe_writes_images_and_the_figure(run, tmp_path):
     scores, rows = searcher.search(searcher.embed_recipes(read_recipe_json(path)), "images", 2)
     for r, entry in enumerate(out["recipes"]):
         assert [n["recipe_id"] for n in entry["nearest"]] == [str(searcher.index.ids[j]) for j in rows[r]]
+
+
+@pytest.mark.parametrize("script, flags", [(search, ["--run", "no_such_run", "--text", "Pie"]),
+                                           (GAN_test, ["--trained_G_model_path", "no_such_G.pth.tar"])])
+def test_batch_size_zero_is_one_error_line(script, flags):
+    with pytest.raises(SystemExit) as excinfo:  # checked before any file is read
+        script.main([*flags, "--batch_size", "0", "--no_cuda"])
+    assert _error_line(excinfo) == "error: --batch_size 0: give at least 1"
