@@ -125,7 +125,8 @@ def main(argv=None) -> dict:
     start = time.time()
 
     run.stage("synthetic", ["-m", "data.synthetic", "--out", str(r1m), "--recipes", str(args.recipes),
-                            "--seed", str(args.seed), "--image_size", "96", "--workers", workers])
+                            "--seed", str(args.seed), "--image_size", "96", "--workers", workers,
+                            "--force"])  # the stage runs again only to replace the set
     run.stage("create_lmdb", ["create_lmdb.py", "--r1m_path", str(r1m), "--data_path", str(data),
                               "--tokenizer", "train", "--vocab_size", "3000", "--workers", workers])
     if args.force or not (out / ".done_train").exists():

@@ -29,6 +29,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import shutil
 import sys
 import time
 from functools import cache
@@ -40,6 +41,7 @@ from tqdm import tqdm
 from data.recipe1m import PARTITIONS, image_path, write_classes, write_keys
 from data.synthetic_images import draw_image
 from data.synthetic_lexicon import UNIT_KINDS, lexicon
+from utils.errors import InputError
 from utils.io import atomic_write_json
 
 LANGS_OUT = ("en", "de-en", "ru-en", "de", "ru", "fr")  # what render() knows
@@ -281,19 +283,57 @@ def _chunks(items: list, n: int) -> list[list]:
     return [items[k:k + n] for k in range(0, len(items), n)]
 
 
+class SyntheticOutError(InputError):
+    """``--out`` names a file, or a folder that is not empty (without ``--force``)."""
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder unless ``force`` and it holds a synthetic set.
+
+    ``force`` replaces only a folder this module wrote (it has ``synthetic.json``): a mistyped
+    ``--out`` never deletes someone's files.
+
+    Raises:
+        SyntheticOutError: naming the folder and the fix.
+    """
+    if out.exists() and not out.is_dir():
+        raise SyntheticOutError(f"--out {out}: a file, not a folder; give a new folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise SyntheticOutError(f"--out {out}: the folder is not empty; give a new folder, or --force to "
+                                f"replace the synthetic data set there")
+    if not (out / "synthetic.json").is_file():
+        raise SyntheticOutError(f"--out {out}: the folder holds no synthetic data set (no synthetic.json); "
+                                f"--force replaces only a folder written by data.synthetic")
+
+
+def _swap_in(build: Path, out: Path) -> None:
+    """Put the finished folder ``build`` at ``out``, replacing ``out`` whole (old images included)."""
+    old = out.parent / f".{out.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if out.is_dir():
+        out.rename(old)
+    build.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def generate(out_dir: str | os.PathLike, recipes: int = 5000, seed: int = 0, max_images: int = 5,
-             image_size: int = 256, workers: int = 0, *, progress: bool = True) -> dict:
+             image_size: int = 256, workers: int = 0, *, progress: bool = True, force: bool = False) -> dict:
     """Write a synthetic Recipe1M (docs/data.md#recipe1m-on-disk) into ``out_dir``, images under ``out_dir/images``.
 
+    The set is written into a hidden sibling folder and renamed into place when complete.
+
     Args:
-        out_dir: the folder (created). Files of an earlier set there are overwritten; its images
-            stay unless this set has the same ids.
+        out_dir: the folder (created): new or empty, or with ``force`` an earlier synthetic set,
+            replaced whole.
         recipes: number of recipes in ``layer1.json``.
         seed: the seed (>= 0); the same arguments give byte-identical files.
         max_images: at most this many images per recipe (1-5).
         image_size: side of the JPEG images in pixels (>= 32).
         workers: processes drawing images (0: in this process); the output does not depend on it.
         progress: show a tqdm bar while drawing.
+        force: replace the synthetic set already in ``out_dir``.
 
     Returns:
         The summary also written to ``synthetic.json``: counts per partition (recipes, with
@@ -301,6 +341,7 @@ def generate(out_dir: str | os.PathLike, recipes: int = 5000, seed: int = 0, max
 
     Raises:
         ValueError: a parameter out of range.
+        SyntheticOutError: ``out_dir`` is a file, or not empty (see :func:`check_out_dir`).
     """
     for name, value, low, high in (("recipes", recipes, 1, None), ("seed", seed, 0, None),
                                    ("max_images", max_images, 1, len(IMAGE_COUNT_P)),
@@ -308,8 +349,11 @@ def generate(out_dir: str | os.PathLike, recipes: int = 5000, seed: int = 0, max
         if not isinstance(value, int) or value < low or (high is not None and value > high):
             bound = f"{low}..{high}" if high is not None else f">= {low}"
             raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(Path(out_dir), force)
+    final = Path(out_dir).resolve()
+    out = final.parent / f".{final.name}.partial"  # a killed run leaves only this, removed by the next
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     lex = lexicon()
 
     # Structures and ids, in recipe order (ids come from one stream, so they are unique).
@@ -400,6 +444,7 @@ def generate(out_dir: str | os.PathLike, recipes: int = 5000, seed: int = 0, max
         "languages": ["en", *TRANSLATIONS],
     }
     atomic_write_json(out / "synthetic.json", summary, indent=1)
+    _swap_in(out, final)
     return summary
 
 
@@ -422,6 +467,8 @@ def get_parser() -> argparse.ArgumentParser:
                         help="processes drawing images, 0 = none; does not change the output; "
                              "min(4, CPU count) unless given")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--force", action="store_true",
+                        help="replace the synthetic data set already in --out (a non-empty --out is refused)")
     return parser
 
 
@@ -438,7 +485,10 @@ def _main(argv: list[str] | None) -> dict:
     start = time.perf_counter()
     try:
         summary = generate(args.out, recipes=args.recipes, seed=args.seed, max_images=args.max_images,
-                           image_size=args.image_size, workers=args.workers, progress=not args.no_progress)
+                           image_size=args.image_size, workers=args.workers, progress=not args.no_progress,
+                           force=args.force)
+    except InputError:
+        raise  # one line through run_main
     except ValueError as err:
         parser.error(str(err))
     parts = summary["partitions"]

@@ -228,3 +228,30 @@ def test_main_rejects_bad_arguments(tmp_path, capsys, flag, value):
         main(["--out", str(tmp_path / "bad"), flag, value, "--no_progress"])
     assert flag.lstrip("-") in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_out_is_refused_unless_new_or_forced(tmp_path):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    args = ["--recipes", "6", "--image_size", "32", "--max_images", "1", "--workers", "0", "--no_progress"]
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--out", str(a_file), *args])
+    assert str(excinfo.value.code) == f"error: --out {a_file}: a file, not a folder; give a new folder"
+    out = tmp_path / "s"
+    main(["--out", str(out), *args])
+    stale = out / "images" / "old.jpg"
+    stale.write_bytes(b"an image of an earlier set")
+    before = (out / "layer1.json").read_bytes()
+    with pytest.raises(SystemExit) as excinfo:  # an existing set: refused, untouched
+        main(["--out", str(out), *args, "--seed", "1"])
+    assert str(excinfo.value.code).startswith(f"error: --out {out}: the folder is not empty")
+    assert "--force" in str(excinfo.value.code) and (out / "layer1.json").read_bytes() == before
+    main(["--out", str(out), *args, "--seed", "1", "--force"])  # replaced whole: the old image is gone
+    assert not stale.exists() and (out / "layer1.json").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "s"]  # no staging folder left
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as excinfo:  # --force never deletes a folder it did not write
+        main(["--out", str(other), *args, "--force"])
+    assert "no synthetic.json" in str(excinfo.value.code) and (other / "mine.txt").read_text() == "keep me"
