@@ -73,6 +73,7 @@ from data.langs import LANGS, parse_language
 from data.lmdb_build import (
     BUILD_PREFIX,
     JOURNAL,
+    LOCK,
     CreateLmdbError,
     StagedRows,
     Stager,
@@ -114,6 +115,7 @@ from data.tokenizer import (
 from utils.cli import HelpFormatter, run_main
 from utils.io import atomic_write_json
 
+BAD_IMAGES_NAMED = 3  # recipes named by the bad_image_id warning
 COMMIT_BYTES = 8 << 20  # record bytes per LMDB write transaction (its dirty pages stay in memory)
 
 
@@ -300,6 +302,17 @@ def _check_head(path: Path, lang: str) -> None:
         next(recipes, None)
 
 
+def check_required_files(r1m: Path) -> None:
+    """The files every build reads exist (checked before ``--data_path`` is created).
+
+    Raises:
+        CreateLmdbError: naming the first missing file.
+    """
+    for path in (layer1_path(r1m, "en"), r1m / "layer2.json", r1m / "classes1M.pkl"):
+        if not path.is_file():
+            raise CreateLmdbError(f"{path} not found (--r1m_path {r1m})")
+
+
 def check_inputs(args: argparse.Namespace) -> Inputs:
     """Read and check every input before the long work, the cheapest first.
 
@@ -312,9 +325,7 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
         CreateLmdbError, Recipe1MError: naming the file (and the entry).
     """
     r1m = Path(args.r1m_path)
-    for path in (layer1_path(r1m, "en"), r1m / "layer2.json", r1m / "classes1M.pkl"):
-        if not path.is_file():
-            raise CreateLmdbError(f"{path} not found (--r1m_path {r1m})")
+    check_required_files(r1m)
     asked = parse_languages(args.languages)
     for lang in asked or []:
         if not layer1_path(r1m, lang).is_file():
@@ -354,10 +365,12 @@ def check_inputs(args: argparse.Namespace) -> Inputs:
     for rid in bad_images:
         del layer2[rid]
     if bad_images:
-        rid, (image_id, problem) = next(iter(bad_images.items()))
+        shown = list(bad_images.items())[:BAD_IMAGES_NAMED]
+        first = "; ".join(f"recipe {rid!r}, image id {image_id!r} ({problem})"
+                          for rid, (image_id, problem) in shown)
         print(f"warning: {layer2_path}: {len(bad_images)} recipe(s) list an image id outside the "
               f"<partition>/<c1>/<c2>/<c3>/<c4>/<id> layout, not indexed (dropped as bad_image_id); "
-              f"first: recipe {rid!r}, image id {image_id!r} ({problem})", file=sys.stderr)
+              f"first {len(shown)}: {first}", file=sys.stderr)
     # Only a recipe with images can be indexed: the rest of classes1M.pkl is not kept.
     id2class = {rid: cls for rid, cls in id2class.items() if rid in layer2}
     return Inputs(asked, candidates, tokenizer, keys, id2class, layer2, bad_images, empty)
@@ -559,9 +572,11 @@ def _main(argv: list[str] | None) -> dict:
             parser.error(f"{flag} must be at least {low}, got {value}")
     start = time.perf_counter()
     data_path = Path(args.data_path)
+    created = not data_path.exists()
     try:
         if data_path.exists() and not data_path.is_dir():
             raise CreateLmdbError(f"--data_path {data_path} is not a folder")
+        check_required_files(Path(args.r1m_path))  # a typo in --r1m_path creates nothing
         data_path.mkdir(parents=True, exist_ok=True)
         with locked(data_path):
             if recover(data_path):
@@ -579,8 +594,14 @@ def _main(argv: list[str] | None) -> dict:
                 else:
                     shutil.rmtree(build, ignore_errors=True)
                 raise
-    except TokenizerError as err:  # not an InputError: run_main would not catch it
-        raise CreateLmdbError(str(err)) from None
+    except BaseException as err:
+        if created:  # a run that failed leaves no folder it made (only its lock file was in it)
+            (data_path / LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                data_path.rmdir()
+        if isinstance(err, TokenizerError):  # not an InputError: run_main would not catch it
+            raise CreateLmdbError(str(err)) from None
+        raise
     print(_summary(manifest, classless, data_path, time.perf_counter() - start))
     return manifest
 

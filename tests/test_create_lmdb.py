@@ -262,7 +262,15 @@ def test_bad_input_stops_with_a_message(r1m, tmp_path):
     with pytest.raises(SystemExit, match="--tokenizer train"):
         create_lmdb.main(["--r1m_path", str(r1m), "--data_path", str(tmp_path / "out"),
                           "--tokenizer", "xmrs-tests/no-such-tokenizer", *BASE_ARGS])
-    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == [".create_lmdb.lock"]
+    assert not (tmp_path / "out").exists()  # a failed run leaves no folder it made, nor a lock file
+    with pytest.raises(SystemExit, match=f"^error: {tmp_path / 'typo'}.*layer1.json not found"):
+        create_lmdb.main(["--r1m_path", str(tmp_path / "typo"), "--data_path", str(tmp_path / "out"), *BASE_ARGS])
+    assert not (tmp_path / "out").exists()
+    kept = tmp_path / "kept"
+    (kept / "mine").mkdir(parents=True)  # a folder that was there stays, with its files
+    with pytest.raises(SystemExit, match="layer2.json not found"):
+        create_lmdb.main(["--r1m_path", str(broken), "--data_path", str(kept), *BASE_ARGS])
+    assert (kept / "mine").is_dir()
 
 
 def _args(r1m: Path, data_path: Path, tokenizer: Path) -> list[str]:
@@ -390,8 +398,9 @@ def test_image_ids_outside_the_image_folder_are_dropped_when_indexing(r1m, built
     assert indexed.isdisjoint({val[0], train[1], train[2]})
     assert manifest["counts"]["train"] == built[1]["counts"]["train"] - 2
     warning = [line for line in err.err.splitlines() if line.startswith(f"warning: {broken / 'layer2.json'}: ")]
-    assert len(warning) == 1 and "3 recipe(s)" in warning[0]
-    assert "'../../etc/passwd'" in warning[0] or "'/etc/passwd'" in warning[0] or "x.jpg" in warning[0]
+    assert len(warning) == 1 and "3 recipe(s)" in warning[0] and "first 3: " in warning[0]
+    for rid, image_id in ((val[0], "'../../etc/passwd'"), (train[1], "'/etc/passwd'"), (train[2], "x.jpg")):
+        assert repr(rid) in warning[0] and image_id in warning[0]  # each dropped recipe is named
     # The split left without a recipe is named, with its file, and recorded.
     assert manifest["counts"]["val"] == 0
     assert str(broken / "val_keys.pkl") in manifest["empty_partitions"]["val"]
