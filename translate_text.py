@@ -154,6 +154,51 @@ def model_identity(name: str) -> str:
     return f"hub:{name}"
 
 
+HUB_TIMEOUT = 3.0  # seconds to open a connection to the hub before calling it unreachable
+
+
+def offline_hint(name: str) -> str:
+    """The advice for a hub model that cannot be downloaded here."""
+    return (f"Without network access, download the model on a connected machine (for instance "
+            f"`hf download {name} --local-dir DIR`) and pass --model DIR, a local path.")
+
+
+def _hub_cached(name: str) -> bool:
+    """Whether the hub model ``name`` has its ``config.json`` in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repository id
+        return False
+
+
+def hub_offline(name: str) -> str:
+    """Why the hub cannot be asked for ``--model name`` now (``""``: it can).
+
+    ``HF_HUB_OFFLINE`` set, or no connection to the hub's host within ``HUB_TIMEOUT`` seconds: the
+    libraries would otherwise retry for about a minute before failing. Behind a proxy (``HTTPS_PROXY``
+    or ``ALL_PROXY`` set) a direct connection says nothing, so the hub is taken as reachable.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    import huggingface_hub
+
+    if huggingface_hub.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES",
+                                                                                            "TRUE"}:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return ""
+    endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_TIMEOUT).close()
+    except OSError as err:
+        return f"the hub {endpoint.hostname} is unreachable ({err or type(err).__name__})"
+    return ""
+
+
 class HFTranslator:
     """A seq2seq model of the Hub or a local folder as a ``list[str] -> list[str]`` function.
 
@@ -177,16 +222,20 @@ class HFTranslator:
         if local and not (Path(name).expanduser() / "config.json").is_file():
             raise SystemExit(f"--model {name}: not a model folder (no config.json); give a local path "
                              f"written by save_pretrained, or a Hugging Face model name")
+        offline = "" if local else hub_offline(name)
+        if offline and not _hub_cached(name):  # fail at once, not after a minute of retries
+            raise SystemExit(f"could not load --model {name!r}: {offline}, and it is not in the local cache.\n"
+                             f"{offline_hint(name)}")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name)
-            model, info = AutoModelForSeq2SeqLM.from_pretrained(name, output_loading_info=True)
+            self.tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=bool(offline))
+            model, info = AutoModelForSeq2SeqLM.from_pretrained(name, output_loading_info=True,
+                                                                local_files_only=bool(offline))
         except Exception as err:  # any loading failure gets the same advice
             hints = [f"could not load --model {name!r}: {type(err).__name__}: {err}".strip()]
             if "sentencepiece" in str(err).lower() and importlib.util.find_spec("sentencepiece") is None:
                 hints.append("Marian (Helsinki-NLP/opus-mt-*) tokenizers need `pip install sentencepiece`.")
             if not local:
-                hints.append(f"Without network access, download the model on a connected machine (for "
-                             f"instance `hf download {name} --local-dir DIR`) and pass --model DIR, a local path.")
+                hints.append(offline_hint(name))
             raise SystemExit("\n".join(hints)) from None
         # Weights absent from the files are left random: the model would translate garbage for hours.
         # Sinusoidal position tables are computed, not learnt, so they may be absent.

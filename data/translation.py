@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -399,6 +400,16 @@ def _safe_globals(allowed: list[Any]) -> Iterator[None]:
         yield
 
 
+def _unpickler_reason(err: Exception) -> str:
+    """The one line of torch's weights-only error that says what was refused (never its advice to
+    retry with ``weights_only=False``, which would run the file's code)."""
+    text = str(err)
+    tail = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else text
+    lines = [line.strip() for line in tail.splitlines() if line.strip()
+             and not re.search(r"weights.only|file an issue|documentation of torch\.load", line, re.I)]
+    return lines[0] if lines else type(err).__name__
+
+
 def load_fairseq_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a fairseq ``model*.pt`` with ``torch.load(weights_only=True)``, never running its code.
 
@@ -417,14 +428,17 @@ def load_fairseq_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     allowed: list[Any] = [argparse.Namespace]
     for _ in range(100):  # one more inert class per unknown global the file names
         try:
-            with _safe_globals(allowed):
+            with _safe_globals(allowed), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch's note on a plain pickle's protocol
                 state = torch.load(path, map_location="cpu", weights_only=True)
             break
         except pickle.UnpicklingError as err:
             match = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
             name = match[1] if match else None
             if name is None or name.startswith("torch.") or name == "torch":
-                raise FairseqConversionError(f"{path}: cannot read the checkpoint safely: {err}") from None
+                raise FairseqConversionError(f"{path}: cannot read the checkpoint safely (it needs more than "
+                                             f"torch.load(weights_only=True) allows: {_unpickler_reason(err)}); "
+                                             "a fairseq model*.pt is expected") from None
             module, _, qualname = name.rpartition(".")
             allowed.append(type(qualname, (_Inert,), {"__module__": module, "__qualname__": qualname}))
         except (OSError, RuntimeError, EOFError) as err:

@@ -570,3 +570,60 @@ def test_model_with_missing_weights_is_refused(tmp_path, tiny_fsmt):
     r1m = write_layer1(tmp_path / "r1m")
     with pytest.raises(SystemExit, match=r"lacks 1 weights \(model\.decoder\.output_projection\.weight\)"):
         translate_text.main(fsmt_args(r1m, broken))
+
+
+def _refuse_loading(calls):
+    def load(name, *args, **kwargs):
+        calls.append(kwargs)
+        raise OSError(f"the test stops here: {name}")
+    return load
+
+
+def test_offline_or_unreachable_hub_fails_at_once(tmp_path, monkeypatch):
+    import huggingface_hub
+    import transformers
+
+    calls: list[dict] = []
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", _refuse_loading(calls))
+    r1m = write_layer1(tmp_path)
+    # HF_HUB_OFFLINE (set for the tests) and a model not in the cache: no loading attempt at all.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(translate_text, "_hub_cached", lambda name: False)
+    with pytest.raises(SystemExit, match=r"(?s)'facebook/wmt19-en-de': HF_HUB_OFFLINE is set.*--model DIR"):
+        translate_text.main(["de", "--r1m_path", str(r1m), "--no_cuda"])
+    assert calls == []
+    # Online mode, but the hub's host does not answer: one connection try, then the advice.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    tries = []
+
+    def unreachable(address, timeout=None):
+        tries.append((address, timeout))
+        raise OSError("Network is unreachable")
+    monkeypatch.setattr("socket.create_connection", unreachable)
+    with pytest.raises(SystemExit, match=r"(?s)the hub huggingface\.co is unreachable.*--model DIR"):
+        translate_text.main(["de", "--r1m_path", str(r1m), "--no_cuda"])
+    assert calls == [] and tries == [(("huggingface.co", 443), translate_text.HUB_TIMEOUT)]
+    # A cached model loads from the cache only, without asking the hub.
+    monkeypatch.setattr(translate_text, "_hub_cached", lambda name: True)
+    with pytest.raises(SystemExit, match="the test stops here"):
+        translate_text.main(["de", "--r1m_path", str(r1m), "--no_cuda"])
+    assert calls == [{"local_files_only": True}]
+
+
+def test_a_pickle_given_to_convert_fairseq_is_one_line(tmp_path):
+    import pickle
+    import subprocess
+
+    path = tmp_path / "model1.pt"
+    path.write_bytes(pickle.dumps({"model": {}, "run": os.system}, protocol=4))
+    proc = subprocess.run([sys.executable, str(Path(translate_text.__file__)), "de", "--convert_fairseq",
+                           str(path), "--model", str(tmp_path / "out"), "--convert_only"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"--convert_fairseq: {path}: cannot read the checkpoint safely")
+    assert "allows: Unsupported operand" in lines[0] and "False" not in lines[0]  # never the advice to retry
+    assert not (tmp_path / "out").exists()
