@@ -39,6 +39,7 @@ import argparse
 import glob
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -55,6 +56,7 @@ from data.query import (
     QueryRecipe,
     RecipeTokenizer,
     load_query_image,
+    load_query_photo,
     read_recipe_json,
     recipe_from_text,
 )
@@ -450,7 +452,7 @@ class RunSearch:
 
     @torch.no_grad()
     def embed_images(self, paths: Sequence, batch_size: int = 32) -> np.ndarray:
-        """Photos -> (Q, D) float32 embeddings, each photo as test.py's images."""
+        """Photos (files, or images decoded by ``load_query_photo``) -> (Q, D) float32 embeddings, as test.py's."""
         out = []
         for s in range(0, len(paths), batch_size):
             images = torch.stack([load_query_image(p, self.image_size) for p in paths[s:s + batch_size]])
@@ -523,8 +525,11 @@ def format_results(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def draw_figure(results: list[dict], path: str | Path) -> Path:
-    """Each query beside its top-k (utils/vis.py's tiles): photo -> recipe texts with their photos, recipe -> photos."""
+def draw_figure(results: list[dict], path: str | Path, photos: Sequence | None = None) -> Path:
+    """Each query beside its top-k (utils/vis.py's tiles): photo -> recipe texts with their photos, recipe -> photos.
+
+    ``photos``: the query photos already decoded (in query order), drawn instead of reading their files again.
+    """
     from PIL import ImageDraw
 
     from utils.vis import TILE, image_tile, stack_rows, text_block, tile_row
@@ -539,7 +544,7 @@ def draw_figure(results: list[dict], path: str | Path) -> Path:
     for entry in results:
         q = entry["query"]
         if "image" in q:
-            cells = [image_tile(q["image"])]
+            cells = [image_tile(photos[q["number"] - 1] if photos else q["image"])]
             for r in entry["results"]:
                 cells += [text_block(f"{r['rank']}. {r['title']}", ", ".join(r["ingredients"]), False),
                           scored(image_tile(r["path"]), r["score"])]
@@ -563,10 +568,8 @@ def read_queries(args) -> tuple[str, list]:
     if len(given) != 1:
         raise SearchError("give exactly one of --image, --recipe and --text" + (f" (got {', '.join(given)})"
                                                                               if given else ""))
-    if args.image is not None:
-        for path in args.image:  # fail on a bad photo before loading the model
-            load_query_image(path, 32)
-        return "recipes", list(args.image)
+    if args.image is not None:  # decoded once, here: a bad photo fails before the model loads
+        return "recipes", [load_query_photo(path) for path in args.image]
     if args.recipe is not None:
         return "images", read_recipe_json(args.recipe, args.language)
     return "images", [recipe_from_text(args.text, args.ingredients, args.instructions)]
@@ -574,7 +577,14 @@ def read_queries(args) -> tuple[str, list]:
 
 def main(argv=None) -> dict:
     """Search; returns ``{"run", "checkpoint", "index", "method", "results": [...]}`` (what ``--json`` prints)."""
-    return run_main(lambda: _main(argv))
+    try:
+        out = run_main(lambda: _main(argv))
+        sys.stdout.flush()  # a reader that has gone (`search.py ... | head`) shows here, not at exit
+        return out
+    except BrokenPipeError:
+        # No traceback: stdout goes to devnull so that the interpreter's last flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 def _main(argv) -> dict:
@@ -588,7 +598,7 @@ def _main(argv) -> dict:
     except ValueError as err:
         raise SearchError(f"--language: {err}") from None
     parts = parse_parts(args.index_parts)
-    target, queries = read_queries(args)
+    target, queries = read_queries(args)  # photos: decoded images; their paths are args.image
     if args.faiss:
         import_faiss()
     log = (lambda m: print(m, file=sys.stderr)) if args.json else print
@@ -602,7 +612,7 @@ def _main(argv) -> dict:
     results = []
     for q, query in enumerate(queries):
         if target == "recipes":
-            head = {"number": q + 1, "image": str(query)}
+            head = {"number": q + 1, "image": str(args.image[q])}
         else:
             head = {"number": q + 1, "recipe_id": query.id, "title": query.title, "ingredients": query.ingredients}
         hits = []
@@ -619,7 +629,7 @@ def _main(argv) -> dict:
     else:
         print(format_results(results))
     if args.figure:
-        log(f"figure -> {draw_figure(results, args.figure)}")
+        log(f"figure -> {draw_figure(results, args.figure, queries if target == 'recipes' else None)}")
     return out
 
 

@@ -47,6 +47,7 @@ from utils.errors import InputError
 
 if TYPE_CHECKING:
     import torch
+    from PIL.Image import Image as PILImage
 
 # data.dataset and data.transforms (torch, torchvision) are imported where used: create_lmdb.py
 # imports this module for part_texts and never needs torch.
@@ -135,8 +136,12 @@ def read_recipe_json(path: str | Path, lang: str = "en") -> list[QueryRecipe]:
             raise QueryError(f"{path}: {where}: 'id' must be a non-empty string, got {rid!r:.80}")
         if rid is None:
             rid = path.stem if len(entries) == 1 else f"{path.stem}_{index + 1}"
-        recipes.append(QueryRecipe(rid, title, _texts(path, where, entry, keys["ingredients"]),
-                                   _texts(path, where, entry, keys["instructions"])))
+        recipe = QueryRecipe(rid, title, _texts(path, where, entry, keys["ingredients"]),
+                             _texts(path, where, entry, keys["instructions"]))
+        if not any(t.strip() for t in (recipe.title, *recipe.ingredients, *recipe.instructions)):
+            raise QueryError(f"{path}: {where}: an empty recipe (no title, ingredient or instruction text); "
+                             "nothing to search with")
+        recipes.append(recipe)
     return recipes
 
 
@@ -194,15 +199,63 @@ class RecipeTokenizer:
         return tokens[:, :longest].contiguous()
 
 
-def load_query_image(path: str | Path, image_size: int) -> torch.Tensor:
-    """A photo as test.py's images: EXIF orientation, RGB, the evaluation transform; ``(3, S, S)``.
+LARGE_PHOTO_PIXELS = 4096 * 4096  # a JPEG above this is shrunk while decoding (Recipe1M's are far smaller)
+DRAFT_SIDE = 1024  # the shrunk decode keeps both sides >= this: over twice any run's resize
+
+
+def load_query_photo(path: str | Path) -> PILImage:
+    """A photo decoded once: 8-bit RGB, EXIF orientation applied, as test.py's images.
+
+    Its size is checked once, from the header: a JPEG of more than ``LARGE_PHOTO_PIXELS`` pixels
+    is decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``), both sides kept ``>= DRAFT_SIDE``, so
+    an 8000 x 8000 photo never takes the memory of its full size; smaller photos are decoded
+    whole, exactly as test.py's. Another format above Pillow's bomb limit is decoded whole with
+    one warning; above twice the limit it is refused (as Pillow refuses it).
+
+    Raises:
+        QueryError: the file is missing, not a readable image, or too large (message names it).
+    """
+    import warnings
+
+    from PIL import Image, ImageOps
+
+    from data.transforms import ImageLoadError, load_image
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked here, once
+            try:
+                with Image.open(path) as probe:
+                    size, fmt = probe.size, probe.format
+            except Image.DecompressionBombError as err:
+                raise QueryError(f"unreadable image file {path} (too large: {err})") from None
+            except (OSError, ValueError, SyntaxError):
+                return load_image(path)  # its error names the file and the cause
+            if size[0] * size[1] <= LARGE_PHOTO_PIXELS or fmt != "JPEG":
+                if Image.MAX_IMAGE_PIXELS and size[0] * size[1] > Image.MAX_IMAGE_PIXELS:
+                    warnings.warn(f"{path}: {size[0]}x{size[1]} pixels, decoded whole (only a JPEG is shrunk "
+                                  "while decoding)", stacklevel=2)
+                return load_image(path)
+            with Image.open(path) as img:
+                img.draft("RGB", (DRAFT_SIDE, DRAFT_SIDE))  # DCT scaling: the full size is never decoded
+                img.load()
+                return ImageOps.exif_transpose(img).convert("RGB")
+    except QueryError:
+        raise
+    except ImageLoadError as err:
+        raise QueryError(str(err)) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        raise QueryError(f"unreadable image file {path} ({type(err).__name__}: {err})") from None
+
+
+def load_query_image(path: str | Path | PILImage, image_size: int) -> torch.Tensor:
+    """A photo (a file, or one :func:`load_query_photo` decoded) through test.py's evaluation transform; ``(3, S, S)``.
 
     Raises:
         QueryError: the file is missing or not a readable image (message names it).
     """
-    from data.transforms import ImageLoadError, eval_transform, load_image
+    from data.transforms import eval_transform
 
-    try:
-        return eval_transform(load_image(path), image_size)
-    except ImageLoadError as err:
-        raise QueryError(str(err)) from None
+    photo = path if hasattr(path, "getpixel") else load_query_photo(path)
+    return eval_transform(photo, image_size)

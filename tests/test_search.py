@@ -24,7 +24,14 @@ import search
 import train
 from data.langs import parse_language
 from data.lmdb_format import RecordReader, lmdb_dir
-from data.query import QueryRecipe, RecipeTokenizer, load_query_image, read_recipe_json, recipe_from_text
+from data.query import (
+    QueryRecipe,
+    RecipeTokenizer,
+    load_query_image,
+    load_query_photo,
+    read_recipe_json,
+    recipe_from_text,
+)
 from data.recipe1m import image_path, iter_layer1, layer1_path, load_keys
 from utils.embeddings import load_embeddings
 from utils.runs import ENCODER_SUFFIX, search_index_name
@@ -382,3 +389,63 @@ def test_batch_size_zero_is_one_error_line(script, flags):
     with pytest.raises(SystemExit) as excinfo:  # checked before any file is read
         script.main([*flags, "--batch_size", "0", "--no_cuda"])
     assert _error_line(excinfo) == "error: --batch_size 0: give at least 1"
+
+
+def test_an_empty_recipe_is_refused_as_an_empty_text(tmp_path):
+    path = tmp_path / "empty.json"
+    path.write_text(json.dumps([{"title": "Pie", "ingredients": [], "instructions": []},
+                                {"title": " ", "ingredients": [{"text": ""}], "instructions": [{"text": " "}]}]))
+    with pytest.raises(SystemExit) as excinfo:  # refused before the run folder is read
+        search.main(["--run", str(tmp_path / "no_run"), "--recipe", str(path), "--no_cuda"])
+    assert _error_line(excinfo) == (f"error: {path}: entry 1: an empty recipe (no title, ingredient or "
+                                    "instruction text); nothing to search with")
+    with pytest.raises(SystemExit) as excinfo:
+        search.main(["--run", str(tmp_path / "no_run"), "--text", "", "--no_cuda"])
+    assert _error_line(excinfo).startswith("error: --text: give the recipe's title")
+    path.write_text(json.dumps({"title": "", "ingredients": [{"text": "2 eggs"}], "instructions": []}))
+    assert read_recipe_json(path)[0].ingredients == ["2 eggs"]  # any text is enough
+
+
+def test_a_large_photo_is_checked_once_and_shrunk_while_decoding(run, tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import ImageFile
+
+    import data.query
+
+    ramp = np.linspace(0, 255, 1200, dtype=np.uint8)
+    big = tmp_path / "big.jpg"
+    Image.fromarray(np.stack([np.tile(ramp, (800, 1))] * 3, axis=-1)).save(big, quality=90)  # 1200 x 800
+    # Scaled down: Pillow's bomb limit and "large" sit below this photo, as 89 MP does for a 12000 x 12000 one.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 700 * 700)
+    monkeypatch.setattr(data.query, "LARGE_PHOTO_PIXELS", 500 * 500)
+    monkeypatch.setattr(data.query, "DRAFT_SIDE", 256)
+    decoded, load = [], ImageFile.ImageFile.load
+
+    def counting_load(self):
+        if getattr(self, "filename", None) == str(big) and self.tile:  # pixels not decoded yet
+            decoded.append(self.size)
+        return load(self)
+    monkeypatch.setattr(ImageFile.ImageFile, "load", counting_load)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = search.main(["--run", str(run), "--image", str(big), "--k", "2", "--no_cuda", "--json",
+                           "--figure", str(tmp_path / "fig.png")])
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert decoded == [(600, 400)]  # once, at 1/2 scale: both sides still >= DRAFT_SIDE
+    photo = load_query_photo(big)
+    assert photo.size == (600, 400) and photo.mode == "RGB"
+    searcher = search.RunSearch(run, checkpoint=out["checkpoint"], log=lambda m: None)
+    scores, _ = searcher.search(searcher.embed_images([photo]), "recipes", 2)
+    np.testing.assert_allclose([h["score"] for h in out["results"][0]["results"]], scores[0], atol=1e-5)
+
+
+def test_a_closed_pipe_ends_quietly(run):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "search.py"), "--run", str(run), "--text", "Pie",
+                             "--k", "20", "--json", "--no_cuda"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    proc.stdout.close()  # as `| head` does once it has read its lines
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err and "BrokenPipeError" not in err, err
