@@ -157,3 +157,32 @@ def test_atomic_write_gives_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)
+
+
+def test_a_write_killed_midway_leaves_a_temp_file_the_next_write_removes(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import utils.io
+
+    target = tmp_path / "foodSpace_vectors_x_test_en.npz"
+    code = ("import os, signal, sys; from utils.io import atomic_write\n"
+            "writer = atomic_write(sys.argv[1]); handle = writer.__enter__(); handle.write(b'half')\n"
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == -9
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".{target.name}.") and left[0].endswith(".tmp")
+    old_style = tmp_path / f".{target.name}.ab12cd34.tmp"  # a temp file named by an older version
+    old_style.write_bytes(b"old")
+    os.utime(old_style, (time.time() - utils.io.OLD_TEMP_SECONDS - 60,) * 2)
+    other = tmp_path / f".{target.name}.otherhost-{os.getpid()}.zz99yy88.tmp"  # another host's: kept
+    other.write_bytes(b"theirs")
+    with atomic_write(target) as handle:
+        with atomic_write(target) as inner:  # a live writer's temp file (this process) survives
+            inner.write(b"inner")
+        handle.write(b"whole")
+    assert target.read_bytes() == b"whole"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other.name])
