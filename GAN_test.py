@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -86,6 +86,7 @@ from utils.runs import (
     encoder_run_opts,
     find_encoder_files,
 )
+from utils.vis import figure_font
 
 TILE = 128
 
@@ -212,7 +213,7 @@ def paired_scores(queries: torch.Tensor, candidates: torch.Tensor, medr, seed: i
 
 def _label(text: str, width: int, height: int, lines: int = 6) -> Image.Image:
     cell = Image.new("RGB", (width, height), (255, 255, 255))
-    draw, font = ImageDraw.Draw(cell), ImageFont.load_default()
+    draw, font = ImageDraw.Draw(cell), figure_font()
     for k, line in enumerate(textwrap.wrap(text, max(8, width // 7))[:lines]):
         draw.text((4, 4 + 13 * k), line, fill=(0, 0, 0), font=font)
     return cell

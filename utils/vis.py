@@ -7,8 +7,11 @@ chunked products, never an N x N matrix.
 
 from __future__ import annotations
 
+import importlib.util
 import textwrap
+import warnings
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +22,30 @@ from utils.metrics import topk_chunked
 
 TILE = 160  # image side in the figure
 TEXT_W = 220  # width of a recipe's text block
+FONT_SIZE = 11  # pixels; a line of text_block is 13-14 px high
+FONT_PACKAGE, FONT_FILE = "matplotlib", "mpl-data/fonts/ttf/DejaVuSans.ttf"  # Latin, Greek and Cyrillic
+
+
+def font_path() -> Path | None:
+    """DejaVu Sans as the ``matplotlib`` package ships it (found through the package, not imported), or None."""
+    spec = importlib.util.find_spec(FONT_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / FONT_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+@cache
+def figure_font(size: int = FONT_SIZE) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The figures' font: DejaVu Sans, so that titles in German, French, Russian (or Greek) are drawn,
+    not boxes; Pillow's default font (Latin only), with one warning, when matplotlib is missing."""
+    path = font_path()
+    if path is None:
+        warnings.warn(f"{FONT_PACKAGE} is not installed: figures draw non-Latin titles as boxes "
+                      f"(pip install {FONT_PACKAGE})", stacklevel=2)
+        return ImageFont.load_default()
+    return ImageFont.truetype(str(path), size)
 
 
 class RecipeView(NamedTuple):
@@ -48,7 +75,7 @@ def text_block(title: str, ingredients: str, marked: bool) -> Image.Image:
     """A recipe's title and ingredient line in a ``TEXT_W`` x ``TILE`` block; a green frame when ``marked``."""
     block = Image.new("RGB", (TEXT_W, TILE), (255, 255, 255))
     draw = ImageDraw.Draw(block)
-    font = ImageFont.load_default()
+    font = figure_font()
     y = 4
     for line in textwrap.wrap(title, 30)[:3]:
         draw.text((6, y), line, fill=(0, 0, 0), font=font)
