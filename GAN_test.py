@@ -47,6 +47,7 @@ import re
 import sys
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -76,6 +77,7 @@ from utils.cli import BOOL, HelpFormatter, autocast_context, int_list, resolve_d
 from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
+from utils.judge import check_judge_run, check_same_recipes, format_ratios, ratio_rows, spread
 from utils.metrics import evaluate_retrieval, format_results, rank_metrics, ranks_chunked, results_by_bag
 from utils.runs import (
     GENERATED_DIR,
@@ -121,6 +123,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthesis_k", type=int, default=3, help="noises per recipe in synthesis.png")
     p.add_argument("--frechet_shrinkage", default="auto",
                    help="covariance shrinkage: auto (Ledoit-Wolf when N <= D), ledoit-wolf, none, or a number")
+    p.add_argument("--judge_dir", default=None,
+                   help="an independent judge: another train.py run (another seed) on the same LMDB, with test.py's "
+                        "outputs; its image encoder also scores the generated images and the real photos against "
+                        "its own recipe embeddings (same bags), printed beside the own encoder's scores")
     p.add_argument("--batch_size", type=int, default=48, help="batch size")
     p.add_argument("--workers", type=int, default=4, help="data loader worker processes")
     p.add_argument("--no_cuda", "--no-cuda", action="store_true", help="run on the CPU even if CUDA is available")
@@ -350,6 +356,60 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
             "noise_mode": args.noise_mode, "seed": args.seed}
 
 
+# --------------------------------------------------------------------------- judge
+
+
+class Judge(NamedTuple):
+    """The judge run's image encoder and its test embeddings, rows in G's test order."""
+
+    encoder: torch.nn.Module
+    rec: torch.Tensor  # (N, D') the judge's recipe embeddings
+    img: torch.Tensor  # (N, D') the judge's real-photo embeddings (test.py's img_embeds)
+    path: Path  # the judge's exported image encoder
+
+
+def load_judge(judge_dir: str, encoder_dir: str, own_encoder: Path, own_file: Path, own_ids: list[str],
+               own_data, data_path: Path, lang: str, device) -> Judge:
+    """``--judge_dir``: check the run (another run, same LMDB, same test recipes) and load it.
+
+    Raises:
+        JudgeError: the judge is G's own run, was trained on another LMDB, or scored other recipes.
+        RunFolderError: the judge lacks test.py's outputs (naming the command).
+    """
+    files = find_encoder_files(judge_dir, lang, partitions=("test",))
+    judge_data = encoder_run_opts(judge_dir, files.ckpt_name).get("data_path")
+    check_judge_run(judge_dir, encoder_dir, files.encoder, own_encoder, judge_data, own_data)
+    emb = load_partition_embeddings(files.embeddings["test"], data_path, "test")
+    check_same_recipes(emb["rec_ids"], own_ids, files.embeddings["test"], own_file)
+    encoder, _ = load_image_encoder(files.encoder, device)
+    rec = torch.from_numpy(np.ascontiguousarray(emb["rec_embeds"], dtype=np.float32))  # (N, D')
+    img = torch.from_numpy(np.ascontiguousarray(emb["img_embeds"], dtype=np.float32))  # (N, D')
+    return Judge(encoder, rec, img, files.encoder)
+
+
+def judge_scores(judge: Judge, fake: torch.Tensor, medr, seed: int) -> dict:
+    """The judge's rows: its embeddings of the generated images and of the real photos -> its recipes."""
+    out = {"encoder": str(judge.path)}
+    out["fake2rec"], out["rec2fake"] = paired_scores(fake, judge.rec, medr, seed)
+    out["real2rec"], _ = paired_scores(judge.img, judge.rec, medr, seed)
+    out["ratio"] = ratio_rows(out["fake2rec"], out["real2rec"])
+    out["spread"] = {"generated": spread(fake), "real": spread(judge.img)}
+    return out
+
+
+def print_judge(metrics: dict) -> None:
+    """Own-encoder and judge rows side by side, their generated / real ratios and spreads."""
+    judge = metrics["judge"]
+    rows = {"own: generated -> recipe": metrics["fake2rec"], "own: real -> recipe": metrics["real2rec"],
+            "judge: generated -> recipe": judge["fake2rec"], "judge: real -> recipe": judge["real2rec"]}
+    print(format_results(results_by_bag(rows), title="own encoder vs independent judge, test split"))
+    print(format_ratios(metrics["ratio"], "own encoder"))
+    print(format_ratios(judge["ratio"], "judge"))
+    print(f"spread (mean pairwise cosine distance): own encoder generated {metrics['spread']['generated']:.4f} "
+          f"real {metrics['spread']['real']:.4f}; judge generated {judge['spread']['generated']:.4f} "
+          f"real {judge['spread']['real']:.4f}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -418,8 +478,10 @@ def _main(argv) -> dict:
     img = torch.from_numpy(np.ascontiguousarray(emb["img_embeds"], dtype=np.float32))  # (N, D)
     if rec.shape[1] != cfg.emb_dim:
         raise InputError(f"{files.embeddings['test']}: embeddings of size {rec.shape[1]}, G expects {cfg.emb_dim}")
+    judge = load_judge(args.judge_dir, encoder_dir, files.encoder, files.embeddings["test"], ids,
+                       enc_opts.get("data_path") or data_path, data_path, lang, device) if args.judge_dir else None
     print(f"G {g_path} (epoch {ckpt.get('epoch')}) | encoder {files.encoder.name} | test {len(ids)} recipes "
-          f"({lang}) | device {device}")
+          f"({lang}) | device {device}" + (f" | judge {judge.path}" if judge else ""))
 
     def saver(k: int):
         def on_batch(start: int, pixels: torch.Tensor) -> None:
@@ -429,8 +491,13 @@ def _main(argv) -> dict:
 
     # Scored images (and the first saved image when the modes agree).
     same = args.save_images and args.noise_mode == args.score_noise_mode
+    judged: list[torch.Tensor] = []  # the judge's embeddings of the same generated images
+
+    def judge_batch(start: int, fake_b: torch.Tensor) -> None:
+        judged.append(encode_generated(judge.encoder, fake_b, cfg.output_space).float().cpu())  # (b, D')
     fake = generate(G, rec, mode=args.score_noise_mode, seed=args.seed, batch_size=args.batch_size, device=device,
-                    ctx=ctx, encoder=encoder, on_batch=saver(0) if same else None, desc="generate")  # (N, D)
+                    ctx=ctx, encoder=encoder, on_batch=saver(0) if same else None,
+                    on_fake=judge_batch if judge else None, desc="generate")  # (N, D)
     if args.save_images:
         for k in range(1 if same else 0, num_images):
             generate(G, rec, mode=args.noise_mode, seed=args.seed + k, batch_size=args.batch_size, device=device,
@@ -464,6 +531,11 @@ def _main(argv) -> dict:
     metrics: dict = {}
     metrics["fake2rec"], metrics["rec2fake"] = paired_scores(fake, rec, args.medr, args.seed)
     metrics["fake2img"], metrics["img2fake"] = paired_scores(fake, img, args.medr, args.seed)
+    metrics["real2rec"], _ = paired_scores(img, rec, args.medr, args.seed)
+    metrics["ratio"] = ratio_rows(metrics["fake2rec"], metrics["real2rec"])
+    metrics["spread"] = {"generated": spread(fake), "real": spread(img)}
+    if judge is not None:
+        metrics["judge"] = judge_scores(judge, torch.cat(judged), args.medr, args.seed)
     if len(real_feats) and sum(f.shape[0] for f in real_feats) >= 2:
         fd = frechet_distance(torch.cat(real_feats), fake, shrinkage=shrink)
         metrics["frechet_distance"] = fd.distance
@@ -475,6 +547,8 @@ def _main(argv) -> dict:
                     "generator": str(g_path), "encoder": str(files.encoder), "language": lang})
     directions = ("fake2rec", "rec2fake", "fake2img", "img2fake")
     print(format_results(results_by_bag({d: metrics[d] for d in directions}), title="generated images, test split"))
+    if judge is not None:
+        print_judge(metrics)
     note = metrics["frechet"].get("note")
     print(f"Frechet distance (FoodSpace image features, real vs generated): {metrics['frechet_distance']}"
           + (f"\nnote: {note}" if note else ""))

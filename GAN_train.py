@@ -30,7 +30,8 @@ R@10) and the last one are kept.
 Run folder ``<encoder_dir>/GAN_runs/GAN_<%Y%m%d-%H%M%S>/``: ``G_best``, ``D_best``, ``G_last``,
 ``D_last`` ``.pth.tar`` (weights_only loadable; each with its optimiser, the GAN config, the
 epoch, the schedule and the RNG states), ``trace.csv`` (``epoch,lr,medR,R@1,R@5,R@10``, recalls
-as fractions), ``opts.json``, ``train.txt``, TensorBoard events (each loss term, lr, val
+as fractions; with ``--judge_dir`` also ``judge_medR,judge_R@1,judge_R@5,judge_R@10``: the same val
+images ranked by an independent judge run's encoder against its recipe embeddings, docs/synthesis.md), ``opts.json``, ``train.txt``, TensorBoard events (each loss term, lr, val
 metrics, the fixed-noise grid) and ``grid_e<epoch>.png`` (top row real val images, bottom row
 images generated from their recipes with a fixed noise).
 
@@ -38,7 +39,9 @@ Learning rate (the reference's flags): without ``--auto_drop_lr``, G's lr is div
 the 0-based epoch ``--drop_G_lr_epoch`` (D's after ``--drop_D_lr_epoch``; 0 or less: never), as
 the reference's ``epoch == drop_G_lr_epoch`` test does; with ``--auto_drop_lr true`` both are
 halved after every epoch that ends more than ``--auto_drop_after_epochs`` epochs after the best
-one, at most ``--auto_drop_times`` times in all. As in the reference, the count is not reset by a
+one, at most ``--auto_drop_times`` times in all. For this rule, as in the reference, an epoch is
+better when any one of R@1, R@5, R@10 beats the stored best recalls (the stored triple is then
+replaced whole; :func:`reference_best`), not by their sum, which only chooses ``G_best``. As in the reference, the count is not reset by a
 drop, so a run that stopped improving halves on consecutive epochs.
 """
 
@@ -95,11 +98,13 @@ from utils.cli import (
 from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
+from utils.judge import check_judge_run, check_same_recipes, spread
 from utils.metrics import evaluate_retrieval, format_results
 from utils.runs import TextLog, encoder_run_opts, find_encoder_files, gan_ckpt_name, new_gan_run_dir
 from utils.seed import seed_everything
 
 TRACE_HEADER = ["epoch", "lr", "medR", "R@1", "R@5", "R@10"]
+JUDGE_HEADER = ["judge_medR", "judge_R@1", "judge_R@5", "judge_R@10"]  # trace.csv's extra columns with --judge_dir
 
 def get_parser() -> argparse.ArgumentParser:
     """The reference's GAN_args.py flags (same names and meanings) plus this project's."""
@@ -152,6 +157,11 @@ def get_parser() -> argparse.ArgumentParser:
                         "(TensorBoard G/grad/<term>; 0: never)")
     g.add_argument("--max_bad_images", type=float, default=0.01,
                    help="fraction of unreadable images of a partition that stops the run")
+    g.add_argument("--judge_dir", default="",
+                   help="an independent judge (another train.py run on the same LMDB, with test.py's outputs): "
+                        "its image encoder also scores the val images each epoch against its recipe embeddings "
+                        "(TensorBoard val_judge/*, trace.csv judge_* columns); selection and lr follow the own "
+                        "encoder's scores as before")
     return p
 
 
@@ -276,6 +286,28 @@ class Schedule(PlainConfig):
 
 
 @dataclass
+class LrBest(PlainConfig):
+    """The best epoch as the reference's --auto_drop_lr sees it: the last epoch that beat the stored recalls.
+
+    An epoch counts as better when any one of its R@1, R@5, R@10 beats the stored one; the stored
+    triple is then replaced whole (so the others may go down). Before any epoch: zeros, epoch 0.
+    """
+
+    r1: float = 0.0
+    r5: float = 0.0
+    r10: float = 0.0
+    epoch: int = 0
+
+
+def reference_best(lr_best: LrBest, metrics: dict, epoch: int) -> LrBest:
+    """``lr_best`` after ``epoch`` with recalls ``metrics`` (``R@1``, ``R@5``, ``R@10``): the reference's rule."""
+    new = (metrics["R@1"], metrics["R@5"], metrics["R@10"])
+    if any(a > b for a, b in zip(new, (lr_best.r1, lr_best.r5, lr_best.r10))):
+        return LrBest(*map(float, new), epoch=epoch)
+    return lr_best
+
+
+@dataclass
 class Best(PlainConfig):
     """The best validation epoch so far (highest R@1 + R@5 + R@10): G_best and D_best hold it."""
 
@@ -336,10 +368,10 @@ def init_weights(module: torch.nn.Module, path: str, what: str) -> None:
         raise InputError(f"--resume_{what} {path}: architecture differs: {err}") from None
 
 
-def write_trace(path: Path, rows: list[list]) -> None:
+def write_trace(path: Path, rows: list[list], header: list[str] = TRACE_HEADER) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(TRACE_HEADER)
+    writer.writerow(header)
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
 
@@ -401,24 +433,44 @@ def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, wr
     return iteration, images
 
 
-def spread(embs: torch.Tensor) -> float:
-    """Mean pairwise cosine distance of L2-normalised rows (0 when every row is the same: mode collapse)."""
-    n = embs.shape[0]
-    total = embs.double().sum(0)  # (D,)
-    mean_cos = (total.dot(total) - n) / (n * (n - 1))  # off-diagonal mean of the Gram matrix
-    return float(1.0 - mean_cos)
+class ValJudge(NamedTuple):
+    """``--judge_dir``: the judge's frozen image encoder and its val recipe embeddings (G's val order)."""
+
+    encoder: torch.nn.Module
+    rec: torch.Tensor  # (Nv, D')
+    path: Path
 
 
-def validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, writer, log, sched) -> dict[str, float]:
+def load_val_judge(judge_dir: str, encoder_dir: str, files, enc_opts: dict, data_path: str, val_ids, lang: str,
+                   device) -> ValJudge:
+    """Check ``--judge_dir`` (not G's run, same LMDB, same val recipes) and load its encoder and val embeddings."""
+    judge_files = find_encoder_files(judge_dir, lang, partitions=("val",))
+    judge_data = encoder_run_opts(judge_dir, judge_files.ckpt_name).get("data_path")
+    check_judge_run(judge_dir, encoder_dir, judge_files.encoder, files.encoder, judge_data,
+                    enc_opts.get("data_path") or data_path)
+    emb = load_partition_embeddings(judge_files.embeddings["val"], data_path, "val")
+    check_same_recipes(emb["rec_ids"], val_ids, judge_files.embeddings["val"], files.embeddings["val"])
+    with torch.random.fork_rng(devices=[]):  # building it draws init weights: leave G's random stream as it was
+        encoder, _ = load_image_encoder(judge_files.encoder, device)
+    rec = torch.from_numpy(np.ascontiguousarray(emb["rec_embeds"], dtype=np.float32))  # (Nv, D')
+    return ValJudge(encoder, rec, judge_files.encoder)
+
+
+def validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, writer, log, sched,
+                   judge: ValJudge | None = None) -> dict[str, float]:
     """Generated image -> recipe retrieval on the val split (bags of ``--medr``); logs and returns the metrics.
 
     Also logged: the Frechet distance between the generated and the real val image embeddings
     (``val/frechet``), and the spread (mean pairwise cosine distance) of the generated embeddings
     beside that of the recipe embeddings they come from: a G that ignores its condition has a spread
-    near 0 whatever the recipes.
+    near 0 whatever the recipes. With ``judge``, the same images are also ranked by the judge
+    (``val_judge/*``), returned under ``"judge"``.
     """
+    judged = []
     gen = generate(G, val_rec, mode=args.val_noise_mode, seed=args.seed, batch_size=args.batch_size,
-                   device=device, ctx=ctx, encoder=encoder, desc="val")  # (Nv, D)
+                   device=device, ctx=ctx, encoder=encoder, desc="val",
+                   on_fake=None if judge is None else lambda start, fake: judged.append(
+                       encode_generated(judge.encoder, fake, G.cfg.output_space).float().cpu()))  # (Nv, D)
     results = evaluate_retrieval(gen, val_rec, medr=[args.medr], seed=args.seed)
     key = next(iter(results))
     metrics = results[key]["im2rec"]
@@ -435,6 +487,15 @@ def validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, write
     writer.add_scalar("val/frechet", fd, epoch)
     writer.add_scalar("val/spread_generated", spreads[0], epoch)
     writer.add_scalar("val/spread_recipes", spreads[1], epoch)
+    if judge is not None:
+        gen_j = torch.cat(judged)  # (Nv, D') the judge's embeddings of the same images
+        res_j = evaluate_retrieval(gen_j, judge.rec, medr=[args.medr], seed=args.seed)[key]  # the same bags
+        log(format_results({key: {"n": res_j["n"], "bags": res_j["bags"], "judge: fake2rec": res_j["im2rec"]}},
+                           title=f"val epoch {epoch}: generated image -> recipe, independent judge"))
+        for name in ("medR", "R@1", "R@5", "R@10"):
+            writer.add_scalar(f"val_judge/{name}", res_j["im2rec"][name], epoch)
+        writer.add_scalar("val_judge/spread_generated", spread(gen_j), epoch)
+        metrics = {**metrics, "judge": res_j["im2rec"]}
     return metrics
 
 
@@ -485,6 +546,8 @@ def _main(argv: list[str]) -> Path:
             raise InputError(f"{files.embeddings[p]}: embeddings of size {e['rec_embeds'].shape[1]}, G expects "
                              f"{cfg.emb_dim}")
 
+    judge = load_val_judge(args.judge_dir, args.encoder_dir, files, enc_opts, args.data_path, embs["val"]["rec_ids"],
+                           lang, device) if args.judge_dir else None
     train_set = GANDataset(args.data_path, args.img_path, "train", embs["train"], train=True, seed=args.seed,
                            max_imgs=args.maxImgs, num_classes=cfg.num_classes)
     sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
@@ -511,13 +574,14 @@ def _main(argv: list[str]) -> Path:
     opt_G, opt_D = build_optimizers(G, D, lr=args.lr, weight_decay=args.weight_decay)
     scaler_G = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     scaler_D = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    sched, best = Schedule(lr_G=args.lr, lr_D=args.lr), Best()
+    sched, best, lr_best = Schedule(lr_G=args.lr, lr_D=args.lr), Best(), LrBest()
     start_epoch, iteration = 0, 0
     local_images = 0  # images this process trained on in this invocation
     if ckpt_G:
         tr.load_states(ckpt_G, model=G, optimizer=opt_G, scaler=scaler_G)
         tr.load_states(ckpt_D, model=D, optimizer=opt_D, scaler=scaler_D)
         sched, best = Schedule.from_dict(ckpt_G["schedule"]), Best.from_dict(ckpt_G["best"])
+        lr_best = LrBest.from_dict(ckpt_G["lr_best"]) if "lr_best" in ckpt_G else LrBest(epoch=max(best.epoch, 0))
         start_epoch, iteration = ckpt_G["epoch"] + 1, ckpt_G["iteration"]
         tr.restore_rng(ckpt_G["rng"], dist_info.rank)
     train_G, train_D = G, D
@@ -559,9 +623,11 @@ def _main(argv: list[str]) -> Path:
 
         improved = False
         if dist_info.is_main:
-            metrics = validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, writer, log, sched)
-            trace.append([epoch, sched.lr_G, metrics["medR"], metrics["R@1"], metrics["R@5"], metrics["R@10"]])
-            write_trace(run_dir / "trace.csv", trace)
+            metrics = validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, writer, log, sched,
+                                     judge)
+            trace.append([epoch, sched.lr_G, metrics["medR"], metrics["R@1"], metrics["R@5"], metrics["R@10"]]
+                         + ([metrics["judge"][k.removeprefix("judge_")] for k in JUDGE_HEADER] if judge else []))
+            write_trace(run_dir / "trace.csv", trace, TRACE_HEADER + (JUDGE_HEADER if judge else []))
             if grid is not None:
                 image = fixed_grid(G, grid[0], grid[1], args.seed, device, ctx)
                 writer.add_image("val/fixed_noise_grid", image, epoch)
@@ -570,14 +636,16 @@ def _main(argv: list[str]) -> Path:
             improved = recall_sum > best.recall_sum
             if improved:
                 best = Best(recall_sum=recall_sum, epoch=epoch, medR=metrics["medR"])
+            lr_best = reference_best(lr_best, metrics, epoch)
         best = Best.from_dict(du.broadcast_object(best.to_dict()))  # every rank's lr schedule follows rank 0's best
-        for event in end_of_epoch_lr(args, sched, epoch, best.epoch):
+        lr_best = LrBest.from_dict(du.broadcast_object(lr_best.to_dict()))
+        for event in end_of_epoch_lr(args, sched, epoch, lr_best.epoch):
             log(f"after epoch {epoch}: {event}")
 
         rngs = tr.gather_rng_states()
         if dist_info.is_main:
             common = {"gan": cfg.to_dict(), "epoch": epoch, "iteration": iteration, "best": best.to_dict(),
-                      "schedule": sched.to_dict(), "rng": rngs, "opts": opts, "encoder": encoder_info}
+                      "lr_best": lr_best.to_dict(), "schedule": sched.to_dict(), "rng": rngs, "opts": opts, "encoder": encoder_info}
             state_G = checkpoint_state("gan_G", **common, model=G.state_dict(), optimizer=opt_G.state_dict(),
                                        scaler=scaler_G.state_dict())
             state_D = checkpoint_state("gan_D", **common, model=D.state_dict(), optimizer=opt_D.state_dict(),

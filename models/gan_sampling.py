@@ -75,7 +75,8 @@ def draw_noise(n: int, cfg: GANConfig, mode: str, seed: int) -> tuple[torch.Tens
 
 @torch.no_grad()
 def generate(G: Generator, embs: torch.Tensor, *, mode: str, seed: int, batch_size: int, device, ctx,
-             encoder: torch.nn.Module | None = None, on_batch=None, desc: str = "generate") -> torch.Tensor | None:
+             encoder: torch.nn.Module | None = None, on_batch=None, on_fake=None,
+             desc: str = "generate") -> torch.Tensor | None:
     """Generate one image per row of ``embs`` (N, D) in eval mode; return their encoder embeddings.
 
     Args:
@@ -84,6 +85,8 @@ def generate(G: Generator, embs: torch.Tensor, *, mode: str, seed: int, batch_si
         mode, seed: the noise (:func:`draw_noise`).
         encoder: the frozen image encoder; None: return None (only ``on_batch`` sees the images).
         on_batch: called as ``on_batch(start, pixels)`` with ``pixels`` (b, 3, 128, 128) in [0, 1] on the CPU.
+        on_fake: called as ``on_fake(start, fake)`` with G's output (b, 3, 128, 128) on the device, inside
+            ``ctx`` (e.g. to embed the same images with a second encoder, GAN_test.py ``--judge_dir``).
 
     Returns:
         (N, D) float32 CPU embeddings of the generated images, or None without an encoder.
@@ -98,6 +101,8 @@ def generate(G: Generator, embs: torch.Tensor, *, mode: str, seed: int, batch_si
             fake, _, _ = G(embs[sl].to(device), z_all[sl].to(device), eps=eps_all[sl].to(device))  # (b, 3, 128, 128)
             if encoder is not None:
                 out.append(encode_generated(encoder, fake, G.cfg.output_space).float().cpu())  # (b, D)
+            if on_fake is not None:
+                on_fake(start, fake)
         if on_batch is not None:
             on_batch(start, G.to_pixels(fake.float()).cpu())
     G.train(was_training)

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 import re
+import shutil
 from argparse import Namespace
 
 import numpy as np
@@ -464,6 +465,28 @@ def test_lr_schedule():
     assert lrs == pytest.approx([1e-4, 1e-4, 5e-5, 5e-5, 5e-5, 2.5e-5, 1.25e-5])
 
 
+def test_auto_drop_counts_any_recall_as_the_reference():
+    # A trace where R@1 + R@5 + R@10 never beats epoch 0 but single recalls do (epochs 1, 2): the
+    # reference (best replaced whenever any recall beats the stored triple) keeps epoch 2 as the best
+    # and halves after epochs 4, 5, 6; the sum rule would halve after epochs 2, 3, 4.
+    trace = [(0.10, 0.30, 0.50), (0.12, 0.20, 0.30), (0.11, 0.21, 0.31), (0.05, 0.10, 0.20),
+             (0.05, 0.10, 0.20), (0.05, 0.10, 0.20), (0.05, 0.10, 0.20), (0.05, 0.10, 0.20)]
+    args = Namespace(auto_drop_lr=True, drop_G_lr_epoch=0, drop_D_lr_epoch=0, auto_drop_times=3,
+                     auto_drop_after_epochs=1)
+    sched, lr_best, lrs, bests = GAN_train.Schedule(lr_G=1e-4, lr_D=1e-4), GAN_train.LrBest(), [], []
+    for epoch, (r1, r5, r10) in enumerate(trace):
+        lr_best = GAN_train.reference_best(lr_best, {"medR": 9.0, "R@1": r1, "R@5": r5, "R@10": r10}, epoch)
+        GAN_train.end_of_epoch_lr(args, sched, epoch, lr_best.epoch)
+        lrs.append(sched.lr_G)
+        bests.append(lr_best.epoch)
+    assert bests == [0, 1, 2, 2, 2, 2, 2, 2]
+    assert lr_best.to_dict() == {"r1": 0.11, "r5": 0.21, "r10": 0.31, "epoch": 2}  # the triple replaced whole
+    assert lrs == pytest.approx([1e-4, 1e-4, 1e-4, 1e-4, 5e-5, 2.5e-5, 1.25e-5, 1.25e-5])
+    assert sched.lr_D == pytest.approx(1.25e-5)
+    # An epoch that equals the stored recalls is no better (strict >, as the reference).
+    assert GAN_train.reference_best(lr_best, {"R@1": 0.11, "R@5": 0.21, "R@10": 0.31}, 9).epoch == 2
+
+
 # --------------------------------------------------------------------------- Frechet distance
 
 
@@ -558,3 +581,113 @@ def test_encode_generated_shrinks_with_antialias_and_grows_as_the_reference():
     encode_generated(enc, fake, "imagenet")
     assert torch.allclose(seen[-1], F.interpolate(fake, size=(160, 160), mode="bilinear", align_corners=True),
                           atol=1e-6)
+
+
+# --------------------------------------------------------------------------- the independent judge
+
+
+@pytest.fixture(scope="module")
+def judge_run(encoder_run, indexed_set):
+    """Another train.py run on the same LMDB (another seed) with test.py's outputs: a judge of G."""
+    run = train.main([*TINY_MODEL, "--data_path", str(indexed_set["data"]), "--img_path", str(indexed_set["img"]),
+                      "--runs_dir", str(encoder_run.parent), "--batch_size", "8", "--workers", "0", "--epochs", "1",
+                      "--max_iters", "2", "--medr", "20", "--projector_every", "0", "--seed", "4321",
+                      "--experiment_sufix", "_judge"])
+    best = next(p for p in (run / "models").glob("model_BEST_REC_*.pth.tar") if not p.name.endswith(ENCODER_SUFFIX))
+    test_script.main(["--model_init_path", str(best), "--partitions", "test,val", "--workers", "0", "--medr", "20"])
+    return run
+
+
+def _frozen_encoder(path):
+    enc_ckpt = torch.load(path, weights_only=True)
+    encoder = ImageEmbedder(ArchConfig.from_dict(enc_ckpt["arch"]))
+    encoder.load_state_dict(enc_ckpt["model"])
+    return encoder.eval(), enc_ckpt["image_size"]
+
+
+def _dense_ranks(queries, candidates):
+    sims = F.normalize(queries.double(), dim=1) @ F.normalize(candidates.double(), dim=1).T  # (N, N)
+    return 1 + (sims > sims.diagonal()[:, None]).sum(1).numpy()
+
+
+def test_gan_test_judge_against_brute_force(gan_runs, encoder_run, judge_run, tmp_path):
+    g_path = gan_runs["full"] / "G_best.pth.tar"
+    metrics = GAN_test.main(["--trained_G_model_path", str(g_path), "--no_cuda", "--workers", "0", "--batch_size",
+                             "7", "--save_images", "false", "--synthesis_n", "0", "--judge_dir", str(judge_run),
+                             "--metrics_json", str(tmp_path / "m.json")])
+    assert json.loads((tmp_path / "m.json").read_text())["judge"] == metrics["judge"]
+    own = load_embeddings(next(encoder_run.glob("foodSpace_vectors_*_test_en.npz")))
+    jud = load_embeddings(next(judge_run.glob("foodSpace_vectors_*_test_en.npz")))
+    n = len(own["rec_ids"])
+    ckpt = torch.load(g_path, weights_only=True)
+    G = Generator(GANConfig.from_dict(ckpt["gan"]))
+    G.load_state_dict(ckpt["model"])
+    G.eval()
+    judge, size = _frozen_encoder(next((judge_run / "models").glob(f"*{ENCODER_SUFFIX}")))
+    with torch.no_grad():  # the scored images: ZERO noise drawn from --seed 1234, G drawing from G's own recipes
+        eps = torch.randn(n, 8, generator=torch.Generator().manual_seed(1234))
+        x, _, _ = G(torch.from_numpy(own["rec_embeds"]), torch.zeros(n, 8), eps=eps)
+        gen = judge(F.interpolate(x, size=(size, size), mode="bilinear", antialias=True))
+    rec_j, img_j = torch.from_numpy(jud["rec_embeds"]), torch.from_numpy(jud["img_embeds"])
+    fake_ranks, real_ranks = _dense_ranks(gen, rec_j), _dense_ranks(img_j, rec_j)
+    entry = metrics["judge"]
+    assert entry["fake2rec"]["all"]["n"] == n
+    assert entry["fake2rec"]["all"]["medR"] == pytest.approx(float(np.median(fake_ranks)))
+    assert entry["fake2rec"]["all"]["R@5"] == pytest.approx(float(np.mean(fake_ranks <= 5)))
+    assert entry["real2rec"]["all"]["medR"] == pytest.approx(float(np.median(real_ranks)))
+    assert entry["real2rec"]["all"]["R@10"] == pytest.approx(float(np.mean(real_ranks <= 10)))
+    assert entry["ratio"]["all"]["medR"] == pytest.approx(np.median(fake_ranks) / np.median(real_ranks))
+    own_real = _dense_ranks(torch.from_numpy(own["img_embeds"]), torch.from_numpy(own["rec_embeds"]))
+    assert metrics["real2rec"]["all"]["medR"] == pytest.approx(float(np.median(own_real)))
+    g = F.normalize(gen.double(), dim=1)
+    off_diag = (g @ g.T).sum() - n
+    assert entry["spread"]["generated"] == pytest.approx(float(1 - off_diag / (n * (n - 1))), abs=1e-6)
+    # The judge does not change the own encoder's rows: the same as without it.
+    plain = GAN_test.main(["--trained_G_model_path", str(g_path), "--no_cuda", "--workers", "0", "--batch_size",
+                           "7", "--save_images", "false", "--synthesis_n", "0"])
+    assert plain["fake2rec"] == metrics["fake2rec"] and "judge" not in plain
+
+
+def test_judge_refusals(gan_runs, encoder_run, judge_run, indexed_set, tmp_path):
+    g_path = str(gan_runs["full"] / "G_best.pth.tar")
+    common = ["--trained_G_model_path", g_path, "--no_cuda", "--workers", "0", "--synthesis_n", "0"]
+    with pytest.raises(SystemExit, match=r"^error: --judge_dir .*the same run as G's encoder"):
+        GAN_test.main([*common, "--judge_dir", str(encoder_run)])
+    copy = tmp_path / "copy_of_g_run"  # a copy of G's own run is the same encoder
+    shutil.copytree(encoder_run, copy, ignore=shutil.ignore_patterns("GAN_runs"))
+    with pytest.raises(SystemExit, match=r"^error: --judge_dir .*copy_of_g_run: the same run as G's encoder"):
+        GAN_test.main([*common, "--judge_dir", str(copy)])
+    # A judge trained on another LMDB (another vocabulary in its manifest).
+    other_data = tmp_path / "other_lmdb"
+    shutil.copytree(indexed_set["data"], other_data)
+    manifest = json.loads((other_data / "manifest.json").read_text())
+    (other_data / "manifest.json").write_text(json.dumps({**manifest, "vocab_size": manifest["vocab_size"] + 1}))
+    other = tmp_path / "other_judge"
+    shutil.copytree(judge_run, other)
+    opts = (other / "opts.txt").read_text().replace(json.dumps(str(indexed_set["data"])), json.dumps(str(other_data)))
+    assert str(other_data) in opts
+    (other / "opts.txt").write_text(opts)
+    for main, args in ((GAN_test.main, common), (GAN_train.main, [*GAN_TINY, "--encoder_dir", str(encoder_run)])):
+        with pytest.raises(SystemExit, match=r"^error: --judge_dir .*other_judge: trained on .*other_lmdb, not on"):
+            main([*args, "--judge_dir", str(other)])
+    # The same LMDB copied elsewhere is the same data: accepted up to the recipes' check.
+    (other_data / "manifest.json").write_text(json.dumps(manifest))
+    GAN_test.main([*common, "--judge_dir", str(other), "--save_images", "false"])
+
+
+def test_gan_train_judge_only_watches(encoder_run, judge_run):
+    """--judge_dir adds val_judge/* and trace columns; G and D train bit for bit as without it."""
+    plain = GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "1"])
+    judged = GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "1",
+                             "--judge_dir", str(judge_run)])
+    for name in ("G_last.pth.tar", "D_last.pth.tar"):
+        a, b = (torch.load(r / name, weights_only=True)["model"] for r in (plain, judged))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    with open(judged / "trace.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == GAN_train.TRACE_HEADER + GAN_train.JUDGE_HEADER and len(rows) == 2
+    with open(plain / "trace.csv", newline="") as handle:
+        assert next(csv.reader(handle)) == GAN_train.TRACE_HEADER
+    judge_medr = float(rows[1][6])
+    n_val = len(load_embeddings(next(judge_run.glob("foodSpace_vectors_*_val_en.npz")))["rec_ids"])
+    assert 1 <= judge_medr <= n_val and "val_judge/medR" in _events(judged)[0]
