@@ -17,7 +17,7 @@ A recipe becomes a token row in three steps, each the one the indexed recipes we
 
 A photo goes through :func:`data.transforms.load_image` (EXIF orientation, RGB) and
 :func:`data.transforms.eval_transform` (pad to square, resize, centre crop, normalise) at the
-run's ``image_size``.
+run's ``image_size``, by the script's ``--image_backend`` (:func:`data.transforms.load_transformed`).
 
 Recipe JSON (``--recipe``): one recipe in layer1 format or a list of them::
 
@@ -194,15 +194,17 @@ class RecipeTokenizer:
         return tokens[:, :longest].contiguous()
 
 
-def load_query_image(path: str | Path, image_size: int) -> torch.Tensor:
-    """A photo as test.py's images: EXIF orientation, RGB, the evaluation transform; ``(3, S, S)``.
+def load_query_image(path: str | Path, image_size: int, backend: str = "pil") -> torch.Tensor:
+    """A photo as test.py's images: EXIF orientation, RGB, the evaluation transform; ``(3, S, S)`` float32.
+
+    ``backend`` is the scripts' ``--image_backend`` (``"pil"`` or ``"fast"``, :mod:`data.transforms`).
 
     Raises:
         QueryError: the file is missing or not a readable image (message names it).
     """
-    from data.transforms import ImageLoadError, eval_transform, load_image
+    from data.transforms import ImageLoadError, load_transformed
 
     try:
-        return eval_transform(load_image(path), image_size)
+        return load_transformed(path, None, image_size, backend=backend)
     except ImageLoadError as err:
         raise QueryError(str(err)) from None
