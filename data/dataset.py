@@ -22,6 +22,9 @@ Built by ``create_lmdb.py`` (docs/data.md). Per docs/model.md:
 * **Images.** Training: one of the first ``max_imgs`` images uniformly; evaluation: the first.
   A missing or undecodable image, or a recipe without image entries, gives a :class:`BadSample`
   (never a blank image); :func:`collate_skip_bad` drops it and :class:`BadImageTracker` counts it.
+  ``image_backend="fast"`` decodes and transforms them within 1 level of the PIL path, about twice
+  as fast per core, and ``uint8=True`` returns uint8 images that the step normalises on its device
+  (:mod:`data.transforms`); the scripts use both (``--image_backend``).
 
 Bad input is refused when the dataset is built, before any work: a data folder without
 ``manifest.json`` or keys, a partition of 0 recipes (:func:`check_partition`), an image root that
@@ -64,10 +67,9 @@ from data.recipe1m import PARTITIONS, image_path, load_keys
 from data.transforms import (
     ImageLoadError,
     TrainParams,
+    check_backend,
     draw_train_params,
-    eval_transform,
-    load_image,
-    train_transform,
+    load_transformed,
 )
 from utils.errors import InputError
 
@@ -99,7 +101,7 @@ class BadImageLimitError(DatasetError):
 class Sample(NamedTuple):
     """One good sample."""
 
-    image: torch.Tensor  # (3, S, S) float32, ImageNet-normalised
+    image: torch.Tensor  # (3, S, S) float32, ImageNet-normalised; uint8 0..255 with the dataset's uint8=True
     tokens: torch.Tensor  # (max_len,) int64, 0-padded, CLS ... SEP
     recipe_id: str
     cls: int  # classes1M class (0 = background)
@@ -328,6 +330,10 @@ class RecipeImageDataset(torch.utils.data.Dataset):
         image_size: side ``S`` of the image tensors.
         seed: with the epoch and the index, seeds every random draw of a sample.
         max_len: length of the token rows (default: the manifest's).
+        image_backend: ``"pil"`` (the reference's pixels) or ``"fast"`` (each pixel within 1 level,
+            about twice as fast per core; :mod:`data.transforms`).
+        uint8: images as uint8 ``(3, S, S)`` (a quarter of the bytes; the step normalises them on its
+            device with :func:`utils.imagenet.normalize_on_device`), else ImageNet-normalised float32.
 
     Raises:
         DatasetError: manifest or keys missing, a bad manifest, a ``language`` not in the LMDB
@@ -339,8 +345,10 @@ class RecipeImageDataset(torch.utils.data.Dataset):
     def __init__(self, data_path: str | Path, img_path: str | Path, partition: str, *, train: bool,
                  language: str | int = "en", text_aug: str | None = "english,de,ru,fr",
                  textinputs: str | Sequence[str] = "title,ingr,inst", max_imgs: int = 5,
-                 image_size: int = 224, seed: int = 1234, max_len: int | None = None) -> None:
+                 image_size: int = 224, seed: int = 1234, max_len: int | None = None,
+                 image_backend: str = "pil", uint8: bool = False) -> None:
         self.data_path = Path(data_path)
+        self.image_backend, self.uint8 = check_backend(image_backend), bool(uint8)
         self.img_path = Path(img_path)
         if partition not in PARTITIONS:
             raise DatasetError(f"unknown partition {partition!r}; expected one of {', '.join(PARTITIONS)}")
@@ -454,14 +462,11 @@ class RecipeImageDataset(torch.utils.data.Dataset):
             path = image_path(self.img_path, self.partition, images[pick])
         except ValueError as err:  # a malformed image id in the record
             return BadSample(recipe_id, f"{self.lmdb_path}: {err}", self.image_size)
-        try:
-            pil = load_image(path)
+        try:  # train transform with params, else eval
+            image = load_transformed(path, params, self.image_size, backend=self.image_backend,
+                                     uint8=self.uint8)  # (3, S, S)
         except ImageLoadError as err:
             return BadSample(recipe_id, str(err), self.image_size)
-        if params is not None:
-            image = train_transform(pil, params, self.image_size)  # (3, S, S)
-        else:
-            image = eval_transform(pil, self.image_size)  # (3, S, S)
         return Sample(image, torch.from_numpy(tokens), recipe_id, cls)
 
 

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
@@ -25,9 +26,16 @@ from torchvision.transforms.v2 import functional as TF
 from data.dataset import BadSample
 from data.lmdb_format import Record, RecordError, RecordReader, keys_file, lmdb_dir
 from data.recipe1m import image_path, load_keys
-from data.transforms import ImageLoadError, load_image, to_normalized_tensor
+from data.transforms import (
+    ImageLoadError,
+    check_backend,
+    decode_image,
+    load_image,
+    to_normalized_tensor,
+)
 from utils.embeddings import load_embeddings
 from utils.errors import InputError
+from utils.imagenet import normalize_on_device
 
 CROP, RESIZE, GAN_SIZE = 224, 256, 128  # docs/synthesis.md#the-method: resize 256, crop 224, then 128 for D
 
@@ -62,18 +70,59 @@ def gan_image(img, rng: np.random.Generator | None) -> torch.Tensor:
 
     Draw order with ``rng``: crop top, crop left, flip.
     """
-    img = TF.resize(img, RESIZE, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    w, h = img.size
+    return to_normalized_tensor(gan_image_pil(img, rng))  # (3, 128, 128)
+
+
+def _crop_draw(h: int, w: int, rng: np.random.Generator | None) -> tuple[int, int, bool]:
+    """``(top, left, flip)`` of :func:`gan_image`'s crop in an ``h x w`` image."""
     if rng is not None:
         top, left = int(rng.integers(0, h - CROP + 1)), int(rng.integers(0, w - CROP + 1))
-        flip = bool(rng.random() < 0.5)
-    else:
-        top, left, flip = int(round((h - CROP) / 2.0)), int(round((w - CROP) / 2.0)), False
+        return top, left, bool(rng.random() < 0.5)
+    return int(round((h - CROP) / 2.0)), int(round((w - CROP) / 2.0)), False
+
+
+def gan_image_pil(img, rng: np.random.Generator | None):
+    """:func:`gan_image` before the normalisation: the 128 x 128 RGB ``PIL.Image``."""
+    img = TF.resize(img, RESIZE, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    w, h = img.size
+    top, left, flip = _crop_draw(h, w, rng)
     img = TF.crop(img, top, left, CROP, CROP)
     if flip:
         img = TF.horizontal_flip(img)
-    img = TF.resize(img, [GAN_SIZE, GAN_SIZE], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return to_normalized_tensor(img)  # (3, 128, 128)
+    return TF.resize(img, [GAN_SIZE, GAN_SIZE], interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def gan_image_uint8(arr: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
+    """The fast :func:`gan_image` on an ``(H, W, 3)`` uint8 array: ``(3, 128, 128)`` uint8, not normalised.
+
+    The same draws; the first resize is torch's uint8 antialiased one (within 1 level of PIL's).
+    """
+    image = torch.from_numpy(arr).permute(2, 0, 1)  # (3, H, W) channels-last view: torch's fast uint8 kernel
+    image = TF.resize(image, RESIZE, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    h, w = image.shape[-2:]
+    top, left, flip = _crop_draw(h, w, rng)
+    image = image[:, top:top + CROP, left:left + CROP]  # (3, 224, 224)
+    if flip:
+        image = image.flip(-1)
+    # The small second resize stays PIL's: on top of the first one's 1 level, torch's would
+    # sometimes add another (max 2 on the bench photos); PIL's keeps the sum within 1.
+    crop = Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy()))  # 224 x 224
+    small = TF.resize(crop, [GAN_SIZE, GAN_SIZE], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return TF.pil_to_tensor(small)  # (3, 128, 128) uint8
+
+
+def load_gan_image(path, rng: np.random.Generator | None, *, backend: str = "pil",
+                   uint8: bool = False) -> torch.Tensor:
+    """Read an image and make D's view of it (:func:`gan_image`): ``(3, 128, 128)``, uint8 or normalised.
+
+    Raises:
+        ImageLoadError: the file is missing or cannot be decoded.
+    """
+    if check_backend(backend) == "pil":
+        image = TF.pil_to_tensor(gan_image_pil(load_image(path), rng))  # (3, 128, 128) uint8
+    else:
+        image = gan_image_uint8(decode_image(path), rng)
+    return image if uint8 else normalize_on_device(image[None])[0]
 
 
 def read_record(records: RecordReader, rid: str) -> Record:
@@ -88,7 +137,7 @@ def read_record(records: RecordReader, rid: str) -> Record:
 
 
 class GANSample(NamedTuple):
-    image: torch.Tensor  # (3, 128, 128) ImageNet-normalised
+    image: torch.Tensor  # (3, 128, 128) ImageNet-normalised; uint8 with the dataset's uint8=True
     rec_emb: torch.Tensor  # (D,)
     img_emb: torch.Tensor  # (D,) the first image's precomputed embedding
     cls: int
@@ -117,10 +166,14 @@ class GANDataset(Dataset):
         seed: with the epoch and the index, seeds every draw of a sample (any worker count gives the same).
         max_imgs: see ``train``.
         num_classes: classes must be below it (D's class head).
+        image_backend: ``"pil"`` (the reference's pixels) or ``"fast"`` (within 1 level, faster).
+        uint8: images as uint8 (normalised on the device by the step), else ImageNet-normalised float32.
     """
 
     def __init__(self, data_path, img_path, partition: str, emb: dict, *, train: bool, seed: int = 1234,
-                 max_imgs: int = 5, num_classes: int = 1048) -> None:
+                 max_imgs: int = 5, num_classes: int = 1048, image_backend: str = "pil",
+                 uint8: bool = False) -> None:
+        self.image_backend, self.uint8 = check_backend(image_backend), bool(uint8)
         self.data_path, self.img_path, self.partition = Path(data_path), Path(img_path), partition
         self.ids = [str(i) for i in emb["rec_ids"]]
         self.rec = torch.from_numpy(np.ascontiguousarray(emb["rec_embeds"], dtype=np.float32))  # (N, D)
@@ -152,10 +205,11 @@ class GANDataset(Dataset):
             return BadSample(rid, "no image entry in the LMDB record", GAN_SIZE)
         pick = int(rng.integers(len(images))) if rng is not None else 0
         try:
-            pil = load_image(image_path(self.img_path, self.partition, images[pick]))
+            image = load_gan_image(image_path(self.img_path, self.partition, images[pick]), rng,
+                                   backend=self.image_backend, uint8=self.uint8)  # (3, 128, 128)
         except (ImageLoadError, ValueError) as err:
             return BadSample(rid, str(err), GAN_SIZE)
-        return GANSample(gan_image(pil, rng), self.rec[index], self.img[index], cls, rid, index)
+        return GANSample(image, self.rec[index], self.img[index], cls, rid, index)
 
 
 def collate_gan(batch) -> GANBatch:

@@ -17,7 +17,7 @@ A recipe becomes a token row in three steps, each the one the indexed recipes we
 
 A photo goes through :func:`data.transforms.load_image` (EXIF orientation, RGB) and
 :func:`data.transforms.eval_transform` (pad to square, resize, centre crop, normalise) at the
-run's ``image_size``.
+run's ``image_size``, by the script's ``--image_backend`` (:func:`data.transforms.load_transformed`).
 
 Recipe JSON (``--recipe``): one recipe in layer1 format or a list of them::
 
@@ -249,13 +249,21 @@ def load_query_photo(path: str | Path) -> PILImage:
         raise QueryError(f"unreadable image file {path} ({type(err).__name__}: {err})") from None
 
 
-def load_query_image(path: str | Path | PILImage, image_size: int) -> torch.Tensor:
+def load_query_image(path: str | Path | PILImage, image_size: int, backend: str = "pil") -> torch.Tensor:
     """A photo (a file, or one :func:`load_query_photo` decoded) through test.py's evaluation transform; ``(3, S, S)``.
+
+    ``backend`` is the scripts' ``--image_backend`` (``"pil"`` or ``"fast"``, :mod:`data.transforms`).
 
     Raises:
         QueryError: the file is missing or not a readable image (message names it).
     """
-    from data.transforms import eval_transform
+    import numpy as np
+
+    from data.transforms import check_backend, eval_transform, eval_transform_uint8
+    from utils.imagenet import normalize_on_device
 
     photo = path if hasattr(path, "getpixel") else load_query_photo(path)
-    return eval_transform(photo, image_size)
+    if check_backend(backend) == "pil":
+        return eval_transform(photo, image_size)
+    image = eval_transform_uint8(np.asarray(photo), image_size)  # (3, S, S) uint8
+    return normalize_on_device(image[None])[0]

@@ -23,6 +23,7 @@ normalise. Resizing is bilinear with antialiasing (torchvision's ``Resize`` defa
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
-from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD, normalize_on_device
 
 logger = logging.getLogger(__name__)
 
@@ -174,9 +176,12 @@ def train_transform(img: Image.Image, params: TrainParams, image_size: int = 224
     Returns:
         float32 tensor ``(3, S, S)``.
     """
-    side = resize_size(image_size)
-    if params.top + image_size > side or params.left + image_size > side:
-        raise ValueError(f"crop offset ({params.top}, {params.left}) does not fit image_size {image_size}")
+    return to_normalized_tensor(train_transform_pil(img, params, image_size))
+
+
+def train_transform_pil(img: Image.Image, params: TrainParams, image_size: int = 224) -> Image.Image:
+    """:func:`train_transform` before the normalisation: the ``S x S`` RGB ``PIL.Image``."""
+    side = _check_crop(params, image_size)
     if params.pad_to_square:
         img = pad_to_square(img, params.pad_mode)
     img = _resize_square(img, side)  # (R, R)
@@ -184,7 +189,15 @@ def train_transform(img: Image.Image, params: TrainParams, image_size: int = 224
     img = F.crop(img, params.top, params.left, image_size, image_size)  # (S, S)
     if params.flip:
         img = F.horizontal_flip(img)
-    return to_normalized_tensor(img)
+    return img
+
+
+def _check_crop(params: TrainParams, image_size: int) -> int:
+    """``R`` for ``image_size``; refuses a crop offset that leaves the ``R x R`` image."""
+    side = resize_size(image_size)
+    if params.top + image_size > side or params.left + image_size > side:
+        raise ValueError(f"crop offset ({params.top}, {params.left}) does not fit image_size {image_size}")
+    return side
 
 
 def eval_transform(img: Image.Image, image_size: int = 224) -> torch.Tensor:
@@ -193,8 +206,194 @@ def eval_transform(img: Image.Image, image_size: int = 224) -> torch.Tensor:
     Returns:
         float32 tensor ``(3, S, S)``.
     """
+    return to_normalized_tensor(eval_transform_pil(img, image_size))
+
+
+def eval_transform_pil(img: Image.Image, image_size: int = 224) -> Image.Image:
+    """:func:`eval_transform` before the normalisation: the ``S x S`` RGB ``PIL.Image``."""
     side = resize_size(image_size)
     img = _resize_square(pad_to_square(img, "reflect"), side)
-    offset = int(round((side - image_size) / 2.0))  # torchvision's CenterCrop rule
-    img = F.crop(img, offset, offset, image_size, image_size)
-    return to_normalized_tensor(img)
+    offset = _centre_offset(side, image_size)
+    return F.crop(img, offset, offset, image_size, image_size)
+
+
+def _centre_offset(side: int, size: int) -> int:
+    """Offset of a centred ``size`` crop in ``side`` (torchvision's CenterCrop rule)."""
+    return int(round((side - size) / 2.0))
+
+
+# --------------------------------------------------------------------------- the fast path
+#
+# The same transforms on uint8 arrays, about twice as fast per core (bench/loader.py): the decode
+# goes through torchvision's decode_jpeg for plain JPEGs, padding is array slicing, the resizes are torch's uint8
+# antialiased bilinear kernel, and the rotation stays PIL's (torch's nearest rotation is slower
+# and differs at tie points). Every pixel is within 1 level of the PIL path's for the same drawn
+# parameters (tests/test_fast_images.py); normalisation is left to the device
+# (:func:`utils.imagenet.normalize_on_device`). ``image_backend="pil"`` keeps today's pixels.
+
+IMAGE_BACKENDS = ("fast", "pil")
+_EXIF_ORIENTATION = 0x0112
+_JPEG_SOI, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`IMAGE_BACKENDS`, else ValueError."""
+    if backend not in IMAGE_BACKENDS:
+        raise ValueError(f"unknown image backend {backend!r}; use one of {', '.join(IMAGE_BACKENDS)}")
+    return backend
+
+
+def decode_image(path: str | Path) -> np.ndarray:
+    """The pixels :func:`load_image` gives, as an ``(H, W, 3)`` uint8 RGB array, decoded faster.
+
+    A plain JPEG (8-bit RGB or grayscale, complete, no EXIF rotation) is decoded by torchvision's
+    ``decode_jpeg`` (libjpeg-turbo straight into an array: PIL's pixels bit for bit, without PIL's
+    4-byte pixels and copies); everything else (PNG, palette, CMYK, 16-bit, alpha, EXIF orientation,
+    anything ``decode_jpeg`` refuses, a file that does not end with the JPEG end marker) goes
+    through :func:`load_image`, so what it refuses or repairs is refused or repaired the same way.
+    The end-marker check keeps truncated files away from decoders that pad them with grey (OpenCV
+    does) or warn instead of failing. PIL reads the header first either way, so its
+    decompression-bomb limit applies to both.
+
+    Raises:
+        ImageLoadError: as :func:`load_image` (missing, truncated, undecodable, too large).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = b""  # missing or unreadable: load_image raises the usual error
+    arr = _decode_plain_jpeg(data) if data else None
+    if arr is None:
+        arr = np.array(load_image(path))  # (H, W, 3) uint8, writable
+    return arr
+
+
+def _decode_plain_jpeg(data: bytes) -> np.ndarray | None:
+    """``data`` decoded by ``decode_jpeg`` when it is a plain JPEG (see :func:`decode_image`), else None."""
+    if not (data.startswith(_JPEG_SOI) and data.endswith(_JPEG_EOI)):
+        return None  # not a JPEG, or cut short (OpenCV would pad it with grey)
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # header only; raises DecompressionBombError
+            if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+                return None
+            if img.getexif().get(_EXIF_ORIENTATION, 1) not in (0, 1):
+                return None  # rotated by load_image's exif_transpose
+            size = img.size
+        image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except Exception:  # noqa: BLE001 - whatever the decoders make of it, load_image says it the usual way
+        return None
+    if image.dtype != torch.uint8 or tuple(image.shape) != (3, size[1], size[0]):
+        return None
+    arr = image.permute(1, 2, 0).numpy()  # (H, W, 3): libjpeg's own rows, no copy
+    return arr
+
+
+def pad_to_square_array(arr: np.ndarray, mode: str) -> np.ndarray:
+    """:func:`pad_to_square` on an ``(H, W, C)`` array, the same pixels (torchvision pads with np.pad).
+
+    Slices where the padding fits in the image (the usual case, a few times faster than np.pad);
+    np.pad, which repeats the reflection, where it does not.
+    """
+    if mode not in PAD_MODES:
+        raise ValueError(f"unknown pad mode {mode!r}; use one of {', '.join(PAD_MODES)}")
+    h, w = arr.shape[:2]
+    pad = abs(w - h)
+    if pad == 0:
+        return arr
+    before, after = pad // 2, pad - pad // 2
+    axis, n = (1, w) if w < h else (0, h)  # pad the columns of a tall image, the rows of a wide one
+
+    def at(index: slice) -> tuple:  # index along the padded axis
+        return (slice(None), index) if axis == 1 else (index,)
+
+    reach = n - 1 if mode == "reflect" else n  # reflect skips the edge itself
+    if mode in ("reflect", "symmetric") and max(before, after) > reach:
+        widths = [(0, 0)] * arr.ndim
+        widths[axis] = (before, after)
+        return np.pad(arr, widths, mode)
+    side = max(h, w)
+    out = np.empty((side, side) + arr.shape[2:], arr.dtype)  # (L, L, C)
+    out[at(slice(before, before + n))] = arr
+    rev = arr[at(slice(None, None, -1))]  # rev[i] = arr[n - 1 - i] along the axis
+    head, tail = at(slice(0, before)), at(slice(before + n, None))
+    if mode == "constant":
+        out[head] = 0
+        out[tail] = 0
+    elif mode == "edge":
+        out[head] = arr[at(slice(0, 1))]
+        out[tail] = arr[at(slice(n - 1, n))]
+    elif mode == "reflect":  # before the image arr[before - j]; after it arr[n - 2 - k]
+        out[head] = rev[at(slice(n - 1 - before, n - 1))]
+        out[tail] = rev[at(slice(1, 1 + after))]
+    else:  # symmetric: before the image arr[before - 1 - j]; after it arr[n - 1 - k]
+        out[head] = rev[at(slice(n - before, n))]
+        out[tail] = rev[at(slice(0, after))]
+    return out
+
+
+def _resize_uint8(arr: np.ndarray, size: list[int]) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(3, h, w)`` uint8 (channels-last strides), antialiased bilinear.
+
+    torch's uint8 kernel (fast on channels-last input) gives PIL's pixels within 1 level.
+    """
+    image = torch.from_numpy(arr).permute(2, 0, 1)  # (3, H, W), a view with channels-last strides
+    return F.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+
+
+def _hwc(image: torch.Tensor) -> np.ndarray:
+    """``(3, H, W)`` uint8 tensor -> ``(H, W, 3)`` contiguous array (a view when channels-last)."""
+    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+
+
+def to_uint8_tensor(arr: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 array (any strides) -> contiguous ``(3, H, W)`` uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+
+
+def train_transform_uint8(arr: np.ndarray, params: TrainParams, image_size: int = 224) -> torch.Tensor:
+    """The fast :func:`train_transform`: ``(H, W, 3)`` uint8 RGB -> ``(3, S, S)`` uint8, not normalised.
+
+    Within 1 level of :func:`train_transform_pil` for the same ``params``.
+    """
+    side = _check_crop(params, image_size)
+    if params.pad_to_square:
+        arr = pad_to_square_array(arr, params.pad_mode)
+    square = _hwc(_resize_uint8(arr, [side, side]))  # (R, R, 3)
+    rotated = F.rotate(Image.fromarray(square), params.angle, interpolation=InterpolationMode.NEAREST, fill=0)
+    out = np.asarray(rotated)[params.top:params.top + image_size, params.left:params.left + image_size]  # (S, S, 3)
+    if params.flip:
+        out = out[:, ::-1]
+    return to_uint8_tensor(out)
+
+
+def eval_transform_uint8(arr: np.ndarray, image_size: int = 224) -> torch.Tensor:
+    """The fast :func:`eval_transform`: ``(H, W, 3)`` uint8 RGB -> ``(3, S, S)`` uint8, not normalised."""
+    side = resize_size(image_size)
+    square = _resize_uint8(pad_to_square_array(arr, "reflect"), [side, side])  # (3, R, R)
+    offset = _centre_offset(side, image_size)
+    return square[:, offset:offset + image_size, offset:offset + image_size].contiguous()
+
+
+def load_transformed(path: str | Path, params: TrainParams | None, image_size: int = 224, *,
+                     backend: str = "pil", uint8: bool = False) -> torch.Tensor:
+    """Read an image and apply the train (``params``) or eval (``None``) transform.
+
+    Args:
+        path: the image file.
+        params: from :func:`draw_train_params`, or None for the evaluation transform.
+        image_size: side ``S``.
+        backend: ``"pil"`` (today's pixels) or ``"fast"`` (within 1 level, about twice as fast).
+        uint8: return ``(3, S, S)`` uint8 (normalise on the device); else ImageNet-normalised float32.
+
+    Raises:
+        ImageLoadError: the file is missing or cannot be decoded.
+    """
+    if check_backend(backend) == "pil":
+        img = load_image(path)
+        img = train_transform_pil(img, params, image_size) if params is not None else eval_transform_pil(img, image_size)
+        image = F.pil_to_tensor(img)  # (3, S, S) uint8
+    else:
+        arr = decode_image(path)
+        image = train_transform_uint8(arr, params, image_size) if params is not None else eval_transform_uint8(arr, image_size)
+    return image if uint8 else normalize_on_device(image[None])[0]

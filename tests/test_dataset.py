@@ -682,3 +682,26 @@ def test_bad_inputs_refused_when_built(full, tmp_path):
         make((empty, imgs), train=False)
     for err in (ImageRootError, EmptyPartitionError, BadImageLimitError):
         assert issubclass(err, InputError)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fast_uint8_dataset_matches_the_pil_path(full, train):
+    """image_backend="fast", uint8=True: the same samples, tokens and bad images; pixels within 1 level."""
+    from utils.imagenet import normalize_on_device
+
+    pil, fast, pil8 = (make(full, train=train, image_backend=b, uint8=u)
+                       for b, u in (("pil", False), ("fast", True), ("pil", True)))
+    for i in range(len(pil)):
+        a, b, c = pil[i], fast[i], pil8[i]
+        assert type(a) is type(b) is type(c)
+        if isinstance(a, BadSample):
+            assert a == b == c  # missing, truncated, not an image, no image entry: the same reason
+            continue
+        assert b.image.dtype == torch.uint8 and b.image.shape == (3, S, S)
+        assert torch.equal(normalize_on_device(c.image[None])[0], a.image)  # pil + uint8: today's values
+        assert (b.image.int() - c.image.int()).abs().max() <= 1
+        assert torch.equal(a.tokens, b.tokens) and (a.recipe_id, a.cls) == (b.recipe_id, b.cls)
+    batch = collate_skip_bad([fast[i] for i in range(len(fast))])
+    assert batch.images.dtype == torch.uint8 and len(batch.bad) == 4
+    with pytest.raises(ValueError, match="unknown image backend"):
+        make(full, train=train, image_backend="opencv")
