@@ -87,6 +87,7 @@ from utils.runs import (
     checkpoint_path,
     encoder_run_opts,
     find_encoder_files,
+    shown,
 )
 from utils.vis import figure_font
 
@@ -300,7 +301,7 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
     trained_with = ckpt.get("encoder", {}).get("ckpt_name")
     checkpoint = checkpoint_path(encoder_dir, trained_with) if trained_with else None
     if checkpoint is not None and not checkpoint.is_file():
-        print(f"note: G was trained with the encoder of {trained_with}, whose checkpoint {checkpoint} is gone; "
+        print(f"note: G was trained with the encoder of {trained_with}, whose checkpoint {shown(checkpoint)} is gone; "
               f"embedding with the run's default checkpoint")
         checkpoint = None
     searcher = RunSearch(encoder_dir, checkpoint=str(checkpoint) if checkpoint else None, lang=lang,
@@ -315,7 +316,7 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
         raise InputError(f"{searcher.ckpt_path}: recipe embeddings of size {rec.shape[1]}, G expects {cfg.emb_dim}")
     out_dir = Path(args.out_dir) if args.out_dir else g_path.parent / RECIPE_GEN_DIR
     folders = folder_names([r.id for r in recipes])
-    print(f"G {g_path} (epoch {ckpt.get('epoch')}) | {len(recipes)} recipe(s) from {args.recipe} embedded with "
+    print(f"G {shown(g_path)} (epoch {ckpt.get('epoch')}) | {len(recipes)} recipe(s) from {shown(args.recipe)} embedded with "
           f"{searcher.ckpt_path.name} ({lang})")
 
     tiles: list[list[Image.Image]] = [[] for _ in recipes]
@@ -347,11 +348,11 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
         written.append({"id": recipe.id, "folder": str(folder_path),
                         "generated": [str(folder_path / f"generated_{k}.png") for k in range(num_images)],
                         "nearest": nearest[r]})
-        print(f"{recipe.id}: {num_images} image(s) -> {folder_path}; nearest photos: "
+        print(f"{recipe.id}: {num_images} image(s) -> {shown(folder_path)}; nearest photos: "
               + (", ".join(f"{n['recipe_id']} ({n['score']:.3f})" for n in nearest[r]) or "none"))
     figure = out_dir / RECIPE_FIGURE
     save_png(recipes_figure(fig_rows, num_images, len(nearest[0]) if nearest else 0), figure)
-    print(f"figure -> {figure}")
+    print(f"figure -> {shown(figure)}")
     return {"recipes": written, "figure": str(figure), "checkpoint": str(searcher.ckpt_path),
             "noise_mode": args.noise_mode, "seed": args.seed}
 
@@ -389,7 +390,7 @@ def load_judge(judge_dir: str, encoder_dir: str, own_encoder: Path, own_file: Pa
 
 def judge_scores(judge: Judge, fake: torch.Tensor, medr, seed: int) -> dict:
     """The judge's rows: its embeddings of the generated images and of the real photos -> its recipes."""
-    out = {"encoder": str(judge.path)}
+    out = {"encoder": str(shown(judge.path))}
     out["fake2rec"], out["rec2fake"] = paired_scores(fake, judge.rec, medr, seed)
     out["real2rec"], _ = paired_scores(judge.img, judge.rec, medr, seed)
     out["ratio"] = ratio_rows(out["fake2rec"], out["real2rec"])
@@ -480,8 +481,8 @@ def _main(argv) -> dict:
         raise InputError(f"{files.embeddings['test']}: embeddings of size {rec.shape[1]}, G expects {cfg.emb_dim}")
     judge = load_judge(args.judge_dir, encoder_dir, files.encoder, files.embeddings["test"], ids,
                        enc_opts.get("data_path") or data_path, data_path, lang, device) if args.judge_dir else None
-    print(f"G {g_path} (epoch {ckpt.get('epoch')}) | encoder {files.encoder.name} | test {len(ids)} recipes "
-          f"({lang}) | device {device}" + (f" | judge {judge.path}" if judge else ""))
+    print(f"G {shown(g_path)} (epoch {ckpt.get('epoch')}) | encoder {files.encoder.name} | test {len(ids)} recipes "
+          f"({lang}) | device {device}" + (f" | judge {shown(judge.path)}" if judge else ""))
 
     def saver(k: int):
         def on_batch(start: int, pixels: torch.Tensor) -> None:
@@ -526,7 +527,7 @@ def _main(argv) -> dict:
     if args.save_images:
         for rid in ids:
             atomic_write_text(out_dir / rid / "recipe.txt", recipe_text(rid, texts[rid]))
-        print(f"{len(ids)} recipes -> {out_dir} ({num_images} generated image(s) each; {tracker.summary()})")
+        print(f"{len(ids)} recipes -> {shown(out_dir)} ({num_images} generated image(s) each; {tracker.summary()})")
 
     metrics: dict = {}
     metrics["fake2rec"], metrics["rec2fake"] = paired_scores(fake, rec, args.medr, args.seed)
@@ -565,7 +566,7 @@ def _main(argv) -> dict:
                     for r, i in enumerate(sel)]
         fig_path = g_path.parent / SYNTHESIS_FIGURE
         save_png(synthesis_figure(fig_rows, k), fig_path)
-        print(f"synthesis figure -> {fig_path}")
+        print(f"synthesis figure -> {shown(fig_path)}")
     if args.metrics_json:
         atomic_write_json(args.metrics_json, metrics, indent=2)
     return metrics

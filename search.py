@@ -73,6 +73,7 @@ from utils.runs import (
     ckpt_name,
     is_image_encoder_file,
     search_index_name,
+    shown,
 )
 
 PARTITIONS = ("test", "val", "train")  # the order of --index_parts available
@@ -447,8 +448,8 @@ class RunSearch:
         self.channels_last = bool(opts.get("channels_last"))
         self.recipes = RecipeTokenizer(self.data_path, opts.get("textinputs", "title,ingr,inst"))
         self._readers: dict[str, RecordReader] = {}
-        log(f"model: {self.ckpt_path} ({self.model.cfg.image_backbone}, {self.model.cfg.emb_dim}-d) | "
-            f"data {self.data_path} | device {self.device}")
+        log(f"model: {shown(self.ckpt_path)} ({self.model.cfg.image_backbone}, {self.model.cfg.emb_dim}-d) | "
+            f"data {shown(self.data_path)} | device {self.device}")
 
     @torch.no_grad()
     def embed_images(self, paths: Sequence, batch_size: int = 32) -> np.ndarray:
@@ -511,7 +512,7 @@ def format_results(results: list[dict]) -> str:
     for entry in results:
         q = entry["query"]
         if "image" in q:
-            lines.append(f"query {q['number']}: photo {q['image']} -> top {len(entry['results'])} recipes")
+            lines.append(f"query {q['number']}: photo {shown(q['image'])} -> top {len(entry['results'])} recipes")
             for r in entry["results"]:
                 ingr = ", ".join(r["ingredients"])
                 lines.append(f"  {r['rank']:>2}  {r['score']:.4f}  {r['recipe_id']}  {r['title']}"
@@ -520,7 +521,7 @@ def format_results(results: list[dict]) -> str:
             lines.append(f"query {q['number']}: recipe {q['recipe_id']} \"{q['title']}\" -> top "
                          f"{len(entry['results'])} images")
             for r in entry["results"]:
-                lines.append(f"  {r['rank']:>2}  {r['score']:.4f}  {r['recipe_id']}  {r['image_id']}  {r['path']}"
+                lines.append(f"  {r['rank']:>2}  {r['score']:.4f}  {r['recipe_id']}  {r['image_id']}  {shown(r['path'])}"
                              + (f"  [{r['title']}]" if r["title"] else ""))
     return "\n".join(lines)
 
@@ -629,7 +630,7 @@ def _main(argv) -> dict:
     else:
         print(format_results(results))
     if args.figure:
-        log(f"figure -> {draw_figure(results, args.figure, queries if target == 'recipes' else None)}")
+        log(f"figure -> {shown(draw_figure(results, args.figure, queries if target == 'recipes' else None))}")
     return out
 
 

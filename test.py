@@ -32,7 +32,7 @@ from utils.cli import HelpFormatter, autocast_context, resolve_device, run_main
 from utils.embeddings import extract_embeddings, load_embeddings, save_embeddings
 from utils.errors import CheckpointError, InputError
 from utils.io import atomic_write_json
-from utils.metrics import evaluate_retrieval, format_results
+from utils.metrics import METRIC_UNITS, evaluate_retrieval, format_results
 from utils.runs import VIS_DIR, ckpt_name, image_encoder_path, is_image_encoder_file, run_dir_of, vectors_name
 from utils.seed import seed_everything
 
@@ -177,7 +177,7 @@ def _main(argv) -> dict:
     if args.embeddings:
         results = evaluate_file(args)
         if args.metrics_json:
-            atomic_write_json(args.metrics_json, results, indent=2)
+            write_metrics(args.metrics_json, results)
         return results
 
     # Every input is checked before the model is built and anything is embedded or written.
@@ -228,15 +228,25 @@ def _main(argv) -> dict:
         if args.vis and partition == "test" and lang == languages[0]:
             from utils.vis import retrieval_figures
 
+            prefix = f"{name}_{partition}_{lang}"  # the checkpoint's name: another one's figures stay
+            earlier = [p for p in (run_dir / VIS_DIR).glob(f"{glob.escape(prefix)}_*.png")]
             written = retrieval_figures(emb, figure_recipes(data_path, img_path, partition, lang),
-                                        run_dir / VIS_DIR, f"{partition}_{lang}", args.vis)
-            print(f"figures: {', '.join(str(p) for p in written)}")
+                                        run_dir / VIS_DIR, prefix, args.vis)
+            print(f"figures ({args.vis} {partition}/{lang} queries, top 3 each) -> "
+                  f"{', '.join(str(p) for p in written)}"
+                  + (" (replacing those of an earlier --vis run of this checkpoint)" if earlier else ""))
     print(summary_table(all_results))
     for tracker in trackers.values():
         print(tracker.summary())
     if args.metrics_json:
-        atomic_write_json(args.metrics_json, all_results, indent=2)
+        write_metrics(args.metrics_json, all_results)
     return all_results
+
+
+def write_metrics(path: str, results: dict) -> None:
+    """``--metrics_json``: the results with their units named under ``"units"`` (recalls are fractions)."""
+    atomic_write_json(path, {"units": METRIC_UNITS, **results}, indent=2)
+    print(f"metrics -> {path} (recalls as fractions in [0, 1], medR as a rank; see its \"units\")")
 
 
 def run_paths(args, opts: dict, ckpt_path: Path) -> tuple[Path, Path]:

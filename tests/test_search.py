@@ -449,3 +449,19 @@ def test_a_closed_pipe_ends_quietly(run):
     err = proc.stderr.read()
     proc.wait(timeout=120)
     assert proc.returncode == 1 and "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_paths_under_the_current_folder_are_printed_relative(run, tmp_path, monkeypatch, capsys):
+    from utils.runs import shown
+
+    monkeypatch.chdir(tmp_path)
+    assert shown(tmp_path / "a" / "b.png") == os.path.join("a", "b.png")
+    assert shown("/elsewhere/x.png") == "/elsewhere/x.png" and shown("rel/x.png") == "rel/x.png"
+    assert shown(tmp_path) == str(tmp_path) and shown(str(tmp_path) + "x/y") == str(tmp_path) + "x/y"
+    monkeypatch.chdir(run.parent)  # the run folder (recorded with absolute paths) under the current one
+    search.main(["--run", str(run), "--text", "Pie", "--k", "2", "--no_cuda", "--figure", str(run / "fig.png")])
+    out = capsys.readouterr().out
+    model = next(line for line in out.splitlines() if line.startswith("model: "))
+    assert model.startswith(f"model: {run.name}/models/model_BEST_REC_"), model
+    assert f"figure -> {run.name}/fig.png" in out
+    assert str(run.parent) not in out  # the data and the images lie elsewhere: printed as recorded

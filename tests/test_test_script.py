@@ -12,7 +12,7 @@ import train
 from models.foodspace import ArchConfig, FoodSpaceNet, ImageEmbedder
 from utils.checkpoint import load_checkpoint
 from utils.embeddings import load_embeddings
-from utils.metrics import evaluate_retrieval
+from utils.metrics import METRIC_UNITS, evaluate_retrieval
 
 # "test" is also the name of Python's own regression-test package: load the script by path.
 _spec = importlib.util.spec_from_file_location("xmrs_test_script", ROOT / "test.py")
@@ -28,7 +28,7 @@ def trained_run(indexed_set, tmp_path_factory):
                        "--max_iters", "2", "--medr", "20", "--projector_every", "0"])
 
 
-def test_test_script_writes_vectors_encoder_metrics_and_figures(trained_run, indexed_set, tmp_path):
+def test_test_script_writes_vectors_encoder_metrics_and_figures(trained_run, indexed_set, tmp_path, capsys):
     metrics_path = tmp_path / "metrics.json"
     results = test_script.main(["--model_init_path", str(trained_run / "models" / "model_BEST_REC_e*.pth.tar"),
                                 "--partitions", "test,val", "--language", "all", "--workers", "0",
@@ -48,11 +48,22 @@ def test_test_script_writes_vectors_encoder_metrics_and_figures(trained_run, ind
             # the printed / returned numbers are the protocol applied to the saved vectors
             assert results[partition][lang] == evaluate_retrieval(emb["img_embeds"], emb["rec_embeds"], medr=[10])
     saved = json.loads(metrics_path.read_text())
+    assert saved.pop("units") == METRIC_UNITS and "fractions in [0, 1]" in METRIC_UNITS["R@1, R@5, R@10"]
     assert saved == results
     assert set(saved["test"]["en"]["10"]) == {"n", "bags", "im2rec", "rec2im"}
     assert set(saved["test"]["en"]["10"]["im2rec"]) == {"medR", "R@1", "R@5", "R@10"}
     for direction in ("im2rec", "rec2im"):
-        assert (trained_run / "vis" / f"test_en_{direction}.png").stat().st_size > 1000
+        assert (trained_run / "vis" / f"{name}_test_en_{direction}.png").stat().st_size > 1000
+    out = capsys.readouterr().out
+    assert f"metrics -> {metrics_path} (recalls as fractions in [0, 1]" in out
+    assert f"figures (3 test/en queries, top 3 each) -> {trained_run / 'vis' / name}_test_en_im2rec.png" in out
+    assert "replacing" not in out
+    # A second --vis run of the checkpoint says that it replaces the figures; nothing else is left in vis/.
+    test_script.main(["--model_init_path", str(ckpt_path), "--partitions", "test", "--workers", "0",
+                      "--medr", "10", "--vis", "2"])
+    assert "(replacing those of an earlier --vis run of this checkpoint)" in capsys.readouterr().out
+    assert sorted(p.name for p in (trained_run / "vis").iterdir()) == [
+        f"{name}_test_en_im2rec.png", f"{name}_test_en_rec2im.png"]
 
     # The exported image branch alone reproduces the full model's image embeddings.
     encoder = load_checkpoint(trained_run / "models" / f"{name}_image_encoder.pth.tar")
@@ -76,7 +87,7 @@ def test_embeddings_mode_and_glob_rules(trained_run, tmp_path):
         vectors = sorted(trained_run.glob("foodSpace_vectors_*_test_en.npz"))
     out = tmp_path / "m.json"
     results = test_script.main(["--embeddings", str(vectors[0]), "--metrics_json", str(out)])
-    assert json.loads(out.read_text()) == results and "all" in results  # 20 test recipes < 1000
+    assert json.loads(out.read_text()) == {"units": METRIC_UNITS, **results} and "all" in results  # 20 < 1000
     with pytest.raises(SystemExit, match="matches 2 checkpoints|matches 3 checkpoints"):
         test_script.main(["--model_init_path", str(trained_run / "models" / "model*.pth.tar")])
     with pytest.raises(SystemExit, match="no checkpoint"):

@@ -35,6 +35,10 @@ import numpy as np
 import torch
 
 RECALL_KS = (1, 5, 10)
+# What the numbers of a result mean; written beside them by test.py --metrics_json.
+METRIC_UNITS = {"R@1, R@5, R@10": "fractions in [0, 1] (the printed tables show percentages)",
+                "medR": "median rank of the true match (1 = first)", "n": "candidates per bag",
+                "bags": "bags averaged"}
 DEFAULT_BAG_SIZES = (1000, 10000)
 DEFAULT_CHUNK = 4096
 _NAMED_SIZES = {1000: "1k", 10000: "10k"}

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -264,3 +265,19 @@ class TextLog:
             handle.write(f"[{stamp}] {message}\n")
         if self.echo:
             print(message, flush=True)
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as a script prints it: relative to the current folder when it lies under it, else as given.
+
+    Runs record absolute paths (demo.py passes them); printed relative, a command's output holds
+    no machine's paths and can be pasted elsewhere. Symlinks are not resolved.
+    """
+    text = os.fspath(path)
+    if not os.path.isabs(text):
+        return text
+    cwd = os.getcwd()
+    absolute = os.path.abspath(text)
+    if absolute == cwd or not absolute.startswith(cwd.rstrip(os.sep) + os.sep):
+        return text
+    return os.path.relpath(absolute, cwd)

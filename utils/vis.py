@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from utils.io import atomic_write
 from utils.metrics import topk_chunked
 
 TILE = 160  # image side in the figure
@@ -146,8 +147,7 @@ def retrieval_figures(emb: dict, recipe: Callable[[str], RecipeView], out_dir, p
                     cells.append(tile)
             rows.append(tile_row(cells))
         path = out_dir / f"{prefix}_{name}.png"
-        tmp = path.with_suffix(".tmp.png")
-        stack_rows(rows).save(tmp)
-        tmp.replace(path)
+        with atomic_write(path, "wb") as handle:
+            stack_rows(rows).save(handle, format="PNG")
         written.append(path)
     return written
