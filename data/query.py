@@ -255,7 +255,9 @@ def load_query_image(path: str | Path | PILImage, image_size: int) -> torch.Tens
     Raises:
         QueryError: the file is missing or not a readable image (message names it).
     """
+    from PIL import Image
+
     from data.transforms import eval_transform
 
-    photo = path if hasattr(path, "getpixel") else load_query_photo(path)
+    photo = path if isinstance(path, Image.Image) else load_query_photo(path)
     return eval_transform(photo, image_size)
