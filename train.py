@@ -256,21 +256,35 @@ def build_model(args, vocab_size: int, max_len: int, pad_id: int, arch: dict | N
     return FoodSpaceNet(cfg, image_pretrained=pretrained, text_init=text_init)
 
 
-def not_learning(totals: dict, alpha: float, ohem: bool, ohem_warmup: int) -> str:
-    """A warning when an epoch ended with the positives no closer than the negatives, else ``""``.
+CHANCE_FRACTION = 0.8  # a val medR above this fraction of chance's ((n + 1) / 2) is no progress
+COLLAPSE_TOL = 0.02  # relative to alpha: distances "equal" and the loss "at alpha" within this
 
-    ``totals`` sums ``loss``, ``d_pos`` and ``d_neg`` over ``steps`` steps. From random weights the
-    hardest negative alone can hold the space collapsed (every distance equal, the loss at ``alpha``).
+
+def val_progress(medr: float, best_medr: float, n: int) -> bool:
+    """Whether a validation shows progress: a better medR than every earlier one, and clearly better than chance."""
+    return medr < best_medr and medr < CHANCE_FRACTION * (n + 1) / 2
+
+
+def not_learning(totals: dict, alpha: float, ohem: bool, ohem_warmup: int, progress: bool | None = None) -> str:
+    """A warning when an epoch ended with the space collapsed, else ``""``.
+
+    ``totals`` sums ``loss``, ``d_pos`` and ``d_neg`` over ``steps`` steps; ``progress`` is
+    :func:`val_progress` of this epoch's validation (None: none ran). Collapsed: the mean positive
+    and negative distances equal and the loss at ``alpha`` (each within ``COLLAPSE_TOL * alpha``),
+    and validation shows no progress. From random weights the hardest negative alone can hold the
+    space there. A negative closer than the positive means nothing alone: under ``--ohem`` ``d_neg``
+    is the hardest negative, often closer than the positive in a model that learns.
     """
-    if not totals["steps"]:
+    if not totals["steps"] or progress:
         return ""
     loss, d_pos, d_neg = (totals[k] / totals["steps"] for k in ("loss", "d_pos", "d_neg"))
-    if d_pos < d_neg and abs(loss - alpha) > 0.02 * alpha:
+    tol = COLLAPSE_TOL * alpha
+    if abs(d_pos - d_neg) > tol or abs(loss - alpha) > tol:
         return ""
     remedy = ("start from pretrained weights (--image_pretrained imagenet, --text_init) or average over the "
               "negatives first (--ohem_warmup N)" if ohem and not ohem_warmup else "check the data and the lr")
-    return (f"positives are no closer than negatives (mean d_pos {d_pos:.4f}, d_neg {d_neg:.4f}, loss {loss:.4f}, "
-            f"alpha {alpha:g}): the model is not learning; {remedy}")
+    return (f"the embeddings collapsed (mean d_pos {d_pos:.4f} = d_neg {d_neg:.4f}, loss {loss:.4f} = alpha "
+            f"{alpha:g}, no val progress): the model is not learning; {remedy}")
 
 
 # --------------------------------------------------------------------------- validation
@@ -415,10 +429,8 @@ def _main(argv: list[str]) -> Path:
             if totals["skipped"]:
                 log(f"epoch {epoch}: {totals['skipped']} samples skipped for an unreadable image "
                     f"({train_tracker.summary()} so far)")
-            warning = not_learning(totals, args.alpha, ohem, args.ohem_warmup)
-            if warning:
-                log(f"epoch {epoch}: warning: {warning}")
 
+        progress = None  # this epoch's validation: see val_progress
         if dist_info.is_main and epoch % args.valfreq == 0:
             results, emb = validate(args, model, val_loader, device, ctx, val_tracker)
             key = next(iter(results))
@@ -436,8 +448,12 @@ def _main(argv: list[str]) -> Path:
             val_log(f"epoch {epoch} " + json.dumps(results))
             improved_val = metrics["medR"] < best.medR
             improved_rec = recall_sum > best.recall_sum
+            progress = val_progress(metrics["medR"], best.medR, results[key]["n"])
             best.medR = min(best.medR, metrics["medR"])
             best.recall_sum = max(best.recall_sum, recall_sum)
+        warning = not_learning(totals, args.alpha, ohem, args.ohem_warmup, progress) if writer is not None else ""
+        if warning:
+            log(f"epoch {epoch}: warning: {warning}")
         for event in end_of_epoch_schedule(args, sched, epoch):
             log(f"after epoch {epoch}: {event}")
 

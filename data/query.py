@@ -258,11 +258,12 @@ def load_query_image(path: str | Path | PILImage, image_size: int, backend: str 
         QueryError: the file is missing or not a readable image (message names it).
     """
     import numpy as np
+    from PIL import Image
 
     from data.transforms import check_backend, eval_transform, eval_transform_uint8
     from utils.imagenet import normalize_on_device
 
-    photo = path if hasattr(path, "getpixel") else load_query_photo(path)
+    photo = path if isinstance(path, Image.Image) else load_query_photo(path)
     if check_backend(backend) == "pil":
         return eval_transform(photo, image_size)
     image = eval_transform_uint8(np.asarray(photo), image_size)  # (3, S, S) uint8
