@@ -558,3 +558,24 @@ def test_encode_generated_shrinks_with_antialias_and_grows_as_the_reference():
     encode_generated(enc, fake, "imagenet")
     assert torch.allclose(seen[-1], F.interpolate(fake, size=(160, 160), mode="bilinear", align_corners=True),
                           atol=1e-6)
+
+
+def test_terms_read_in_batches_equal_the_per_step_reads(encoder_run, monkeypatch):
+    """Every GAN term stays on the device until a log step or the epoch's end; TensorBoard gets each
+    step's value, equal to what float() read right after the step."""
+    seen = []
+    step = GAN_train.gan_step
+
+    def spy(*args, **kwargs):
+        terms = step(*args, **kwargs)
+        assert kwargs.get("as_tensors") and all(torch.is_tensor(v) for v in terms.values())
+        seen.append({k: float(v) for k, v in terms.items()})
+        return terms
+
+    monkeypatch.setattr(GAN_train, "gan_step", spy)
+    run = GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "1", "--max_iters", "3",
+                          "--log_every", "2", "--probe_every", "2"])
+    scalars, _ = _events(run)
+    assert len(seen) == 3 and "G/grad/adversarial" in seen[0] and "G/grad/adversarial" not in seen[1]
+    for tag in {k for terms in seen for k in terms}:
+        assert scalars[tag] == [(i + 1, float(np.float32(t[tag]))) for i, t in enumerate(seen) if tag in t], tag
