@@ -352,7 +352,10 @@ def to_uint8_tensor(arr: np.ndarray) -> torch.Tensor:
     One copy (the pixels stay interleaved, as decoded): a batch of them stacks to a channels-last
     batch, the memory format the model runs in by default.
     """
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # PIL's read-only buffer: torch wants memory it may own
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def train_transform_uint8(arr: np.ndarray, params: TrainParams, image_size: int = 224) -> torch.Tensor:
@@ -364,8 +367,10 @@ def train_transform_uint8(arr: np.ndarray, params: TrainParams, image_size: int 
     if params.pad_to_square:
         arr = pad_to_square_array(arr, params.pad_mode)
     square = _hwc(_resize_uint8(arr, [side, side]))  # (R, R, 3)
-    rotated = F.rotate(Image.fromarray(square), params.angle, interpolation=InterpolationMode.NEAREST, fill=0)
-    out = np.asarray(rotated)[params.top:params.top + image_size, params.left:params.left + image_size]  # (S, S, 3)
+    # PIL's rotation as torchvision's F.rotate calls it (nearest, black fill), then the crop in PIL.
+    rotated = Image.fromarray(square).rotate(params.angle, Image.NEAREST, fillcolor=(0, 0, 0))
+    box = (params.left, params.top, params.left + image_size, params.top + image_size)
+    out = np.asarray(rotated.crop(box))  # (S, S, 3)
     if params.flip:
         out = out[:, ::-1]
     return to_uint8_tensor(out)
