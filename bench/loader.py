@@ -68,24 +68,19 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=20, help="DataLoader batch size (train.py's default)")
     p.add_argument("--workers", default="1,2", help="DataLoader worker counts timed, comma-separated")
     p.add_argument("--seed", type=int, default=0, help="seed of the photo set and the draws")
+    p.add_argument("--source", choices=["skimage", "generated"], default="skimage",
+                   help="the photographs: scikit-image's (real) or generated shapes and noise (only checks that "
+                        "the bench runs where scikit-image is not installed; their figures mean little)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: a core's rate)")
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p
 
 
-def build_photos(folder: Path, n: int, seed: int) -> list[Path]:
-    """``n`` JPEG photographs (quality 90, 300x300 to 1024x768) cut from scikit-image's bundled photos."""
-    try:
-        import skimage
-    except ImportError:
-        raise SystemExit("bench/loader.py needs scikit-image for its real photographs (a bench-only dependency): "
-                         "pip install scikit-image") from None
-    data_dir = Path(skimage.data_dir)
-    sources = [Image.open(data_dir / name).convert("RGB") for name in SOURCES if (data_dir / name).is_file()]
-    if not sources:
-        raise SystemExit(f"no bundled photo of {', '.join(SOURCES)} in scikit-image's data folder; "
-                         f"reinstall scikit-image")
+def build_photos(folder: Path, n: int, seed: int, source: str = "skimage") -> list[Path]:
+    """``n`` JPEG photographs (quality 90, 300x300 to 1024x768) cut from scikit-image's bundled photos
+    (``source="generated"``: from generated shapes and noise instead)."""
     rng = np.random.default_rng(seed)
+    sources = skimage_photos() if source == "skimage" else [generated_picture(rng) for _ in range(4)]
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
@@ -98,6 +93,36 @@ def build_photos(folder: Path, n: int, seed: int) -> list[Path]:
         paths.append(folder / f"{i:04d}.jpg")
         photo.save(paths[-1], quality=90)
     return paths
+
+
+def skimage_photos() -> list[Image.Image]:
+    """The colour photographs in scikit-image's wheel (no download)."""
+    try:
+        import skimage
+    except ImportError:
+        raise SystemExit("bench/loader.py needs scikit-image for its real photographs (a bench-only dependency): "
+                         "pip install scikit-image") from None
+    data_dir = Path(skimage.data_dir)
+    sources = [Image.open(data_dir / name).convert("RGB") for name in SOURCES if (data_dir / name).is_file()]
+    if not sources:
+        raise SystemExit(f"no bundled photo of {', '.join(SOURCES)} in scikit-image's data folder; "
+                         f"reinstall scikit-image")
+    return sources
+
+
+def generated_picture(rng: np.random.Generator, size: tuple[int, int] = (800, 600)) -> Image.Image:
+    """Shaded background, soft discs, sensor noise: a stand-in where scikit-image is absent."""
+    from PIL import ImageDraw, ImageFilter
+
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    img = Image.fromarray(np.stack([120 + 80 * xx, 90 + 60 * yy, 60 + 100 * xx * yy], -1).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(30):
+        x, y, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(5, h // 4))
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    noisy = np.asarray(img.filter(ImageFilter.GaussianBlur(1.0)), np.int16) + rng.integers(-12, 13, (h, w, 3))
+    return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
 
 
 def build_partition(root: Path, photos: list[Path]) -> tuple[Path, Path]:
@@ -215,7 +240,7 @@ def run(args) -> dict:
 
 
 def _run(args, tmp: Path) -> dict:
-    photos = build_photos(tmp / "photos", args.photos, args.seed)
+    photos = build_photos(tmp / "photos", args.photos, args.seed, args.source)
     n = len(photos)
     rng = np.random.default_rng(args.seed)
     params = [draw_train_params(rng, IMAGE_SIZE) for _ in range(n)]
@@ -246,7 +271,7 @@ def _run(args, tmp: Path) -> dict:
     pixels = pixel_check(photos, args.draws, args.seed)
     sample = {name: ds[0].image for name, ds in sets.items()}
     bytes_per_sample = {name: t.numel() * t.element_size() for name, t in sample.items()}
-    results = {"photos": n, "rows": rows, "loaders": loaders, "pixels": pixels, "bytes_per_sample": bytes_per_sample,
+    results = {"photos": n, "source": args.source, "rows": rows, "loaders": loaders, "pixels": pixels, "bytes_per_sample": bytes_per_sample,
                "cores_for_2000": {name: TARGET_RATE / rows["getitem"][name] for name in ("pil", "fast")}}
     print_table(results)
     return results
@@ -274,7 +299,8 @@ def print_table(r: dict) -> None:
     p = r["pixels"]
     print("\n".join(lines))
     print(f"\npixels: max |fast - pil| = {p['max_diff']} level(s) over {p['images']} transformed images of "
-          f"{r['photos']} photos ({100 * p['fraction_differing']:.2f}% of values differ); decoders bit-equal")
+          f"{r['photos']} {'photos' if r['source'] == 'skimage' else 'generated pictures'} "
+          f"({100 * p['fraction_differing']:.2f}% of values differ); decoders bit-equal")
 
 
 def main(argv=None) -> dict:
