@@ -152,7 +152,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help=f"noise of validation, seeded with --seed: {noise_mode_help()} (BATCH_RANDOM: the "
                         "reference's; MEAN: z = 0, c = mu)")
     g.add_argument("--grid_n", type=int, default=8, help="val recipes in the fixed-noise grid (0: no grid)")
-    g.add_argument("--log_every", type=int, default=50, help="iterations between text log lines")
+    g.add_argument("--log_every", type=int, default=50,
+                   help="iterations between text log lines; the step's terms are read from the device then (and at the "
+                        "end of an epoch), never once per step")
     g.add_argument("--probe_every", type=int, default=0,
                    help="iterations between measurements of each G loss term's gradient at G's output "
                         "(TensorBoard G/grad/<term>; 0: never)")
