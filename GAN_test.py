@@ -73,9 +73,22 @@ from models.gan import GANConfig, Generator, imagenet_to_pixels
 from models.gan_losses import encode_generated
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
 from utils.checkpoint import load_checkpoint
-from utils.cli import BOOL, HelpFormatter, autocast_context, int_list, resolve_device, run_main, str2bool
+from utils.cli import (
+    BOOL,
+    IMAGE_BACKEND_HELP,
+    IMAGE_BACKENDS,
+    WORKERS_HELP,
+    HelpFormatter,
+    autocast_context,
+    default_workers,
+    int_list,
+    resolve_device,
+    run_main,
+    str2bool,
+)
 from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
+from utils.imagenet import normalize_on_device
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
 from utils.judge import check_judge_run, check_same_recipes, format_ratios, ratio_rows, spread
 from utils.metrics import evaluate_retrieval, format_results, rank_metrics, ranks_chunked, results_by_bag
@@ -129,7 +142,8 @@ def get_parser() -> argparse.ArgumentParser:
                         "outputs; its image encoder also scores the generated images and the real photos against "
                         "its own recipe embeddings (same bags), printed beside the own encoder's scores")
     p.add_argument("--batch_size", type=int, default=48, help="batch size")
-    p.add_argument("--workers", type=int, default=4, help="data loader worker processes")
+    p.add_argument("--workers", type=int, default=default_workers(), help=WORKERS_HELP)
+    p.add_argument("--image_backend", choices=IMAGE_BACKENDS, default="fast", help=IMAGE_BACKEND_HELP)
     p.add_argument("--no_cuda", "--no-cuda", action="store_true", help="run on the CPU even if CUDA is available")
     p.add_argument("--device", nargs="+", default=None,
                    help="CUDA device index, or 'cpu' (the reference's list of GPUs is accepted; only the first is used)")
@@ -505,23 +519,25 @@ def _main(argv) -> dict:
                      ctx=ctx, on_batch=saver(k), desc=f"images {k}")
 
     # Real images: real.png, and their features on the generated images' path (for the Frechet distance).
-    dataset = GANDataset(data_path, img_path, "test", emb, train=False, seed=args.seed, num_classes=cfg.num_classes)
+    dataset = GANDataset(data_path, img_path, "test", emb, train=False, seed=args.seed, num_classes=cfg.num_classes,
+                         image_backend=args.image_backend, uint8=True)  # normalised on the device below
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                        collate_fn=collate_gan)
+                        collate_fn=collate_gan, pin_memory=device.type == "cuda")
     tracker = BadImageTracker("test", len(dataset), args.max_bad_images)
     real_feats, fig_real = [], {}
     for batch in tqdm(loader, desc="real images", leave=False, dynamic_ncols=True):
         tracker.update(batch.bad)
         if batch.images.shape[0] == 0:
             continue
-        pixels = imagenet_to_pixels(batch.images)  # (b, 3, 128, 128)
+        real = normalize_on_device(batch.images.to(device, non_blocking=True))  # (b, 3, 128, 128) float32
+        pixels = imagenet_to_pixels(real.cpu())  # (b, 3, 128, 128)
         for j, index in enumerate(batch.indices.tolist()):
             if args.save_images:
                 save_png(to_pil(pixels[j]), out_dir / ids[index] / "real.png")
             if len(fig_real) < args.synthesis_n:
                 fig_real[index] = to_pil(pixels[j])
         with torch.no_grad(), ctx:
-            real_feats.append(encode_generated(encoder, batch.images.to(device), "imagenet").float().cpu())
+            real_feats.append(encode_generated(encoder, real, "imagenet").float().cpu())
 
     texts = recipe_texts(ids, r1m_path, data_path, lang) if args.save_images or args.synthesis_n > 0 else {}
     if args.save_images:

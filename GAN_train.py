@@ -88,8 +88,12 @@ from utils import training as tr
 from utils.checkpoint import PlainConfig, checkpoint_state, load_checkpoint, save_checkpoint, to_plain
 from utils.cli import (
     BOOL,
+    IMAGE_BACKEND_HELP,
+    IMAGE_BACKENDS,
+    WORKERS_HELP,
     HelpFormatter,
     autocast_context,
+    default_workers,
     explicit_flags,
     resolve_device,
     run_main,
@@ -97,6 +101,7 @@ from utils.cli import (
 )
 from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
+from utils.imagenet import normalize_on_device
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
 from utils.judge import check_judge_run, check_same_recipes, spread
 from utils.metrics import evaluate_retrieval, format_results
@@ -123,8 +128,9 @@ def get_parser() -> argparse.ArgumentParser:
     start = g.add_mutually_exclusive_group(required=True)  # a new run needs the encoder; a resumed one has it
     start.add_argument("--encoder_dir", default="", help="train.py run folder holding test.py's outputs")
     start.add_argument("--resume", default="", help="GAN_RUN_DIR: continue from its G_last / D_last checkpoints")
-    g.add_argument("--workers", type=int, default=5, help="data loader worker processes")
+    g.add_argument("--workers", type=int, default=default_workers(), help=WORKERS_HELP)
     g.add_argument("--maxImgs", type=int, default=5, help="training draws one of the first maxImgs images")
+    g.add_argument("--image_backend", choices=IMAGE_BACKENDS, default="fast", help=IMAGE_BACKEND_HELP)
     g.add_argument("--batch_size", type=int, default=48, help="batch size per process")
     g.add_argument("--imFeatDim", type=int, default=2048,
                    help="image feature size of the encoder (taken from the encoder; checked when given)")
@@ -151,7 +157,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help=f"noise of validation, seeded with --seed: {noise_mode_help()} (BATCH_RANDOM: the "
                         "reference's; MEAN: z = 0, c = mu)")
     g.add_argument("--grid_n", type=int, default=8, help="val recipes in the fixed-noise grid (0: no grid)")
-    g.add_argument("--log_every", type=int, default=50, help="iterations between text log lines")
+    g.add_argument("--log_every", type=int, default=50,
+                   help="iterations between text log lines; the step's terms are read from the device then (and at the "
+                        "end of an epoch), never once per step")
     g.add_argument("--probe_every", type=int, default=0,
                    help="iterations between measurements of each G loss term's gradient at G's output "
                         "(TensorBoard G/grad/<term>; 0: never)")
@@ -179,7 +187,7 @@ class Nets(NamedTuple):
 
 
 def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight, *, w_img_img: float,
-             w_img_rec: float, ctx, probe: bool = False) -> dict[str, float]:
+             w_img_rec: float, ctx, probe: bool = False, as_tensors: bool = False) -> dict:
     """One step: G forward, D update, G update against the updated D (docs/synthesis.md).
 
     Args:
@@ -191,7 +199,8 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
     Returns:
         Every loss term as a float (``G/cycle_*`` only when its weight is > 0), D's accuracy on real
         and on generated images (``D/acc_real``, ``D/acc_fake``: the fraction on the right side of
-        the decision threshold), and with ``probe`` the gradient norms.
+        the decision threshold), and with ``probe`` the gradient norms. With ``as_tensors`` they stay
+        0-dim tensors on the device (no host synchronisation; the loop reads them every --log_every).
     """
     G, D = nets.G, nets.D
     z = torch.randn(rec_emb.shape[0], cfg.z_dim, device=rec_emb.device)  # (B, Z) from the global RNG
@@ -240,6 +249,8 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
         terms["G/cycle_img_img"] = g.img_img
     if g.img_rec is not None:
         terms["G/cycle_img_rec"] = g.img_rec
+    if as_tensors:
+        return {k: v.detach() for k, v in terms.items()}
     return {k: float(v) for k, v in terms.items()}
 
 
@@ -409,6 +420,7 @@ def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, wr
     steps = tr.epoch_steps(len(loader), args.max_iters)
     bar = tr.progress(steps, epoch, dist_info)
     images = 0
+    scalars = tr.StepScalars()  # every term stays on the device until a log step or the epoch's end
     for it, batch in enumerate(loader):
         if it >= steps:
             break
@@ -416,21 +428,36 @@ def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, wr
         bar.update(1)
         if not tr.every_rank_has_a_batch(batch.images.shape[0], dist_info):
             continue
-        terms = gan_step(nets, cfg, batch.images.to(device, non_blocking=True), batch.rec_embs.to(device),
-                         batch.img_embs.to(device), batch.classes.to(device), weight,
-                         w_img_img=args.W_IMG_IMG_COS_LOSS, w_img_rec=args.W_IMG_REC_COS_LOSS, ctx=ctx,
-                         probe=args.probe_every > 0 and it % args.probe_every == 0)
+        real = normalize_on_device(batch.images.to(device, non_blocking=True))  # uint8 -> (B, 3, 128, 128) float32
+        terms = gan_step(nets, cfg, real, batch.rec_embs.to(device, non_blocking=True),
+                         batch.img_embs.to(device, non_blocking=True), batch.classes.to(device, non_blocking=True),
+                         weight, w_img_img=args.W_IMG_IMG_COS_LOSS, w_img_rec=args.W_IMG_REC_COS_LOSS, ctx=ctx,
+                         probe=args.probe_every > 0 and it % args.probe_every == 0, as_tensors=True)
         iteration += 1
         images += batch.images.shape[0]
-        if writer is not None:
-            for tag, value in terms.items():
-                writer.add_scalar(tag, value, iteration)
-            if it % args.log_every == 0:
-                bar.set_postfix(D=f"{terms['D/loss']:.3f}", G=f"{terms['G/loss']:.3f}")
+        scalars.add(iteration, terms)
+        if it % args.log_every == 0:
+            last = write_steps(scalars.flush(), writer)
+            if writer is not None:
+                bar.set_postfix(D=f"{last['D/loss']:.3f}", G=f"{last['G/loss']:.3f}")
                 log(f"epoch {epoch} iter {it}/{steps} global {iteration} "
-                    + " ".join(f"{k} {v:.4f}" for k, v in terms.items()))
+                    + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
+    write_steps(scalars.flush(), writer)
     bar.close()
     return iteration, images
+
+
+def write_steps(rows: list[tuple[int, dict[str, float]]], writer) -> dict[str, float]:
+    """Every step's terms read from the device (``StepScalars.flush``) to TensorBoard, in step order.
+
+    Returns:
+        The last step's terms (``{}`` when ``rows`` is empty).
+    """
+    if writer is not None:
+        for step, terms in rows:
+            for tag, value in terms.items():
+                writer.add_scalar(tag, value, step)
+    return rows[-1][1] if rows else {}
 
 
 class ValJudge(NamedTuple):
@@ -549,16 +576,18 @@ def _main(argv: list[str]) -> Path:
     judge = load_val_judge(args.judge_dir, args.encoder_dir, files, enc_opts, args.data_path, embs["val"]["rec_ids"],
                            lang, device) if args.judge_dir else None
     train_set = GANDataset(args.data_path, args.img_path, "train", embs["train"], train=True, seed=args.seed,
-                           max_imgs=args.maxImgs, num_classes=cfg.num_classes)
+                           max_imgs=args.maxImgs, num_classes=cfg.num_classes, image_backend=args.image_backend,
+                           uint8=True)  # normalised on the device in the step
     sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
                                  seed=args.seed, drop_last=True)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        collate_fn=collate_gan, drop_last=True, pin_memory=device.type == "cuda")
+                        collate_fn=collate_gan, drop_last=True, pin_memory=device.type == "cuda",
+                        persistent_workers=args.workers > 0)  # set_epoch reaches them (shared memory)
     if len(loader) == 0:
         raise InputError(f"{files.embeddings['train']}: {len(train_set)} train recipes make no full batch of "
                          f"--batch_size {args.batch_size} x {dist_info.world_size} process(es)")
     val_set = GANDataset(args.data_path, args.img_path, "val", embs["val"], train=False, seed=args.seed,
-                         num_classes=cfg.num_classes)
+                         num_classes=cfg.num_classes, image_backend=args.image_backend)  # the grid's images
     val_rec = torch.from_numpy(np.ascontiguousarray(embs["val"]["rec_embeds"], dtype=np.float32))  # (Nv, D)
     val_img = torch.from_numpy(np.ascontiguousarray(embs["val"]["img_embeds"], dtype=np.float32))  # (Nv, D)
 

@@ -61,7 +61,7 @@ from data.query import (
     recipe_from_text,
 )
 from data.recipe1m import image_path
-from utils.cli import HelpFormatter, resolve_device, run_main
+from utils.cli import IMAGE_BACKEND_HELP, IMAGE_BACKENDS, HelpFormatter, resolve_device, run_main
 from utils.embeddings import load_embeddings
 from utils.errors import InputError, RunFolderError
 from utils.io import atomic_write
@@ -113,6 +113,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_path", default=None, help="folder written by create_lmdb.py (None: the run's)")
     p.add_argument("--img_path", default=None, help="root of the images (None: the run's)")
     p.add_argument("--batch_size", type=int, default=32, help="queries embedded at once")
+    p.add_argument("--image_backend", choices=IMAGE_BACKENDS, default="fast", help=IMAGE_BACKEND_HELP)
     p.add_argument("--no_cuda", "--no-cuda", action="store_true", help="run on the CPU even if CUDA is available")
     p.add_argument("--device", default=None, help="CUDA device index or 'cpu'")
     return p
@@ -452,11 +453,12 @@ class RunSearch:
             f"data {shown(self.data_path)} | device {self.device}")
 
     @torch.no_grad()
-    def embed_images(self, paths: Sequence, batch_size: int = 32) -> np.ndarray:
-        """Photos (files, or images decoded by ``load_query_photo``) -> (Q, D) float32 embeddings, as test.py's."""
+    def embed_images(self, paths: Sequence, batch_size: int = 32, backend: str = "fast") -> np.ndarray:
+        """Photos (files, or images decoded by ``load_query_photo``) -> (Q, D) float32 embeddings, as test.py's
+        (``backend``: --image_backend)."""
         out = []
         for s in range(0, len(paths), batch_size):
-            images = torch.stack([load_query_image(p, self.image_size) for p in paths[s:s + batch_size]])
+            images = torch.stack([load_query_image(p, self.image_size, backend) for p in paths[s:s + batch_size]])
             images = images.to(self.device)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -606,7 +608,7 @@ def _main(argv) -> dict:
     searcher = RunSearch(args.run, checkpoint=args.checkpoint, lang=lang, parts=parts, data_path=args.data_path,
                          img_path=args.img_path, device=resolve_device(args.no_cuda, args.device), log=log)
     if target == "recipes":
-        embs = searcher.embed_images(queries, args.batch_size)
+        embs = searcher.embed_images(queries, args.batch_size, args.image_backend)
     else:
         embs = searcher.embed_recipes(queries, args.batch_size)
     scores, indices = searcher.search(embs, target, args.k, use_faiss=args.faiss, nprobe=args.nprobe)

@@ -28,7 +28,16 @@ from data.langs import LANGS, parse_language
 from data.lmdb_format import PART_INGR, PART_TITLE, TOKENIZER_DIR, RecordReader, lmdb_dir, part_text
 from data.recipe1m import PARTITIONS, image_path
 from utils.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
-from utils.cli import HelpFormatter, autocast_context, resolve_device, run_main
+from utils.cli import (
+    IMAGE_BACKEND_HELP,
+    IMAGE_BACKENDS,
+    WORKERS_HELP,
+    HelpFormatter,
+    autocast_context,
+    default_workers,
+    resolve_device,
+    run_main,
+)
 from utils.embeddings import extract_embeddings, load_embeddings, save_embeddings
 from utils.errors import CheckpointError, InputError
 from utils.io import atomic_write_json
@@ -59,7 +68,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_path", default=None, help="folder written by create_lmdb.py (None: the run's)")
     p.add_argument("--img_path", default=None, help="root of the images (None: the run's)")
     p.add_argument("--batch_size", type=int, default=50, help="batch size for embedding")
-    p.add_argument("--workers", type=int, default=4, help="data loader worker processes")
+    p.add_argument("--workers", type=int, default=default_workers(), help=WORKERS_HELP)
+    p.add_argument("--image_backend", choices=IMAGE_BACKENDS, default="fast", help=IMAGE_BACKEND_HELP)
     p.add_argument("--no_cuda", "--no-cuda", action="store_true", help="run on the CPU even if CUDA is available")
     p.add_argument("--gpu", type=int, default=0, help="CUDA device index")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (GPU)")
@@ -209,7 +219,7 @@ def _main(argv) -> dict:
     trackers: dict = {}  # one per partition: the languages share the recipes and their images
     for (partition, lang), dataset in datasets.items():
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                            collate_fn=collate_skip_bad)
+                            collate_fn=collate_skip_bad, pin_memory=device.type == "cuda")
         if partition not in trackers:
             trackers[partition] = BadImageTracker(partition, len(dataset), args.max_bad_images, img_root=img_path)
         tracker = trackers[partition]
@@ -290,7 +300,8 @@ def build_datasets(args, opts: dict, data_path: Path, img_path: Path, partitions
                 datasets[partition, lang] = RecipeImageDataset(
                     data_path, img_path, partition, train=False, language=lang,
                     textinputs=opts.get("textinputs", "title,ingr,inst"), max_imgs=opts.get("maxImgs", 5),
-                    image_size=opts.get("image_size", 224), seed=args.seed)
+                    image_size=opts.get("image_size", 224), seed=args.seed, image_backend=args.image_backend,
+                    uint8=True)  # normalised on the device by extract_embeddings
         except DatasetError as err:
             flag = "img_path" if isinstance(err, ImageRootError) else "data_path"
             raise type(err)(f"{err}{from_run(flag)}") from None

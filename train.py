@@ -27,9 +27,22 @@ from models.losses import batch_hard_triplet
 from utils import distributed as du
 from utils import training as tr
 from utils.checkpoint import PlainConfig, checkpoint_state, load_checkpoint, save_checkpoint, to_plain
-from utils.cli import BOOL, HelpFormatter, autocast_context, int_list, resolve_device, run_main, str2bool
+from utils.cli import (
+    BOOL,
+    IMAGE_BACKEND_HELP,
+    IMAGE_BACKENDS,
+    WORKERS_HELP,
+    HelpFormatter,
+    autocast_context,
+    default_workers,
+    int_list,
+    resolve_device,
+    run_main,
+    str2bool,
+)
 from utils.embeddings import extract_embeddings
 from utils.errors import InputError
+from utils.imagenet import normalize_on_device
 from utils.metrics import evaluate_retrieval, format_results
 from utils.runs import LATEST_NAME, MODELS_DIR, TextLog, best_glob, best_name, new_run_dir, write_opts
 from utils.seed import seed_everything
@@ -48,7 +61,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--runs_dir", default="runs", help="folder that holds the run folders")
     g.add_argument("--img_path", default="data/Recipe1M/images", help="root of the Recipe1M images")
     g.add_argument("--data_path", default="data/loader_data", help="folder written by create_lmdb.py")
-    g.add_argument("--workers", type=int, default=4, help="data loader worker processes")
+    g.add_argument("--workers", type=int, default=default_workers(), help=WORKERS_HELP)
     g.add_argument("--model_init_path", default="", help="initialise the weights from this checkpoint")
     g.add_argument("--resume", default="", help="RUN_DIR: continue from RUN_DIR/models/model.pth.tar")
     g.add_argument("--max_iters", type=int, default=0, help="cap on iterations per epoch (0: no cap; smoke runs)")
@@ -56,7 +69,9 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels_last", type=b, metavar=BOOL, default=True, help="channels_last memory format for images")
     g.add_argument("--max_bad_images", type=float, default=0.01,
                    help="fraction of unreadable images of a partition that stops the run")
-    g.add_argument("--log_every", type=int, default=50, help="iterations between text log lines")
+    g.add_argument("--log_every", type=int, default=50,
+                   help="iterations between text log lines; the step's values are read from the device then "
+                        "(and at the end of an epoch), never once per step")
     g.add_argument("--projector_every", type=int, default=5,
                    help="write val embeddings to TensorBoard's projector every N validations (0: never)")
     g.add_argument("--projector_n", type=int, default=500, help="embeddings shown in the projector")
@@ -82,6 +97,7 @@ def get_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("--maxImgs", type=int, default=5, help="images per recipe to draw from in training")
+    g.add_argument("--image_backend", choices=IMAGE_BACKENDS, default="fast", help=IMAGE_BACKEND_HELP)
     g.add_argument("--textinputs", default="title,ingr,inst", help="recipe parts fed to the encoder, in order")
     g.add_argument("--textAug", default="english,de,ru,fr",
                    help="language augmentation tree ('none' or '': English only; add 'mask' to mask tokens)")
@@ -232,7 +248,8 @@ def make_loader(args, partition: str, train: bool, dist_info) -> tuple[DataLoade
     dataset = RecipeImageDataset(
         args.data_path, args.img_path, partition, train=train, language="en",
         text_aug=args.textAug, textinputs=args.textinputs, max_imgs=args.maxImgs,
-        image_size=args.image_size, seed=args.seed)
+        image_size=args.image_size, seed=args.seed, image_backend=args.image_backend,
+        uint8=True)  # (3, S, S) uint8: a quarter of the bytes; the step normalises on its device
     sampler = None
     if train:
         # One sampler for one or many processes: its shuffle depends on (seed, epoch) only.
@@ -241,7 +258,7 @@ def make_loader(args, partition: str, train: bool, dist_info) -> tuple[DataLoade
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, shuffle=False,
                         num_workers=args.workers, collate_fn=collate_skip_bad, drop_last=train,
                         pin_memory=torch.cuda.is_available() and not args.no_cuda,
-                        persistent_workers=False)
+                        persistent_workers=args.workers > 0)  # set_epoch reaches them (shared memory)
     return loader, dataset
 
 
@@ -258,6 +275,21 @@ def build_model(args, vocab_size: int, max_len: int, pad_id: int, arch: dict | N
 
 CHANCE_FRACTION = 0.8  # a val medR above this fraction of chance's ((n + 1) / 2) is no progress
 COLLAPSE_TOL = 0.02  # relative to alpha: distances "equal" and the loss "at alpha" within this
+
+
+def record_steps(rows: list[tuple[int, dict[str, float]]], totals: dict, writer) -> dict[str, float]:
+    """Add steps read from the device (``StepScalars.flush``) to ``totals`` and TensorBoard, in step order.
+
+    Returns:
+        The last step's values (``{}`` when ``rows`` is empty).
+    """
+    for step, values in rows:
+        for name, value in values.items():
+            totals[name] += value
+            if writer is not None:
+                writer.add_scalar(name, value, step)
+        totals["steps"] += 1
+    return rows[-1][1] if rows else {}
 
 
 def val_progress(medr: float, best_medr: float, n: int) -> bool:
@@ -388,6 +420,7 @@ def _main(argv: list[str]) -> Path:
         steps = tr.epoch_steps(len(train_loader), args.max_iters)
         bar = tr.progress(steps, epoch, dist_info)
         totals = {"loss": 0.0, "d_pos": 0.0, "d_neg": 0.0, "steps": 0, "skipped": 0}  # this epoch, for the checks
+        scalars = tr.StepScalars()
         for it, batch in enumerate(train_loader):
             if it >= steps:
                 break
@@ -401,26 +434,25 @@ def _main(argv: list[str]) -> Path:
             if not tr.every_rank_has_a_batch(batch.images.shape[0], dist_info):
                 bar.update(1)
                 continue
-            images = batch.images.to(device, non_blocking=True)  # (B, 3, S, S)
+            images = batch.images.to(device, non_blocking=True)  # (B, 3, S, S) uint8
             if args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
+            images = normalize_on_device(images)  # float32, the values of the float path
             tokens = batch.tokens.to(device, non_blocking=True)  # (B, T), T = longest row in the batch
             out = train_step(train_model, optimizer, scaler, images, tokens, ctx=ctx, alpha=args.alpha,
                              intra_modal=args.intraModalLoss, ohem=ohem, world_size=dist_info.world_size)
             iteration += 1
             local_images += images.shape[0]
             bar.update(1)
-            for name in ("loss", "d_pos", "d_neg"):
-                totals[name] += getattr(out, name).item()
-            totals["steps"] += 1
-            if writer is not None:
-                writer.add_scalar("loss", out.loss.item(), iteration)
-                writer.add_scalar("d_pos", out.d_pos.item(), iteration)
-                writer.add_scalar("d_neg", out.d_neg.item(), iteration)
-                if it % args.log_every == 0:
-                    bar.set_postfix(loss=f"{out.loss.item():.4f}")
-                    log(f"epoch {epoch} iter {it}/{steps} global {iteration} loss {out.loss.item():.4f} "
-                        f"d_pos {out.d_pos.item():.4f} d_neg {out.d_neg.item():.4f}")
+            # Kept on the device; read every --log_every steps and at the end of the epoch (no sync per step).
+            scalars.add(iteration, {"loss": out.loss, "d_pos": out.d_pos, "d_neg": out.d_neg})
+            if it % args.log_every == 0:
+                last = record_steps(scalars.flush(), totals, writer)
+                if writer is not None:
+                    bar.set_postfix(loss=f"{last['loss']:.4f}")
+                    log(f"epoch {epoch} iter {it}/{steps} global {iteration} loss {last['loss']:.4f} "
+                        f"d_pos {last['d_pos']:.4f} d_neg {last['d_neg']:.4f}")
+        record_steps(scalars.flush(), totals, writer)
         bar.close()
         if writer is not None:
             for name, value in lrs.items():

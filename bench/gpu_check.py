@@ -15,7 +15,13 @@ synthetic Recipe1M and runs the real scripts on it as subprocesses (what a user 
 * ``test_fp16``: ``test.py --amp fp16`` embeds every split; the embeddings must be finite;
 * ``gan_bf16``, ``gan_fp16``: ``GAN_train.py`` (tiny G and D, two iterations) on those embeddings;
 * ``torchrun_train``: ``torchrun --nproc_per_node <visible GPUs> train.py`` (DDP over NCCL when
-  there are two GPUs or more).
+  there are two GPUs or more);
+* ``loader_throughput``: is train.py loader-bound? Its own step (``train.train_step`` after the
+  device normalisation, ResNet-50 at 224, bf16 where supported) fed by its own dataset and loader
+  settings (``--image_backend fast``, uint8, pinned memory, persistent workers) at ``--workers`` 4,
+  8 and cores-1, against the same steps fed from a batch already in GPU memory. The images are
+  photo-sized JPEGs (scikit-image's photos when it is installed, else the synthetic pictures
+  enlarged with noise). Prints samples/s of each and their ratio; it fails only on an error.
 
 Each check prints ``PASS``, ``FAIL`` (with the end of its output) or ``SKIP`` (a check it needs
 failed, or bf16 is not supported) and its time; the exit status is 1 when any check failed.
@@ -275,6 +281,24 @@ class GpuChecks:
         return f"{new[0].name}: G {_finite_weights(new[0] / 'G_last.pth.tar')}, " \
                f"D {_finite_weights(new[0] / 'D_last.pth.tar')} finite tensors"
 
+    def loader_throughput(self, workers: Sequence[int] = (), steps: int = 40, batch_size: int = 64) -> str:
+        """samples/s of train.py's step fed by its loader at each worker count, and fed from memory."""
+        import torch
+
+        img = photo_image_root(self.data, self.r1m / "images", self.out / "images_photo")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+        counts = sorted({w for w in (*(workers or (4, 8)), max(1, cores - 1)) if w <= max(1, cores - 1)})
+        device = torch.device("cpu" if self.cpu else "cuda")
+        amp = "none" if self.cpu else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        model = THROUGHPUT_CPU_MODEL if self.cpu else THROUGHPUT_MODEL
+        rates = measure_throughput(self.data, img, counts, steps, batch_size, device, amp, model)
+        memory = rates.pop("memory")
+        lines = [f"fed from memory: {memory:.1f} samples/s (batch {batch_size}, {amp}, {device})"]
+        for w, r in rates.items():
+            bound = "loader-bound" if r < 0.9 * memory else "not loader-bound"
+            lines.append(f"--workers {w}: {r:.1f} samples/s, {r / memory:.2f} of memory's: {bound}")
+        return "\n".join(lines)
+
     def checks(self, bf16: bool) -> list[Check]:
         no_bf16 = "" if bf16 else "bf16 not supported on this device"
         data = ("synthetic", "create_lmdb")
@@ -288,7 +312,111 @@ class GpuChecks:
             Check("gan_bf16", lambda: self.gan("bf16"), needs=("test_fp16",), skip_reason=no_bf16),
             Check("gan_fp16", lambda: self.gan("fp16"), needs=("test_fp16",)),
             Check("torchrun_train", lambda: self.train("bf16" if bf16 else "fp16", nproc=self.nproc), needs=data),
+            Check("loader_throughput", self.loader_throughput, needs=data),
         ]
+
+
+# train.py's architecture at the paper's sizes for the throughput check (weights random: only speed counts).
+THROUGHPUT_MODEL = ["--image_backbone", "resnet50", "--image_pretrained", "none", "--text_init", "none",
+                    "--image_size", "224"]
+THROUGHPUT_CPU_MODEL = TINY_MODEL  # --cpu and the tests: the same code, a tiny model
+
+
+def photo_image_root(data: Path, images: Path, out: Path) -> Path:
+    """An image root holding, for every image of ``data``'s train partition, a photo-sized JPEG.
+
+    Real photographs from scikit-image's wheel when it is installed (bench/loader.py's set, made
+    offline), else the synthetic picture enlarged to 640x480 with noise: tiny synthetic pictures
+    decode unrealistically fast, and the check is about the decode and transform cost.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from data.lmdb_format import RecordReader, keys_file, lmdb_dir
+    from data.recipe1m import image_path, load_keys
+
+    try:
+        from bench.loader import build_photos
+
+        photos = build_photos(out.parent / "bench_photos", 50, seed=0)
+    except SystemExit:  # no scikit-image
+        photos = []
+    reader = RecordReader(lmdb_dir(data, "train"))
+    rng = np.random.default_rng(0)
+    for k, rid in enumerate(load_keys(keys_file(data, "train"))):
+        for image_id in reader.get(rid).images:
+            target = image_path(out, "train", image_id)
+            if target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if photos:
+                shutil.copyfile(photos[k % len(photos)], target)
+                continue
+            small = Image.open(image_path(images, "train", image_id)).convert("RGB").resize((640, 480))
+            noisy = np.asarray(small, np.int16) + rng.integers(-10, 11, (480, 640, 3))
+            Image.fromarray(noisy.clip(0, 255).astype(np.uint8)).save(target, quality=90)
+    return out
+
+
+def measure_throughput(data: Path, img: Path, workers: Sequence[int], steps: int, batch_size: int, device,
+                       amp: str, model_args: Sequence[str]) -> dict:
+    """train.py's step fed by its loader (per worker count) and from memory: ``{workers: samples/s, "memory": ...}``.
+
+    The dataset, the DataLoader settings, the model, the optimiser, the device normalisation and
+    the step are train.py's own; only the sampler draws with replacement, so any set size gives
+    ``steps`` full batches. Two warm-up steps are not timed.
+    """
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    import train
+    from data.dataset import collate_skip_bad, read_manifest
+    from utils.cli import autocast_context
+    from utils.distributed import DistInfo
+    from utils.imagenet import normalize_on_device
+
+    manifest = read_manifest(data)
+    base = [*model_args, "--data_path", str(data), "--img_path", str(img), "--batch_size", str(batch_size),
+            "--amp", amp]
+    args = train.get_parser().parse_args(base)
+    net = train.build_model(args, manifest["vocab_size"], manifest["max_len"], manifest["special_ids"]["pad"])
+    net = net.to(device).to(memory_format=torch.channels_last)
+    opt = train.build_optimizer(net, lr=1e-5, weight_decay=0.0, w2v_train=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    ctx = autocast_context(device, args.amp)
+
+    def step(images, tokens):
+        images = normalize_on_device(images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last))
+        train.train_step(net, opt, scaler, images, tokens.to(device, non_blocking=True), ctx=ctx, alpha=0.3,
+                         intra_modal=True, ohem=True)
+
+    def timed(batches) -> float:
+        count, start = 0, 0.0
+        for k, batch in enumerate(batches):
+            if k == 2:  # after two warm-up steps
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start, count = time.perf_counter(), 0
+            step(batch.images, batch.tokens)
+            count += batch.images.shape[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return count / (time.perf_counter() - start)
+
+    rates = {}
+    for w in workers:
+        args.workers = w
+        _, dataset = train.make_loader(args, "train", True, DistInfo())
+        sampler = RandomSampler(dataset, replacement=True, num_samples=(steps + 2) * batch_size)
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=w,
+                            collate_fn=collate_skip_bad, drop_last=True, pin_memory=device.type == "cuda",
+                            persistent_workers=w > 0)
+        rates[w] = timed(loader)
+    first = next(iter(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skip_bad,
+                                 sampler=RandomSampler(dataset, replacement=True, num_samples=batch_size))))
+    on_device = first._replace(images=first.images.to(device), tokens=first.tokens.to(device))
+    rates["memory"] = timed([on_device] * (steps + 2))
+    return rates
 
 
 def get_parser() -> argparse.ArgumentParser:

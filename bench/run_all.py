@@ -64,6 +64,24 @@ def _gan_step(r: dict) -> list[tuple]:
              f"CPU s/step {ours['median_cpu_s']:.1f} / {ref['median_cpu_s']:.1f}")]
 
 
+def _loader(r: dict) -> list[tuple]:
+    rows, pix = r["rows"], r["pixels"]
+    src = "" if r["source"] == "skimage" else "; generated pictures, not photos"
+    out = [(f"image loader, {what} (images/s per core)", f"{rows[key]['fast']:.0f}", f"{rows[key]['pil']:.0f}",
+            f"{rows[key]['fast'] / rows[key]['pil']:.2f}x", note + src)
+           for key, what, note in (
+               ("train", "decode + train transform", f"max pixel difference {pix['max_diff']} level; goal >= 2x"),
+               ("eval", "decode + eval transform", "goal >= 2x"),
+               ("decode", "decode", f"bare PIL decode {rows['decode']['bare']:.0f}; goal >= 0.8x of it"),
+               ("getitem", "whole __getitem__", f"cores for 2,000 samples/s: {r['cores_for_2000']['fast']:.1f} "
+                                                f"/ {r['cores_for_2000']['pil']:.1f}"))]
+    for workers, rates in r["loaders"].items():
+        fast, pil = rates["fast"]["per_cpu_s"], rates["pil"]["per_cpu_s"]
+        out.append((f"DataLoader, {workers} worker(s) (samples per CPU second)", f"{fast:.0f}", f"{pil:.0f}",
+                    f"{fast / pil:.2f}x", f"uint8: 1/4 of the bytes per sample{src}"))
+    return out
+
+
 def _search(rows: list[dict]) -> list[tuple]:
     """One row per index size: exact search's queries/s; faiss's beside it in the note (no reference way)."""
     out = []
@@ -88,6 +106,8 @@ BENCHES = [
      _train_step),
     ("bench.gan_step", [], ["--batch_size", "16", "--steps", "2"], ["--quick", "--warmup", "0"], _gan_step),
     ("bench.search", [], ["--sizes", "50000"], ["--quick", "--nprobe", "8"], _search),
+    ("bench.loader", [], ["--photos", "60", "--rounds", "2"],
+     ["--photos", "3", "--rounds", "1", "--draws", "1", "--workers", "1", "--source", "generated"], _loader),
 ]
 
 

@@ -484,7 +484,10 @@ def collate_skip_bad(batch: Sequence[Sample | BadSample]) -> Batch:
         size = bad[0].image_size if bad else 224
         return Batch(torch.zeros((0, 3, size, size)), torch.zeros((0, 0), dtype=torch.long), [],
                      torch.zeros(0, dtype=torch.long), bad)
-    images = torch.stack([s.image for s in good])  # (B, 3, S, S)
+    if all(s.image.stride(0) == 1 for s in good):  # interleaved pixels (the fast path): stacked as they are
+        images = torch.stack([s.image.permute(1, 2, 0) for s in good]).permute(0, 3, 1, 2)  # (B, 3, S, S) channels-last
+    else:
+        images = torch.stack([s.image for s in good])  # (B, 3, S, S)
     tokens = torch.stack([s.tokens for s in good])  # (B, L)
     positions = torch.arange(1, tokens.shape[1] + 1) * (tokens != 0)  # (B, L)
     longest = int(positions.amax())

@@ -35,6 +35,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from utils.cli import IMAGE_BACKENDS
 from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD, normalize_on_device
 
 logger = logging.getLogger(__name__)
@@ -231,7 +232,6 @@ def _centre_offset(side: int, size: int) -> int:
 # parameters (tests/test_fast_images.py); normalisation is left to the device
 # (:func:`utils.imagenet.normalize_on_device`). ``image_backend="pil"`` keeps today's pixels.
 
-IMAGE_BACKENDS = ("fast", "pil")
 _EXIF_ORIENTATION = 0x0112
 _JPEG_SOI, _JPEG_EOI = b"\xff\xd8\xff", b"\xff\xd9"
 
@@ -347,8 +347,15 @@ def _hwc(image: torch.Tensor) -> np.ndarray:
 
 
 def to_uint8_tensor(arr: np.ndarray) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 array (any strides) -> contiguous ``(3, H, W)`` uint8 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    """``(H, W, 3)`` uint8 array (any strides) -> ``(3, H, W)`` uint8 tensor with channels-last strides.
+
+    One copy (the pixels stay interleaved, as decoded): a batch of them stacks to a channels-last
+    batch, the memory format the model runs in by default.
+    """
+    arr = np.ascontiguousarray(arr)
+    if not arr.flags.writeable:  # PIL's read-only buffer: torch wants memory it may own
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def train_transform_uint8(arr: np.ndarray, params: TrainParams, image_size: int = 224) -> torch.Tensor:
@@ -360,8 +367,10 @@ def train_transform_uint8(arr: np.ndarray, params: TrainParams, image_size: int 
     if params.pad_to_square:
         arr = pad_to_square_array(arr, params.pad_mode)
     square = _hwc(_resize_uint8(arr, [side, side]))  # (R, R, 3)
-    rotated = F.rotate(Image.fromarray(square), params.angle, interpolation=InterpolationMode.NEAREST, fill=0)
-    out = np.asarray(rotated)[params.top:params.top + image_size, params.left:params.left + image_size]  # (S, S, 3)
+    # PIL's rotation as torchvision's F.rotate calls it (nearest, black fill), then the crop in PIL.
+    rotated = Image.fromarray(square).rotate(params.angle, Image.NEAREST, fillcolor=(0, 0, 0))
+    box = (params.left, params.top, params.left + image_size, params.top + image_size)
+    out = np.asarray(rotated.crop(box))  # (S, S, 3)
     if params.flip:
         out = out[:, ::-1]
     return to_uint8_tensor(out)
@@ -370,9 +379,9 @@ def train_transform_uint8(arr: np.ndarray, params: TrainParams, image_size: int 
 def eval_transform_uint8(arr: np.ndarray, image_size: int = 224) -> torch.Tensor:
     """The fast :func:`eval_transform`: ``(H, W, 3)`` uint8 RGB -> ``(3, S, S)`` uint8, not normalised."""
     side = resize_size(image_size)
-    square = _resize_uint8(pad_to_square_array(arr, "reflect"), [side, side])  # (3, R, R)
+    square = _hwc(_resize_uint8(pad_to_square_array(arr, "reflect"), [side, side]))  # (R, R, 3)
     offset = _centre_offset(side, image_size)
-    return square[:, offset:offset + image_size, offset:offset + image_size].contiguous()
+    return to_uint8_tensor(square[offset:offset + image_size, offset:offset + image_size])
 
 
 def load_transformed(path: str | Path, params: TrainParams | None, image_size: int = 224, *,

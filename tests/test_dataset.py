@@ -701,7 +701,10 @@ def test_fast_uint8_dataset_matches_the_pil_path(full, train):
         assert torch.equal(normalize_on_device(c.image[None])[0], a.image)  # pil + uint8: today's values
         assert (b.image.int() - c.image.int()).abs().max() <= 1
         assert torch.equal(a.tokens, b.tokens) and (a.recipe_id, a.cls) == (b.recipe_id, b.cls)
-    batch = collate_skip_bad([fast[i] for i in range(len(fast))])
+    samples = [fast[i] for i in range(len(fast))]
+    batch = collate_skip_bad(samples)
     assert batch.images.dtype == torch.uint8 and len(batch.bad) == 4
+    assert batch.images.is_contiguous(memory_format=torch.channels_last)  # the pixels as decoded, interleaved
+    assert torch.equal(batch.images, torch.stack([s.image for s in samples if isinstance(s, Sample)]))
     with pytest.raises(ValueError, match="unknown image backend"):
         make(full, train=train, image_backend="opencv")

@@ -691,3 +691,24 @@ def test_gan_train_judge_only_watches(encoder_run, judge_run):
     judge_medr = float(rows[1][6])
     n_val = len(load_embeddings(next(judge_run.glob("foodSpace_vectors_*_val_en.npz")))["rec_ids"])
     assert 1 <= judge_medr <= n_val and "val_judge/medR" in _events(judged)[0]
+
+
+def test_terms_read_in_batches_equal_the_per_step_reads(encoder_run, monkeypatch):
+    """Every GAN term stays on the device until a log step or the epoch's end; TensorBoard gets each
+    step's value, equal to what float() read right after the step."""
+    seen = []
+    step = GAN_train.gan_step
+
+    def spy(*args, **kwargs):
+        terms = step(*args, **kwargs)
+        assert kwargs.get("as_tensors") and all(torch.is_tensor(v) for v in terms.values())
+        seen.append({k: float(v) for k, v in terms.items()})
+        return terms
+
+    monkeypatch.setattr(GAN_train, "gan_step", spy)
+    run = GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "1", "--max_iters", "3",
+                          "--log_every", "2", "--probe_every", "2"])
+    scalars, _ = _events(run)
+    assert len(seen) == 3 and "G/grad/adversarial" in seen[0] and "G/grad/adversarial" not in seen[1]
+    for tag in {k for terms in seen for k in terms}:
+        assert scalars[tag] == [(i + 1, float(np.float32(t[tag]))) for i, t in enumerate(seen) if tag in t], tag

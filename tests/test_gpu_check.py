@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
+from PIL import Image
 
 from bench import gpu_check
 
@@ -54,3 +55,15 @@ def test_collective_worker_on_two_gloo_ranks(tmp_path):
     want = gpu_check.nccl_expected(1, 1, 2, cuda=True)
     assert want["collective_device"] == "cuda:1" and want["backend"] == "nccl"
     assert want["gather"] == [[3, 3], "cuda:1", [0.0, 1.0, 1.0], 12.0]
+
+
+def test_loader_throughput_runs_on_the_cpu(indexed_set, tmp_path):
+    """The throughput check's code path (train.py's loader and step, then the same steps from memory) on the CPU."""
+    checks = gpu_check.GpuChecks(tmp_path, cpu=True, nproc=2, recipes=0, timeout=300)
+    checks.data, checks.r1m = indexed_set["data"], indexed_set["r1m"]
+    note = checks.loader_throughput(workers=(0,), steps=2, batch_size=4)
+    lines = note.splitlines()
+    assert lines[0].startswith("fed from memory: ") and "batch 4, none, cpu" in lines[0]
+    assert lines[1].startswith("--workers 0: ") and lines[1].endswith("loader-bound")
+    photos = list((tmp_path / "images_photo").rglob("*.jpg"))
+    assert photos and all(min(Image.open(p).size) >= 300 for p in photos)  # photo-sized, not the 64-px pictures

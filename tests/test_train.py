@@ -194,3 +194,28 @@ def test_frozen_groups_stay_frozen_and_validation_is_english(indexed_set, tmp_pa
         assert torch.equal(final[name], start[name]), name
     for group in ("heads", "vision", "text"):  # heads and vision trained in epochs 1 and 2
         assert all(not torch.equal(final[n], start[n]) for n in groups[group]), group
+
+
+def test_step_values_read_in_batches_equal_the_per_step_reads(indexed_set, tmp_path, monkeypatch):
+    """No .item() per step: the values TensorBoard and the log get equal those read right after each step."""
+    import numpy as np
+
+    seen = []  # what today's loop read with .item() right after each step
+    step = train.train_step
+
+    def spy(*args, **kwargs):
+        out = step(*args, **kwargs)
+        seen.append(tuple(getattr(out, k).item() for k in ("loss", "d_pos", "d_neg")))
+        return out
+
+    monkeypatch.setattr(train, "train_step", spy)
+    run_dir = train.main(_args(indexed_set, tmp_path, "--epochs", "1", "--max_iters", "5", "--log_every", "2",
+                               "--projector_every", "0"))
+    scalars = _scalars(run_dir)
+    assert len(seen) == 5
+    for k, name in enumerate(("loss", "d_pos", "d_neg")):  # every step, in order, the same float32 values
+        assert scalars[name] == [(i + 1, float(np.float32(v[k]))) for i, v in enumerate(seen)]
+    logged = [line for line in (run_dir / "train.txt").read_text().splitlines() if " iter " in line]
+    assert [line.split(" global ")[0].split(" iter ")[1] for line in logged] == ["0/5", "2/5", "4/5"]
+    for line, i in zip(logged, (0, 2, 4)):  # the log step's own values, read at that step
+        assert line.endswith(f"loss {seen[i][0]:.4f} d_pos {seen[i][1]:.4f} d_neg {seen[i][2]:.4f}")

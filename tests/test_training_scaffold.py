@@ -54,3 +54,48 @@ def test_help_shows_defaults_and_hides_the_reference_only_flags(script, capsys):
         assert flag not in text
         required = ["--encoder_dir", "RUN"] if script is GAN_train else []
         assert script.get_parser().parse_known_args([*required, flag, "1"])[1] == []  # still accepted
+
+
+@pytest.mark.parametrize("script", [train, GAN_train])
+def test_image_backend_is_kept_on_resume(script):
+    """--image_backend is stored and fixed; a run stored before the flag existed resumes on 'pil'."""
+    parser = script.get_parser()
+    assert flag_kind("image_backend") == "fixed" and parser.get_default("image_backend") == "fast"
+    argv = ["--resume", "r", "--image_backend", "fast"]
+    base = {"workers": 0, "epochs": 2}
+    assert apply_resume_opts(parser, argv, parser.parse_args(argv), {**base, "image_backend": "pil"}).image_backend == "pil"
+    assert apply_resume_opts(parser, ["--resume", "r"], parser.parse_args(["--resume", "r"]), base).image_backend == "pil"
+    stored = {**base, "image_backend": "fast"}
+    assert apply_resume_opts(parser, ["--resume", "r"], parser.parse_args(["--resume", "r"]), stored).image_backend == "fast"
+
+
+def test_step_scalars_read_what_float_reads():
+    import torch
+
+    from utils.training import StepScalars
+
+    scalars = StepScalars()
+    values = [{"a": torch.tensor(0.1), "b": torch.tensor(1 / 3, dtype=torch.bfloat16)},
+              {"a": torch.tensor(2.5, dtype=torch.float16, requires_grad=True) * 1, "c": 7},
+              {"a": torch.tensor(1e-8, dtype=torch.float64)}]
+    for step, v in enumerate(values, start=10):
+        scalars.add(step, v)
+    assert len(scalars) == 3
+    rows = scalars.flush()
+    assert rows == [(10 + i, {k: float(x.detach() if torch.is_tensor(x) else x) for k, x in v.items()})
+                    for i, v in enumerate(values)]
+    assert len(scalars) == 0 and scalars.flush() == []
+
+
+def test_default_workers_share_the_cores(monkeypatch):
+    import os
+
+    from utils.cli import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_workers() == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_workers() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_workers() == 1  # at least one worker

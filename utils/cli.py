@@ -100,3 +100,33 @@ def autocast_context(device: torch.device, amp: str):
         return nullcontext()
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def default_workers() -> int:
+    """``--workers`` default: this process's share of the usable cores, less one for the process itself.
+
+    The share divides the cores among the processes torchrun starts on the node
+    (``LOCAL_WORLD_SIZE``); at least 1, at most 16. Results never depend on it.
+    """
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(16, per_process - 1))
+
+
+WORKERS_HELP = ("data loader worker processes (default: this process's share of the usable cores, less one). "
+                "Results do not depend on it: every random draw of a sample comes from (seed, epoch, index). "
+                "Size it as the samples/s the step takes divided by one worker's samples/s, plus one: "
+                "python bench/loader.py prints a core's rate (about 2x with --image_backend fast) and the cores "
+                "that feed 2,000 samples/s")
+
+
+# The scripts' --image_backend (data/transforms.py holds both paths; light here, for the parsers).
+IMAGE_BACKENDS = ("fast", "pil")
+IMAGE_BACKEND_HELP = ("how images are decoded and transformed: 'fast' (torchvision's JPEG decoder, array padding, "
+                      "torch's uint8 resize; every pixel within 1 level of 'pil', about twice the images/s per core) "
+                      "or 'pil' (the reference's PIL pipeline, exactly its pixels); docs/differences.md")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from utils.errors import InputError
-from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD, normalize_on_device
 from utils.io import atomic_write
 
 EMBEDDING_KEYS = ("img_embeds", "rec_embeds", "rec_ids")
@@ -28,8 +28,11 @@ class EmbeddingsError(InputError):
 
 
 def thumbnails(images: torch.Tensor, size: int = 32) -> torch.Tensor:
-    """ImageNet-normalised images (B,3,S,S) -> [0,1] thumbnails (B,3,size,size) on the CPU."""
-    images = images.detach().float().cpu() * _STD + _MEAN
+    """ImageNet-normalised (or uint8) images (B,3,S,S) -> [0,1] thumbnails (B,3,size,size) on the CPU."""
+    if images.dtype == torch.uint8:
+        images = images.cpu().float() / 255
+    else:
+        images = images.detach().float().cpu() * _STD + _MEAN
     return F.interpolate(images.clamp(0, 1), size=(size, size), mode="bilinear", align_corners=False)
 
 
@@ -40,7 +43,8 @@ def extract_embeddings(model, loader, device, ctx, *, channels_last=False, track
 
     Returns ``img_embeds`` and ``rec_embeds`` float32 (N, D), ``rec_ids`` ``<U10`` (N,), and with
     ``thumbs > 0`` the first ``thumbs`` images as (K,3,32,32) thumbnails. Unreadable images are
-    skipped (``tracker.update`` counts them and stops beyond its limit).
+    skipped (``tracker.update`` counts them and stops beyond its limit). uint8 images (datasets
+    built with ``uint8=True``) are normalised on ``device``.
     """
     was_training = model.training
     model.eval()
@@ -53,6 +57,7 @@ def extract_embeddings(model, loader, device, ctx, *, channels_last=False, track
         images = batch.images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        images = normalize_on_device(images)  # uint8 -> float32 normalised; floats as they are
         with ctx:
             img_emb, rec_emb = model(images, batch.tokens.to(device, non_blocking=True))  # (B, D) each
         imgs.append(img_emb.float().cpu())

@@ -30,6 +30,10 @@ RUNTIME_FLAGS = frozenset({
 })
 
 
+# Flags an older run's stored options lack, with the value that run used (its behaviour is kept on --resume).
+RESUME_DEFAULTS = {"image_backend": "pil"}
+
+
 def flag_kind(name: str) -> str:
     """``"runtime"`` (a resumed run may change it) or ``"fixed"`` (the checkpoint's value is kept)."""
     return "runtime" if name in RUNTIME_FLAGS else "fixed"
@@ -47,6 +51,9 @@ def apply_resume_opts(parser: argparse.ArgumentParser, argv: Sequence[str], args
         print(f"--resume: keeping the run's settings; ignoring {', '.join('--' + k for k in ignored)}")
     for key, value in stored.items():
         if key != "resume" and not (flag_kind(key) == "runtime" and key in given):
+            setattr(args, key, value)
+    for key, value in RESUME_DEFAULTS.items():
+        if key not in stored and hasattr(args, key):
             setattr(args, key, value)
     return args
 
@@ -88,3 +95,32 @@ def every_rank_has_a_batch(rows: int, dist_info: du.DistInfo) -> bool:
 def gather_rng_states() -> list:
     """Every rank's RNG state, in rank order (for the checkpoint: a resumed DDP run continues each stream)."""
     return du.all_gather_object(get_rng_state())
+
+
+class StepScalars:
+    """Per-step scalars kept where the step computed them, read back in one transfer when asked.
+
+    A loop calls :meth:`add` after each step (no host synchronisation: the values stay on the
+    device) and :meth:`flush` every ``--log_every`` steps and at the end of the epoch; TensorBoard
+    then gets every step's values, written in a batch. The values read are those ``float(tensor)``
+    gives at each step (bf16, fp16 and float32 widen to float64 exactly).
+    """
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[int, dict]] = []
+
+    def add(self, step: int, values: dict) -> None:
+        """Keep ``{name: 0-dim tensor or number}`` of global step ``step``."""
+        self._rows.append((step, {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in values.items()}))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def flush(self) -> list[tuple[int, dict[str, float]]]:
+        """Every kept step as ``(step, {name: float})``, in order; empties the buffer."""
+        rows, self._rows = self._rows, []
+        tensors = [v for _, values in rows for v in values.values() if isinstance(v, torch.Tensor)]
+        read = iter(torch.stack([t.reshape(()).to(torch.float64) for t in tensors]).cpu().tolist()
+                    if tensors else [])  # one device -> host copy for all of them
+        return [(step, {k: next(read) if isinstance(v, torch.Tensor) else float(v) for k, v in values.items()})
+                for step, values in rows]
