@@ -103,6 +103,7 @@ from data.recipe1m import (
     write_keys,
 )
 from data.tokenizer import (
+    VOCAB_TXT,
     ChunkEncoder,
     TokenizerError,
     WordCounter,
@@ -113,6 +114,7 @@ from data.tokenizer import (
 )
 from utils.cli import HelpFormatter, run_main
 from utils.io import atomic_write_json
+from utils.lineage import lmdb_lineage
 
 COMMIT_BYTES = 8 << 20  # record bytes per LMDB write transaction (its dirty pages stay in memory)
 
@@ -497,6 +499,9 @@ def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
         "special_ids": ids,
         "dropped": {p: dict(sorted(dropped[p].items())) for p in PARTITIONS},
         "empty_partitions": empty,
+        # What the token ids mean, as a fingerprint the later stages check (utils/lineage.py).
+        "lineage": lmdb_lineage(build / TOKENIZER_DIR / VOCAB_TXT, len(tokenizer), ids, args.max_len,
+                                tokenizer=args.tokenizer, languages=languages),
     }
     atomic_write_json(build / MANIFEST, manifest, indent=2, sort_keys=True)
     return manifest, classless
