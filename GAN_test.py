@@ -301,7 +301,7 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
         checkpoint = None
 
     def same_encoder(path: Path, fingerprint: str) -> None:  # before the index is read or written
-        lineage.require_same("trained with the image encoder of checkpoint",
+        lineage.require_same("the image encoder of checkpoint",
                              (g_path, (ckpt.get(lineage.KEY) or {}).get("encoder")), (path, fingerprint),
                              encoder_fix(opts))
 

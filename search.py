@@ -425,7 +425,7 @@ def check_lineage(ckpt: dict, ckpt_path: Path, files: dict[str, Path], data_path
     fingerprint = lineage.checkpoint_fingerprint(ckpt)
     for path in files.values():
         made_by = (embeddings_lineage(path) or {}).get("checkpoint")
-        lineage.require_same("made by checkpoint", (path, made_by), (ckpt_path, fingerprint),
+        lineage.require_same("checkpoint", (path, made_by), (ckpt_path, fingerprint),
                              f"make the embeddings again with: {vectors_command(ckpt_path, list(files), lang)}")
     return fingerprint
 

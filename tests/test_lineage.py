@@ -267,7 +267,7 @@ def test_gan_test_refuses_another_encoder_run(run_a, run_b, run_c, other, mode, 
         GAN_test.main(["--trained_G_model_path", str(g_path), "--encoder_dir", str(encoder_dir), "--no_cuda",
                        "--workers", "0", "--out_dir", str(out_dir), *extra])
     line = _error(err, g_path, encoder_dir, f"give the --encoder_dir G was trained with ({run_a['run']})")
-    assert "trained with the image encoder of checkpoint" in line
+    assert "records the image encoder of checkpoint" in line and "do not belong together" in line
     assert not out_dir.exists() and _snapshot(encoder_dir) == before
     assert not (run_a["gan"] / "synthesis.png").exists()
 
@@ -298,7 +298,7 @@ def test_gan_train_resume_refuses_a_changed_encoder(changed_encoder_run):
     with pytest.raises(SystemExit) as err:
         GAN_train.main(["--resume", str(gan), "--epochs", "2", "--workers", "0", "--no_cuda"])
     line = _error(err, gan / "G_last.pth.tar", "_image_encoder.pth.tar", "start a new one")
-    assert "trained with the image encoder of checkpoint" in line
+    assert "records the image encoder of checkpoint" in line and "do not belong together" in line
     assert _snapshot(gan) == before
 
 

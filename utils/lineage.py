@@ -205,19 +205,20 @@ def require_same(what: str, first: tuple[str | Path, Any], second: tuple[str | P
     """Refuse two files whose recorded ``what`` differs; warn (once) when either records none.
 
     Args:
-        what: what is compared, as a phrase ("the image encoder's checkpoint").
+        what: what each file records, as a phrase ("the image encoder of checkpoint").
         first, second: ``(file, recorded value or None)``.
         fix: the remedy, appended to the message.
 
     Raises:
-        LineageError: ``"<first> and <second> do not belong together: <what> <a> vs <b>; <fix>"``.
+        LineageError: ``"<first> records <what> <a>, <second> <b>: they do not belong together; <fix>"``.
     """
     (path_a, value_a), (path_b, value_b) = first, second
     if value_a is None or value_b is None:
         warn_unrecorded(path_a if value_a is None else path_b, path_b if value_a is None else path_a)
         return
     if value_a != value_b:
-        raise LineageError(f"{path_a} and {path_b} do not belong together: {what} {value_a} vs {value_b}; {fix}")
+        raise LineageError(f"{path_a} records {what} {value_a}, {path_b} {value_b}: they do not belong together; "
+                           f"{fix}")
 
 
 def check_gan_inputs(encoder: tuple[str | Path, Mapping[str, Any] | None],
@@ -241,10 +242,10 @@ def check_gan_inputs(encoder: tuple[str | Path, Mapping[str, Any] | None],
     enc_fp = (enc or {}).get("checkpoint")
     g_path, g = generator if generator is not None else (None, None)
     if generator is not None:
-        require_same("trained with the image encoder of checkpoint", (g_path, (g or {}).get("encoder")),
+        require_same("the image encoder of checkpoint", (g_path, (g or {}).get("encoder")),
                      (enc_path, enc_fp), fix_encoder)
     for partition, (path, emb) in embeddings.items():
-        require_same("made by checkpoint", (path, (emb or {}).get("checkpoint")), (enc_path, enc_fp), fix_embeddings)
+        require_same("checkpoint", (path, (emb or {}).get("checkpoint")), (enc_path, enc_fp), fix_embeddings)
         trained_on = ((g or {}).get("embeddings") or {}).get(partition)
         if g is not None and trained_on is not None:
             require_same(f"{partition} embedding file", (g_path, trained_on), (path, (emb or {}).get("fingerprint")),
