@@ -170,6 +170,23 @@ def test_manifest_lineage_is_checked_against_the_tokenizer_folder(indexed_set, t
     assert read_manifest(data)["lineage"] == read_manifest(indexed_set["data"])["lineage"]
 
 
+def test_check_lmdb_without_recorded_lineage(indexed_set, tmp_path, capsys):
+    manifest = read_manifest(indexed_set["data"])  # vocabulary 400, rows of 512
+    old = tmp_path / "old.pth.tar"
+    with pytest.raises(lineage.LineageError, match="the model's vocab_size 300 vs 400 of the LMDB"):
+        lineage.check_lmdb(old, None, indexed_set["data"], manifest, arch={"vocab_size": 300, "max_len": 512})
+    assert capsys.readouterr().err == ""
+    lineage.check_lmdb(old, None, indexed_set["data"], manifest, arch={"vocab_size": 400, "max_len": 512})
+    lineage.check_lmdb(old, None, indexed_set["data"], manifest, arch={"vocab_size": 400, "max_len": 512})
+    assert capsys.readouterr().err.splitlines() == [  # once per file
+        f"warning: {old} records no lineage (written before lineage was recorded): not checked against "
+        f"{indexed_set['data'] / 'manifest.json'}"]
+    other = {**manifest["lineage"], "max_len": 256}
+    other["fingerprint"] = lineage.fingerprint({k: other[k] for k in lineage.LMDB_FIELDS})
+    with pytest.raises(lineage.LineageError, match=r"max_len 256 vs 512\); give the --data_path it was made"):
+        lineage.check_lmdb(old, other, indexed_set["data"], manifest)
+
+
 # --------------------------------------------------------------------------- the LMDB rebuilt with another tokenizer
 
 
