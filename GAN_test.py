@@ -72,6 +72,7 @@ from models.foodspace import load_image_encoder
 from models.gan import GANConfig, Generator, imagenet_to_pixels
 from models.gan_losses import encode_generated
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
+from utils import lineage
 from utils.checkpoint import load_checkpoint
 from utils.cli import (
     BOOL,
@@ -86,6 +87,7 @@ from utils.cli import (
     run_main,
     str2bool,
 )
+from utils.embeddings import embeddings_lineage
 from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
 from utils.imagenet import normalize_on_device
@@ -101,6 +103,7 @@ from utils.runs import (
     encoder_run_opts,
     find_encoder_files,
     shown,
+    vectors_command,
 )
 from utils.vis import figure_font
 
@@ -318,9 +321,15 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
         print(f"note: G was trained with the encoder of {trained_with}, whose checkpoint {shown(checkpoint)} is gone; "
               f"embedding with the run's default checkpoint")
         checkpoint = None
+
+    def same_encoder(path: Path, fingerprint: str) -> None:  # before the index is read or written
+        lineage.require_same("the image encoder of checkpoint",
+                             (g_path, (ckpt.get(lineage.KEY) or {}).get("encoder")), (path, fingerprint),
+                             encoder_fix(opts))
+
     searcher = RunSearch(encoder_dir, checkpoint=str(checkpoint) if checkpoint else None, lang=lang,
                          parts=parse_parts(args.index_parts), data_path=args.data_path or opts.get("data_path"),
-                         img_path=args.img_path or opts.get("img_path"), device=device)
+                         img_path=args.img_path or opts.get("img_path"), device=device, check=same_encoder)
     cfg = GANConfig.from_dict(ckpt["gan"])
     G = Generator(cfg)
     G.load_state_dict(ckpt["model"])
@@ -428,6 +437,13 @@ def print_judge(metrics: dict) -> None:
 # --------------------------------------------------------------------------- main
 
 
+def encoder_fix(opts: dict) -> str:
+    """The remedy for an encoder run that is not G's: the ``--encoder_dir`` G was trained with."""
+    trained_in = opts.get("encoder_dir")
+    return f"give the --encoder_dir G was trained with ({trained_in})" if trained_in else \
+        "give the --encoder_dir G was trained with"
+
+
 def images_per_recipe(args) -> int:
     """``--num_images``, checked; MEAN noise has a single image per recipe."""
     if args.num_images < 1:
@@ -463,6 +479,11 @@ def _main(argv) -> dict:
     if args.recipe:
         return recipe_images(args, ckpt, g_path, Path(encoder_dir), lang)
     files = find_encoder_files(encoder_dir, lang, partitions=("test",))
+    enc_lineage = load_checkpoint(files.encoder).get(lineage.KEY)
+    lineage.check_gan_inputs((files.encoder, enc_lineage),
+                             {"test": (files.embeddings["test"], embeddings_lineage(files.embeddings["test"]))},
+                             generator=(g_path, ckpt.get(lineage.KEY)), fix_encoder=encoder_fix(opts),
+                             fix_embeddings=f"make them again with: {vectors_command(encoder_dir, lang)}")
     trained_with = ckpt.get("encoder", {}).get("ckpt_name")
     if trained_with and trained_with != files.ckpt_name:
         print(f"note: G was trained with the encoder of {trained_with}; scoring with {files.ckpt_name}")

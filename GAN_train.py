@@ -84,6 +84,7 @@ from models.gan_losses import (
 )
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
 from utils import distributed as du
+from utils import lineage
 from utils import training as tr
 from utils.checkpoint import PlainConfig, checkpoint_state, load_checkpoint, save_checkpoint, to_plain
 from utils.cli import (
@@ -99,13 +100,21 @@ from utils.cli import (
     run_main,
     str2bool,
 )
+from utils.embeddings import embeddings_lineage
 from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
 from utils.imagenet import normalize_on_device
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
 from utils.judge import check_judge_run, check_same_recipes, spread
 from utils.metrics import evaluate_retrieval, format_results
-from utils.runs import TextLog, encoder_run_opts, find_encoder_files, gan_ckpt_name, new_gan_run_dir
+from utils.runs import (
+    TextLog,
+    encoder_run_opts,
+    find_encoder_files,
+    gan_ckpt_name,
+    new_gan_run_dir,
+    vectors_command,
+)
 from utils.seed import seed_everything
 
 TRACE_HEADER = ["epoch", "lr", "medR", "R@1", "R@5", "R@10"]
@@ -552,6 +561,14 @@ def _main(argv: list[str]) -> Path:
     ctx = autocast_context(device, args.amp)
 
     encoder, enc_ckpt = load_image_encoder(files.encoder, device)
+    # The encoder, its embeddings and (resumed) G must come from one checkpoint; checked before any work.
+    made_from = lineage.check_gan_inputs(
+        (files.encoder, enc_ckpt.get(lineage.KEY)),
+        {p: (files.embeddings[p], embeddings_lineage(files.embeddings[p])) for p in ("train", "val")},
+        generator=(Path(args.resume) / gan_ckpt_name("G", "last"), ckpt_G.get(lineage.KEY)) if ckpt_G else None,
+        fix_encoder=f"the files of --encoder_dir {args.encoder_dir} changed since this GAN run began; start a new "
+                    f"one: python GAN_train.py --encoder_dir {args.encoder_dir}",
+        fix_embeddings=f"make them again with: {vectors_command(args.encoder_dir, lang)}")
     arch = ArchConfig.from_dict(enc_ckpt["arch"])
     given = explicit_flags(parser, argv) if not ckpt_G else set()
     if "embDim" in given and args.embDim != arch.emb_dim:
@@ -627,7 +644,8 @@ def _main(argv: list[str]) -> Path:
                     "embeddings": {p: str(f) for p, f in files.embeddings.items()}}
     writer, trace, grid = None, [], None
     if dist_info.is_main:
-        atomic_write_json(run_dir / "opts.json", {**opts, "encoder": encoder_info, "gan": cfg.to_dict()}, indent=2)
+        atomic_write_json(run_dir / "opts.json", {**opts, "encoder": encoder_info, "gan": cfg.to_dict(),
+                                                  lineage.KEY: made_from}, indent=2)
         trace = read_trace(run_dir / "trace.csv", start_epoch - 1)
         from torch.utils.tensorboard import SummaryWriter
 
@@ -674,7 +692,8 @@ def _main(argv: list[str]) -> Path:
         rngs = tr.gather_rng_states()
         if dist_info.is_main:
             common = {"gan": cfg.to_dict(), "epoch": epoch, "iteration": iteration, "best": best.to_dict(),
-                      "lr_best": lr_best.to_dict(), "schedule": sched.to_dict(), "rng": rngs, "opts": opts, "encoder": encoder_info}
+                      "lr_best": lr_best.to_dict(), "schedule": sched.to_dict(), "rng": rngs, "opts": opts, "encoder": encoder_info,
+                      lineage.KEY: made_from}
             state_G = checkpoint_state("gan_G", **common, model=G.state_dict(), optimizer=opt_G.state_dict(),
                                        scaler=scaler_G.state_dict())
             state_D = checkpoint_state("gan_D", **common, model=D.state_dict(), optimizer=opt_D.state_dict(),

@@ -104,6 +104,7 @@ from data.recipe1m import (
     write_keys,
 )
 from data.tokenizer import (
+    VOCAB_TXT,
     ChunkEncoder,
     TokenizerError,
     WordCounter,
@@ -114,6 +115,7 @@ from data.tokenizer import (
 )
 from utils.cli import HelpFormatter, run_main
 from utils.io import atomic_write_json
+from utils.lineage import lmdb_lineage
 
 BAD_IMAGES_NAMED = 3  # recipes named by the bad_image_id warning
 COMMIT_BYTES = 8 << 20  # record bytes per LMDB write transaction (its dirty pages stay in memory)
@@ -510,6 +512,9 @@ def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
         "special_ids": ids,
         "dropped": {p: dict(sorted(dropped[p].items())) for p in PARTITIONS},
         "empty_partitions": empty,
+        # What the token ids mean, as a fingerprint the later stages check (utils/lineage.py).
+        "lineage": lmdb_lineage(build / TOKENIZER_DIR / VOCAB_TXT, len(tokenizer), ids, args.max_len,
+                                tokenizer=args.tokenizer, languages=languages),
     }
     atomic_write_json(build / MANIFEST, manifest, indent=2, sort_keys=True)
     return manifest, classless

@@ -61,8 +61,9 @@ from data.query import (
     recipe_from_text,
 )
 from data.recipe1m import image_path
+from utils import lineage
 from utils.cli import IMAGE_BACKEND_HELP, IMAGE_BACKENDS, HelpFormatter, resolve_device, run_main
-from utils.embeddings import load_embeddings
+from utils.embeddings import embeddings_lineage, load_embeddings
 from utils.errors import InputError, RunFolderError
 from utils.io import atomic_write
 from utils.runs import (
@@ -414,6 +415,25 @@ def load_faiss(index: SearchIndex, run_dir: Path, ckpt: str, lang: str, target: 
 # --------------------------------------------------------------------------- the run's model
 
 
+def check_lineage(ckpt: dict, ckpt_path: Path, files: dict[str, Path], data_path: Path, lang: str) -> str:
+    """Refuse an LMDB or embedding files that do not belong to the checkpoint; returns its fingerprint.
+
+    Raises:
+        utils.lineage.LineageError: ``data_path``'s token ids mean something else than in training,
+            or an embedding file was made by another checkpoint (one line naming both files).
+    """
+    from data.dataset import read_manifest
+
+    lineage.check_lmdb(ckpt_path, lineage.lmdb_of(ckpt.get(lineage.KEY)), data_path, read_manifest(data_path),
+                       arch=ckpt["arch"])
+    fingerprint = lineage.checkpoint_fingerprint(ckpt)
+    for path in files.values():
+        made_by = (embeddings_lineage(path) or {}).get("checkpoint")
+        lineage.require_same("checkpoint", (path, made_by), (ckpt_path, fingerprint),
+                             f"make the embeddings again with: {vectors_command(ckpt_path, list(files), lang)}")
+    return fingerprint
+
+
 class RunSearch:
     """A run's model, query preprocessing, index and recipe descriptions (what search.py and GAN_test.py share).
 
@@ -425,29 +445,36 @@ class RunSearch:
         data_path, img_path: override the run's.
         device: where the model runs.
         log: where messages go.
+        check: called with the checkpoint's path and fingerprint (utils/lineage.py) before the index
+            is read or written (GAN_test.py: is it the one G was trained with?).
     """
 
     def __init__(self, run_dir, *, checkpoint: str | None = None, lang: str = "en", parts: list[str] | None = None,
-                 data_path=None, img_path=None, device="cpu", log: Callable[[str], None] = print) -> None:
+                 data_path=None, img_path=None, device="cpu", log: Callable[[str], None] = print,
+                 check: Callable[[Path, str], None] | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.lang = parse_language(lang)
         self.log = log
         self.ckpt_path = resolve_checkpoint(self.run_dir, checkpoint, self.lang)
         self.ckpt_name = ckpt_name(self.ckpt_path)
-        self.index = load_index(self.run_dir, self.ckpt_path, self.lang, parts, log)
+        files = index_files(self.run_dir, self.ckpt_path, self.lang, parts)
         from models.foodspace import load_foodspace  # torchvision and transformers: after the input checks
 
         self.device = torch.device(device)
         self.model, ckpt = load_foodspace(self.ckpt_path, self.device)
         opts = ckpt.get("opts", {})
-        if self.index.img.shape[1] != self.model.cfg.emb_dim:
-            raise SearchError(f"{self.index.path}: embeddings of size {self.index.img.shape[1]}, but "
-                              f"{self.ckpt_path.name} makes {self.model.cfg.emb_dim}")
         self.data_path = Path(data_path or opts.get("data_path") or "data/loader_data")
         self.img_path = Path(img_path or opts.get("img_path") or "data/Recipe1M/images")
         self.image_size = int(opts.get("image_size", 224))
         self.channels_last = bool(opts.get("channels_last"))
         self.recipes = RecipeTokenizer(self.data_path, opts.get("textinputs", "title,ingr,inst"))
+        self.fingerprint = check_lineage(ckpt, self.ckpt_path, files, self.data_path, self.lang)
+        if check is not None:
+            check(self.ckpt_path, self.fingerprint)
+        self.index = load_index(self.run_dir, self.ckpt_path, self.lang, parts, log)
+        if self.index.img.shape[1] != self.model.cfg.emb_dim:
+            raise SearchError(f"{self.index.path}: embeddings of size {self.index.img.shape[1]}, but "
+                              f"{self.ckpt_path.name} makes {self.model.cfg.emb_dim}")
         self._readers: dict[str, RecordReader] = {}
         log(f"model: {shown(self.ckpt_path)} ({self.model.cfg.image_backbone}, {self.model.cfg.emb_dim}-d) | "
             f"data {shown(self.data_path)} | device {self.device}")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from data.langs import LANGS, parse_language
 from data.lmdb_format import PART_INGR, PART_TITLE, TOKENIZER_DIR, RecordReader, lmdb_dir, part_text
 from data.recipe1m import PARTITIONS, image_path
+from utils import lineage
 from utils.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint
 from utils.cli import (
     IMAGE_BACKEND_HELP,
@@ -140,10 +141,15 @@ def parse_partitions(text: str) -> list[str]:
     return partitions
 
 
-def export_image_encoder(model: FoodSpaceNet, ckpt: dict, path: Path) -> None:
-    """Save the image branch alone; :func:`models.foodspace.load_image_encoder` loads it."""
+def export_image_encoder(model: FoodSpaceNet, ckpt: dict, path: Path, made_from: dict | None = None) -> None:
+    """Save the image branch alone; :func:`models.foodspace.load_image_encoder` loads it.
+
+    ``made_from``: its lineage (:func:`utils.lineage.outputs_lineage`), recorded as ``lineage``.
+    """
+    extra = {lineage.KEY: made_from} if made_from else {}
     save_checkpoint(checkpoint_state("image_encoder", arch=model.cfg.to_dict(), model=model.image_embedder_state_dict(),
-                                     image_size=int(ckpt["opts"].get("image_size", 224)), epoch=ckpt.get("epoch")),
+                                     image_size=int(ckpt["opts"].get("image_size", 224)), epoch=ckpt.get("epoch"),
+                                     **extra),
                     path)
 
 
@@ -199,6 +205,12 @@ def _main(argv) -> dict:
     data_path, img_path = run_paths(args, opts, ckpt_path)
     datasets = build_datasets(args, opts, data_path, img_path, partitions, ckpt_path)
     languages = list(dict.fromkeys(lang for _, lang in datasets))
+    from data.dataset import read_manifest
+
+    # Token ids must mean what they meant in training, or the embeddings are wrong (and replace good ones).
+    made_from = lineage.lmdb_of(ckpt.get(lineage.KEY))
+    lineage.check_lmdb(ckpt_path, made_from, data_path, read_manifest(data_path), arch=ckpt["arch"])
+    fingerprint = lineage.checkpoint_fingerprint(ckpt)
 
     from torch.utils.data import DataLoader
 
@@ -212,7 +224,7 @@ def _main(argv) -> dict:
     model = build_model(ckpt, ckpt_path)
     model.to(device).eval()
     encoder_path = image_encoder_path(ckpt_path)
-    export_image_encoder(model, ckpt, encoder_path)
+    export_image_encoder(model, ckpt, encoder_path, lineage.outputs_lineage(fingerprint, name, made_from))
     print(f"image encoder -> {encoder_path}")
 
     all_results: dict = {}
@@ -229,7 +241,8 @@ def _main(argv) -> dict:
             raise InputError(f"no recipe of {partition} has a readable image under {img_path} "
                              f"({tracker.summary()}); check --img_path")
         out = vectors_name(run_dir, name, partition, lang)
-        save_embeddings(out, emb["img_embeds"], emb["rec_embeds"], emb["rec_ids"])
+        save_embeddings(out, emb["img_embeds"], emb["rec_embeds"], emb["rec_ids"],
+                        lineage.outputs_lineage(fingerprint, name, made_from, partition, lang))
         results = evaluate_retrieval(emb["img_embeds"], emb["rec_embeds"],
                                      medr=[args.medr] if args.medr else None, seed=args.seed)
         all_results.setdefault(partition, {})[lang] = results

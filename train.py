@@ -25,8 +25,16 @@ from data.langs import parse_language
 from models.foodspace import ArchConfig, FoodSpaceNet
 from models.losses import batch_hard_triplet
 from utils import distributed as du
+from utils import lineage
 from utils import training as tr
-from utils.checkpoint import PlainConfig, checkpoint_state, load_checkpoint, save_checkpoint, to_plain
+from utils.checkpoint import (
+    PlainConfig,
+    checkpoint_state,
+    load_checkpoint,
+    save_checkpoint,
+    state_dict_mismatch,
+    to_plain,
+)
 from utils.cli import (
     BOOL,
     IMAGE_BACKEND_HELP,
@@ -356,6 +364,14 @@ def _main(argv: list[str]) -> Path:
     ctx = autocast_context(device, args.amp)  # the one place deciding precision
 
     manifest = read_manifest(args.data_path)  # DatasetError names create_lmdb.py when it is missing
+    init = load_checkpoint(args.model_init_path) if args.model_init_path and not ckpt else None
+    # The weights resumed or initialised from must have been trained on token ids that mean the same.
+    if ckpt:
+        lineage.check_lmdb(Path(args.resume) / MODELS_DIR / LATEST_NAME, lineage.lmdb_of(ckpt.get(lineage.KEY)),
+                           args.data_path, manifest, arch=ckpt["arch"])
+    if init is not None:
+        lineage.check_lmdb(args.model_init_path, lineage.lmdb_of(init.get(lineage.KEY)), args.data_path, manifest,
+                           flag="--data_path (or --model_init_path)")
 
     # Every input is checked before the run folder exists: a failed start leaves nothing behind.
     train_loader, train_set = make_loader(args, "train", True, dist_info)
@@ -365,13 +381,12 @@ def _main(argv: list[str]) -> Path:
                          f"{args.batch_size} x {dist_info.world_size} process(es)")
     model = build_model(args, manifest["vocab_size"], manifest["max_len"], manifest["special_ids"]["pad"],
                         arch=ckpt["arch"] if ckpt else None)
-    if args.model_init_path and not ckpt:
-        init = load_checkpoint(args.model_init_path)
+    if init is not None:
         try:
             model.load_state_dict(init["model"])
-        except RuntimeError as exc:
+        except RuntimeError:
             raise InputError(f"--model_init_path {args.model_init_path}: architecture differs: "
-                             f"{str(exc).splitlines()[0]}") from None
+                             f"{state_dict_mismatch(model.state_dict(), init['model'])}") from None
 
     run_dir = tr.shared_run_dir(dist_info, args.resume, lambda: new_run_dir(args.runs_dir, args.experiment_sufix))
     models_dir = run_dir / MODELS_DIR
@@ -491,15 +506,17 @@ def _main(argv: list[str]) -> Path:
 
         rngs = tr.gather_rng_states()
         if dist_info.is_main:
+            made_from = lineage.checkpoint_lineage(model.state_dict(), manifest[lineage.KEY], args.textinputs)
             state = checkpoint_state("foodspace", arch=model.cfg.to_dict(), model=model.state_dict(),
                                      optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                                      schedule=sched.to_dict(), best=best.to_dict(), epoch=epoch, iteration=iteration,
-                                     rng=rngs, opts=opts)
+                                     rng=rngs, opts=opts, lineage=made_from)
             save_checkpoint(state, models_dir / LATEST_NAME)
             if epoch % args.valfreq == 0 and (improved_val or improved_rec):
                 # Only model.pth.tar resumes; a BEST checkpoint is the weights, the architecture and the metrics.
                 slim = checkpoint_state("foodspace", arch=state["arch"], model=state["model"], epoch=epoch,
-                                        iteration=iteration, best=state["best"], metrics=metrics, opts=opts)
+                                        iteration=iteration, best=state["best"], metrics=metrics, opts=opts,
+                                        lineage=made_from)
                 if improved_val:
                     replace_best(models_dir, "VAL", best_name("VAL", epoch, metrics["medR"], recall_sum), slim)
                 if improved_rec:

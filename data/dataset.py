@@ -58,12 +58,14 @@ from data.lmdb_format import (
     MANIFEST,
     PART_CLS,
     PART_CODES,
+    TOKENIZER_DIR,
     RecordError,
     RecordReader,
     keys_file,
     lmdb_dir,
 )
 from data.recipe1m import PARTITIONS, image_path, load_keys
+from data.tokenizer import VOCAB_TXT
 from data.transforms import (
     ImageLoadError,
     TrainParams,
@@ -72,6 +74,8 @@ from data.transforms import (
     load_transformed,
 )
 from utils.errors import InputError
+from utils.lineage import KEY as LINEAGE
+from utils.lineage import LMDB_FIELDS, file_sha256, fingerprint, lmdb_lineage
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +257,32 @@ def read_manifest(data_path: str | Path) -> dict:
     for key in ("cls", "sep"):
         if not isinstance(manifest["special_ids"].get(key), int):
             raise DatasetError(f"{path}: entry 'special_ids' lacks an integer {key!r}")
+    manifest[LINEAGE] = _manifest_lineage(path, manifest)
     return manifest
+
+
+def _manifest_lineage(path: Path, manifest: dict) -> dict | None:
+    """The manifest's ``lineage`` (utils/lineage.py), checked against its fields and ``tokenizer/vocab.txt``.
+
+    An LMDB built before lineage was recorded gets the one create_lmdb.py would have written (None
+    without a ``vocab.txt``).
+    """
+    vocab = path.parent / TOKENIZER_DIR / VOCAB_TXT
+    recorded = manifest.get(LINEAGE)
+    if recorded is None:
+        if not vocab.is_file():
+            return None
+        return lmdb_lineage(vocab, manifest.get("vocab_size"), manifest["special_ids"], manifest["max_len"],
+                            tokenizer=manifest.get("tokenizer", "?"), languages=manifest["languages"])
+    fields = recorded if isinstance(recorded, dict) else {}
+    if fields.get("fingerprint") != fingerprint({key: fields.get(key) for key in LMDB_FIELDS}):
+        raise DatasetError(f"{path}: entry 'lineage' does not match its own fingerprint (edited by hand?); "
+                           f"rebuild with create_lmdb.py")
+    if vocab.is_file() and file_sha256(vocab) != fields["vocab_sha256"]:
+        raise DatasetError(f"{path}: its lineage records vocabulary sha256 {fields['vocab_sha256']}, but {vocab} is "
+                           f"another vocabulary (sha256 {file_sha256(vocab)}): the tokenizer folder was replaced; "
+                           f"rebuild with create_lmdb.py")
+    return recorded
 
 
 def check_partition(data_path: str | Path, partition: str) -> list[str]:

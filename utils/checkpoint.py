@@ -106,3 +106,21 @@ def _short_reason(exc: Exception) -> str:
     text = (found.group(1) if found else text).strip()
     first = re.split(r"\.\s|\n", text, maxsplit=1)[0].strip().rstrip(".")
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def state_dict_mismatch(expected: dict, given: dict) -> str:
+    """Why ``given`` does not load into a model whose state dict is ``expected``, in one line.
+
+    The first tensor (in the model's order) whose shape differs, with both shapes; else the first
+    missing and unexpected keys.
+    """
+    for name, tensor in expected.items():
+        other = given.get(name)
+        if isinstance(other, torch.Tensor) and tuple(other.shape) != tuple(tensor.shape):
+            return (f"{name} has shape {tuple(other.shape)} in the checkpoint, {tuple(tensor.shape)} in the model "
+                    f"built here")
+    missing = [name for name in expected if name not in given]
+    unexpected = [name for name in given if name not in expected]
+    parts = [f"{len(keys)} {what} key(s), first {keys[0]}" for what, keys in (("missing", missing),
+                                                                            ("unexpected", unexpected)) if keys]
+    return "; ".join(parts) or "the state dict does not load"

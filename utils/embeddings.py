@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zipfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from tqdm import tqdm
 from utils.errors import InputError
 from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD, normalize_on_device
 from utils.io import atomic_write
+from utils.lineage import KEY as LINEAGE
 
 EMBEDDING_KEYS = ("img_embeds", "rec_embeds", "rec_ids")
 _MAKER = "test.py --model_init_path <checkpoint> writes foodSpace_vectors_*.npz"
@@ -79,11 +81,38 @@ def extract_embeddings(model, loader, device, ctx, *, channels_last=False, track
     return out
 
 
-def save_embeddings(path: str | Path, img_embeds, rec_embeds, rec_ids) -> None:
-    """Write the three arrays to ``path`` (``.npz``) atomically, loadable with allow_pickle=False."""
+def save_embeddings(path: str | Path, img_embeds, rec_embeds, rec_ids, lineage: dict | None = None) -> None:
+    """Write the three arrays to ``path`` (``.npz``) atomically, loadable with allow_pickle=False.
+
+    ``lineage`` (utils/lineage.py) is stored as the array ``lineage``: its JSON as UTF-8 bytes, which
+    a person can read in the file (``unzip -p <file> lineage.npy``).
+    """
+    extra = {LINEAGE: np.asarray(json.dumps(lineage, sort_keys=True).encode("utf-8"))} if lineage else {}
     with atomic_write(path, "wb") as handle:
         np.savez(handle, img_embeds=np.asarray(img_embeds, np.float32),
-                 rec_embeds=np.asarray(rec_embeds, np.float32), rec_ids=np.asarray(rec_ids, dtype="<U10"))
+                 rec_embeds=np.asarray(rec_embeds, np.float32), rec_ids=np.asarray(rec_ids, dtype="<U10"), **extra)
+
+
+def embeddings_lineage(path: str | Path) -> dict | None:
+    """The ``lineage`` an embedding file records (None for a file written before it was recorded).
+
+    Reads that array only; call after :func:`load_embeddings` or on a file known to be an ``.npz``.
+
+    Raises:
+        EmbeddingsError: the file is unreadable or its ``lineage`` is not a JSON object.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if LINEAGE not in data.files:
+                return None
+            raw = data[LINEAGE].item()  # bytes (or str)
+        value = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, UnicodeDecodeError) as err:
+        raise EmbeddingsError(f"{path}: its lineage is unreadable ({type(err).__name__}: {_one_line(err)}); "
+                              f"{_MAKER}") from None
+    if not isinstance(value, dict):
+        raise EmbeddingsError(f"{path}: its lineage is not a JSON object ({_MAKER})")
+    return value
 
 
 def load_embeddings(path: str | Path) -> dict[str, np.ndarray]:
