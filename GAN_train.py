@@ -73,6 +73,7 @@ from models.gan import (
     imagenet_to_pixels,
     to_imagenet,
 )
+from models.gan_augment import AUG_OPS, instance_noise, parse_aug, random_view_imagenet
 from models.gan_losses import (
     class_weights,
     cycle_cos_loss,
@@ -174,6 +175,14 @@ def get_parser() -> argparse.ArgumentParser:
                         "(TensorBoard G/grad/<term>; 0: never)")
     g.add_argument("--max_bad_images", type=float, default=0.01,
                    help="fraction of unreadable images of a partition that stops the run")
+    g.add_argument("--cycle_aug", type=parse_aug, default=(),
+                   help=f"the cycle terms' encoder sees a random view per sample of G's images: none (the "
+                        f"reference), all, or a comma list of {', '.join(AUG_OPS)} (docs/synthesis.md)")
+    g.add_argument("--D_aug", type=parse_aug, default=(),
+                   help="D sees random views (same ops) of real and generated images alike (DiffAugment); none: the "
+                        "reference")
+    g.add_argument("--D_noise", type=float, default=0.0,
+                   help="standard deviation of Gaussian noise added to every image D sees (0: none, the reference)")
     g.add_argument("--judge_dir", default="",
                    help="an independent judge (another train.py run on the same LMDB, with test.py's outputs): "
                         "its image encoder also scores the val images each epoch against its recipe embeddings "
@@ -196,7 +205,8 @@ class Nets(NamedTuple):
 
 
 def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight, *, w_img_img: float,
-             w_img_rec: float, ctx, probe: bool = False, as_tensors: bool = False) -> dict:
+             w_img_rec: float, ctx, probe: bool = False, cycle_aug: tuple[str, ...] = (),
+             d_aug: tuple[str, ...] = (), d_noise: float = 0.0, as_tensors: bool = False) -> dict:
     """One step: G forward, D update, G update against the updated D (docs/synthesis.md).
 
     Args:
@@ -204,6 +214,10 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
         weight: (numClasses,) class weights (0 for background).
         probe: also measure how hard each G loss term pulls on G's output: the norm of its
             gradient with respect to the generated images, per image (``G/grad/<term>``).
+        cycle_aug: the encoder of the cycle terms sees a random view per sample of G's images
+            (:mod:`models.gan_augment`; () as the reference: the images themselves).
+        d_aug, d_noise: D sees random views of real and generated images, plus Gaussian noise of
+            this standard deviation (ImageNet units) ((), 0: the images themselves).
 
     Returns:
         Every loss term as a float (``G/cycle_*`` only when its weight is > 0), D's accuracy on real
@@ -216,8 +230,8 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
     with ctx:
         fake, mu, logvar = G(rec_emb, z)  # (B, 3, 128, 128), (B, E), (B, E)
         fake_in = to_imagenet(fake, cfg.output_space)  # what D sees, like the real images
-        real_out = D(real, mu.detach())
-        fake_out = D(fake_in.detach(), mu.detach())
+        real_out = D(d_view(real, d_aug, d_noise), mu.detach())
+        fake_out = D(d_view(fake_in.detach(), d_aug, d_noise), mu.detach())
     d = discriminator_loss(real_out, fake_out, labels, weight)
     nets.opt_D.zero_grad(set_to_none=True)
     nets.scaler_D.scale(d.loss).backward()
@@ -235,9 +249,11 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
     try:
         sync_off = D.no_sync() if isinstance(D, torch.nn.parallel.DistributedDataParallel) else nullcontext()
         with ctx, sync_off:
-            out = D(fake_in, mu)
+            out = D(d_view(fake_in, d_aug, d_noise), mu)
             gen_emb = None
-            if w_img_img > 0 or w_img_rec > 0:
+            if (w_img_img > 0 or w_img_rec > 0) and cycle_aug:
+                gen_emb = encode_generated(nets.encoder, random_view_imagenet(fake_in, cycle_aug), "imagenet")
+            elif w_img_img > 0 or w_img_rec > 0:
                 gen_emb = encode_generated(nets.encoder, fake, cfg.output_space)  # (B, D)
         g = generator_loss(out, labels, weight, mu, logvar, gen_emb=gen_emb, img_emb=img_emb, rec_emb=rec_emb,
                            w_img_img=w_img_img, w_img_rec=w_img_rec)
@@ -261,6 +277,11 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
     if as_tensors:
         return {k: v.detach() for k, v in terms.items()}
     return {k: float(v) for k, v in terms.items()}
+
+
+def d_view(images: torch.Tensor, ops: tuple[str, ...], noise: float) -> torch.Tensor:
+    """What D sees of ImageNet-normalised ``images``: a random view (``--D_aug``) plus noise (``--D_noise``)."""
+    return instance_noise(random_view_imagenet(images, ops), noise)
 
 
 def build_optimizers(G: torch.nn.Module, D: torch.nn.Module, lr: float, weight_decay: float):
@@ -441,7 +462,8 @@ def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, wr
         terms = gan_step(nets, cfg, real, batch.rec_embs.to(device, non_blocking=True),
                          batch.img_embs.to(device, non_blocking=True), batch.classes.to(device, non_blocking=True),
                          weight, w_img_img=args.W_IMG_IMG_COS_LOSS, w_img_rec=args.W_IMG_REC_COS_LOSS, ctx=ctx,
-                         probe=args.probe_every > 0 and it % args.probe_every == 0, as_tensors=True)
+                         probe=args.probe_every > 0 and it % args.probe_every == 0, as_tensors=True,
+                         cycle_aug=tuple(args.cycle_aug), d_aug=tuple(args.D_aug), d_noise=args.D_noise)
         iteration += 1
         images += batch.images.shape[0]
         scalars.add(iteration, terms)

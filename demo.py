@@ -5,8 +5,10 @@
 
 Each stage runs through its real command line (``python create_lmdb.py ...``), so the demo is
 also a check that the scripts chain: synthetic data -> create_lmdb.py -> train.py -> test.py ->
-GAN_train.py -> GAN_test.py. A stage is finished when its marker file ``.done_<stage>`` exists;
-the marker is written only after the stage succeeded, so a killed demo redoes just that stage.
+GAN_train.py -> GAN_test.py. A second retrieval run with another seed (``judge_train``,
+``judge_test``) is the independent judge of the synthesis (GAN_train.py / GAN_test.py
+``--judge_dir``): its encoder never saw G's images, so its scores say whether they show the recipe.
+A stage is finished when its marker file ``.done_<stage>`` exists; the marker is written only after the stage succeeded, so a killed demo redoes just that stage.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from utils.host import matmul_flops
 from utils.io import atomic_write_text
-from utils.metrics import format_results
+from utils.metrics import format_results, results_by_bag
 from utils.runs import (
     GENERATED_DIR,
     MODELS_DIR,
@@ -53,7 +55,9 @@ GAN_FLAGS = ["--embDim", "128", "--Z_DIM", "32", "--GF_DIM", "16", "--DF_DIM", "
 # Seconds each stage took at the defaults on the machine this demo was sized on (2 cores, fp32
 # matmul MEASURED_GFLOPS), used to estimate the total on another machine by its matmul speed.
 MEASURED_GFLOPS = 122.0  # python demo.py, 2026-12-05 (README: "Demo")
-MEASURED_SECONDS = {"synthetic": 11, "create_lmdb": 4, "train": 147, "test": 23, "gan_train": 149, "gan_test": 23}
+MEASURED_SECONDS = {"synthetic": 11, "create_lmdb": 4, "train": 147, "test": 23, "judge_train": 147, "judge_test": 15,
+                    "gan_train": 149, "gan_test": 23}  # judge_*: not timed there; the same commands as train, test
+JUDGE_SEED = 4321  # the judge's train.py --seed (the main run keeps train.py's default)
 GAN_BATCH, GAN_LR = 16, "5e-4"
 BUDGET_MINUTES = 20.0  # the demo is sized to finish within this on a 2-core AVX2 host
 
@@ -132,17 +136,18 @@ def main(argv=None) -> dict:
     if args.force or not (out / ".done_train").exists():
         for stale in (out / ".done_test", out / ".done_gan_train", out / ".done_gan_test"):
             stale.unlink(missing_ok=True)  # later stages must follow a new training run
-    run.stage("train", ["train.py", *MODEL_FLAGS, "--data_path", str(data), "--img_path", str(r1m / "images"),
-                        "--runs_dir", str(runs), "--experiment_sufix", "_demo", "--epochs", str(args.epochs),
-                        "--batch_size", "32", "--lr", "5e-4", "--ohem", "true", "--ohem_warmup", str(CURRICULUM),
-                        "--decayLR", str(CURRICULUM), "--workers", workers, "--no_cuda", "--medr", "500",
-                        "--log_every", "20", "--max_iters", str(args.train_iters)])
+    train_flags = [*MODEL_FLAGS, "--data_path", str(data), "--img_path", str(r1m / "images"), "--runs_dir", str(runs),
+                   "--epochs", str(args.epochs), "--batch_size", "32", "--lr", "5e-4", "--ohem", "true",
+                   "--ohem_warmup", str(CURRICULUM), "--decayLR", str(CURRICULUM), "--workers", workers, "--no_cuda",
+                   "--medr", "500", "--log_every", "20", "--max_iters", str(args.train_iters)]
+    run.stage("train", ["train.py", *train_flags, "--experiment_sufix", "_demo"])
     run_dir = latest(run_dir_glob(runs, "_demo"))
     ckpt = latest(glob.escape(str(run_dir / MODELS_DIR)) + "/" + best_glob("REC"))
     run.stage("test", ["test.py", "--model_init_path", str(ckpt), "--partitions", "test,val,train",
                        "--workers", workers, "--no_cuda", "--vis", "6",
                        "--metrics_json", str(out / "retrieval.json")])
-    gan_flags = ["--encoder_dir", str(run_dir), "--no_cuda", "--workers", workers]
+    judge_dir = train_judge(run, out, runs, train_flags, workers, args.force)
+    gan_flags = ["--encoder_dir", str(run_dir), "--no_cuda", "--workers", workers, "--judge_dir", str(judge_dir)]
     if not (out / ".done_gan_train").exists():
         (out / ".done_gan_test").unlink(missing_ok=True)
     run.stage("gan_train", ["GAN_train.py", *gan_flags, *GAN_FLAGS, "--epochs", str(args.gan_epochs),
@@ -152,6 +157,36 @@ def main(argv=None) -> dict:
     run.stage("gan_test", ["GAN_test.py", *gan_flags, "--trained_G_model_path", str(gan_run / gan_ckpt_name("G", "last")),
                            "--synthesis_n", "8", "--metrics_json", str(out / "synthesis.json")])
     return summary(out, run_dir, gan_run, time.time() - start, run.timings)
+
+
+def train_judge(run: Pipeline, out: Path, runs: Path, train_flags: list[str], workers: str, force: bool) -> Path:
+    """The judge: the same retrieval training with another seed, and test.py's outputs for test and val."""
+    if force or not (out / ".done_judge_train").exists():
+        for stale in (out / ".done_judge_test", out / ".done_gan_train", out / ".done_gan_test"):
+            stale.unlink(missing_ok=True)  # the synthesis stages are judged by the new judge
+    run.stage("judge_train", ["train.py", *train_flags, "--experiment_sufix", "_judge", "--seed", str(JUDGE_SEED)])
+    judge_dir = latest(run_dir_glob(runs, "_judge"))
+    ckpt = latest(glob.escape(str(judge_dir / MODELS_DIR)) + "/" + best_glob("REC"))
+    run.stage("judge_test", ["test.py", "--model_init_path", str(ckpt), "--partitions", "test,val", "--workers", workers,
+                             "--no_cuda", "--vis", "0"])
+    return judge_dir
+
+
+def judge_lines(synthesis: dict) -> list[str]:
+    """The judge's rows (generated and real photo -> recipe, same bags) beside the own encoder's, and the spreads."""
+    judge = synthesis.get("judge")
+    if judge is None:
+        return []
+    lines = ["synthesis scored by G's own encoder and by the independent judge (another seed; test split):"]
+    rows = {"own: generated -> recipe": synthesis["fake2rec"], "own: real -> recipe": synthesis["real2rec"],
+            "judge: generated -> recipe": judge["fake2rec"], "judge: real -> recipe": judge["real2rec"]}
+    lines.append(format_results(results_by_bag(rows)))
+    for who, ratios in (("own encoder", synthesis["ratio"]), ("judge", judge["ratio"])):
+        lines += [f"{who} ({bag}): generated / real medR x{r['medR']:.2f}, R@10 x{r['R@10']:.2f}"
+                  for bag, r in ratios.items()]
+    lines.append(f"judge's spread (mean pairwise cosine distance): generated {judge['spread']['generated']:.4f}, "
+                 f"real photos {judge['spread']['real']:.4f}")
+    return lines
 
 
 def bag_rows(bag: str, entry: dict, synthesis: dict) -> dict:
@@ -181,6 +216,7 @@ def summary(out: Path, run_dir: Path, gan_run: Path, seconds: float, timings: di
             real = entry["im2rec"]
             lines.append(f"generated / real: medR x{fake['medR'] / real['medR']:.2f}, "
                          f"R@10 x{fake['R@10'] / max(real['R@10'], 1e-12):.2f}")
+    lines += judge_lines(synthesis)
     lines.append(f"Frechet distance, real vs generated FoodSpace image features: {synthesis['frechet_distance']:.4f} "
                  f"(generated with --score_noise_mode {synthesis.get('score_noise_mode', '?')})")
     if timings:

@@ -1,9 +1,10 @@
 """demo.py: the whole pipeline through the real command lines, on a tiny synthetic set."""
 
 import json
+from pathlib import Path
 
 import demo
-from utils.metrics import format_results
+from utils.metrics import format_results, results_by_bag
 
 
 def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
@@ -11,7 +12,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     argv = ["--out", str(out), "--recipes", "70", "--epochs", "1", "--train_iters", "2", "--gan_epochs", "1",
             "--gan_iters", "1", "--workers", "0"]
     summary = demo.main(argv)
-    for stage in ("synthetic", "create_lmdb", "train", "test", "gan_train", "gan_test"):
+    for stage in ("synthetic", "create_lmdb", "train", "test", "judge_train", "judge_test", "gan_train", "gan_test"):
         assert (out / f".done_{stage}").is_file(), stage
     retrieval = json.loads((out / "retrieval.json").read_text())
     entry = next(iter(retrieval["test"]["en"].values()))
@@ -31,11 +32,16 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
         assert line.startswith(f"{bag} ")
         assert line.endswith(f"{m['medR']:>7.2f} " + " ".join(f"{100 * m[k]:>7.1f}" for k in ("R@1", "R@5", "R@10")))
     assert f"generated / real: medR x{fake['medR'] / entry['im2rec']['medR']:.2f}" in printed
+    # The judge (a second retrieval run, another seed) scores the same images; its rows are printed.
+    judge = synthesis["judge"]
+    assert Path(judge["encoder"]).parents[1].name.endswith("_judge")  # <run>/models/<encoder>
+    assert format_results(results_by_bag({"judge: generated -> recipe": judge["fake2rec"]})).splitlines()[-1] in printed
+    assert f"judge ({bag}): generated / real medR x{judge['ratio'][bag]['medR']:.2f}" in printed
 
     # A second run reuses every finished stage and prints the same summary.
     again = demo.main(argv)
     printed = capsys.readouterr().out
-    assert printed.count("done before, reused") == 6
+    assert printed.count("done before, reused") == 8
     assert again["retrieval"] == summary["retrieval"]
 
 

@@ -25,6 +25,7 @@ import train
 from data.gan_dataset import gan_image
 from models.foodspace import ArchConfig, ImageEmbedder
 from models.gan import Discriminator128, GANConfig, Generator
+from models.gan_augment import parse_aug
 from models.gan_losses import class_weights, encode_generated, freeze_encoder
 from models.gan_sampling import draw_noise, generate, parse_noise_mode
 from utils.embeddings import load_embeddings
@@ -712,3 +713,45 @@ def test_terms_read_in_batches_equal_the_per_step_reads(encoder_run, monkeypatch
     assert len(seen) == 3 and "G/grad/adversarial" in seen[0] and "G/grad/adversarial" not in seen[1]
     for tag in {k for terms in seen for k in terms}:
         assert scalars[tag] == [(i + 1, float(np.float32(t[tag]))) for i, t in enumerate(seen) if tag in t], tag
+
+
+def test_new_step_flags_at_their_neutral_values_change_nothing():
+    from contextlib import nullcontext
+
+    real = torch.randn(3, 3, 128, 128)
+    rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
+    runs = []
+    for extra in ({}, {"cycle_aug": parse_aug("none"), "d_aug": parse_aug("none"), "d_noise": 0.0}):
+        cfg, nets = _tiny_nets()
+        torch.manual_seed(9)
+        terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
+                                   w_img_img=32.0, w_img_rec=32.0, ctx=nullcontext(), **extra)
+        runs.append((terms, nets.G.state_dict(), nets.D.state_dict(), torch.rand(1)))
+    (a, ga, da, ra), (b, gb, db, rb) = runs
+    assert a == b and torch.equal(ra, rb)  # same losses, and no extra draw from the global RNG
+    assert all(torch.equal(ga[k], gb[k]) for k in ga) and all(torch.equal(da[k], db[k]) for k in da)
+    args = GAN_train.get_parser().parse_args(["--encoder_dir", "x"])
+    assert args.cycle_aug == () and args.D_aug == () and args.D_noise == 0.0 and args.judge_dir == ""
+
+
+def test_cycle_aug_feeds_the_encoder_a_view_of_gs_images(monkeypatch):
+    from contextlib import nullcontext
+
+    real = torch.randn(3, 3, 128, 128)
+    rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
+    seen = {}
+
+    def mirror(images, ops, generator=None):  # a deterministic stand-in for the random view
+        seen.setdefault(ops, []).append(images.detach().clone())
+        return images.flip(-1)
+
+    monkeypatch.setattr(GAN_train, "random_view_imagenet", mirror)
+    cfg, nets = _tiny_nets()
+    torch.manual_seed(9)
+    terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
+                               w_img_img=32.0, w_img_rec=32.0, ctx=nullcontext(), cycle_aug=("flip",))
+    (fake_in,) = seen[("flip",)]  # G's image in D's space, before the G update
+    with torch.no_grad():
+        emb = encode_generated(nets.encoder, fake_in.flip(-1), "imagenet")
+    assert terms["G/cycle_img_rec"] == pytest.approx(float((1 - F.cosine_similarity(emb, rec)).mean()), rel=1e-5)
+    assert terms["G/cycle_img_img"] == pytest.approx(float((1 - F.cosine_similarity(emb, img)).mean()), rel=1e-5)
