@@ -93,7 +93,14 @@ from utils.frechet import frechet_distance
 from utils.imagenet import normalize_on_device
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
 from utils.judge import check_judge_run, check_same_recipes, format_ratios, ratio_rows, spread
-from utils.metrics import evaluate_retrieval, format_results, rank_metrics, ranks_chunked, results_by_bag
+from utils.metrics import (
+    METRIC_UNITS,
+    evaluate_retrieval,
+    format_results,
+    rank_metrics,
+    ranks_chunked,
+    results_by_bag,
+)
 from utils.runs import (
     GENERATED_DIR,
     RECIPE_FIGURE,
@@ -605,7 +612,8 @@ def _main(argv) -> dict:
         save_png(synthesis_figure(fig_rows, k), fig_path)
         print(f"synthesis figure -> {shown(fig_path)}")
     if args.metrics_json:
-        atomic_write_json(args.metrics_json, metrics, indent=2)
+        atomic_write_json(args.metrics_json, {"units": METRIC_UNITS, **metrics}, indent=2)
+        print(f"metrics -> {shown(args.metrics_json)} (recalls as fractions in [0, 1], medR as a rank; see its \"units\")")
     return metrics
 
 

@@ -34,6 +34,7 @@ from utils.runs import (
     gan_ckpt_name,
     gan_run_glob,
     run_dir_glob,
+    shown,
 )
 
 ROOT = Path(__file__).resolve().parent
@@ -76,6 +77,11 @@ def get_parser() -> argparse.ArgumentParser:
     return p
 
 
+def printable(args: list[str]) -> str:
+    """A stage's command as it can be pasted in the repository root: ``python`` and relative paths."""
+    return shlex.join(["python", *(shown(a) for a in args)])
+
+
 class Pipeline:
     """Runs stages as subprocesses, skipping those whose marker exists."""
 
@@ -86,14 +92,14 @@ class Pipeline:
     def stage(self, name: str, args: list[str]) -> None:
         marker = self.out / f".done_{name}"
         if marker.exists() and not self.force:
-            print(f"[demo] {name}: done before, reused ({marker})", flush=True)
+            print(f"[demo] {name}: done before, reused ({shown(marker)})", flush=True)
             return
         cmd = [sys.executable, *args]
-        print(f"[demo] {name}: {shlex.join(args)}", flush=True)
+        print(f"[demo] {name}: {printable(args)}", flush=True)
         start = time.time()
         proc = subprocess.run(cmd, cwd=ROOT)
         if proc.returncode != 0:
-            raise SystemExit(f"[demo] stage {name} failed (exit {proc.returncode}): {shlex.join(args)}")
+            raise SystemExit(f"[demo] stage {name} failed (exit {proc.returncode}): {printable(args)}")
         self.timings[name] = time.time() - start
         atomic_write_text(marker, f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         print(f"[demo] {name}: finished in {self.timings[name]:.0f} s", flush=True)
@@ -221,9 +227,9 @@ def summary(out: Path, run_dir: Path, gan_run: Path, seconds: float, timings: di
                  f"(generated with --score_noise_mode {synthesis.get('score_noise_mode', '?')})")
     if timings:
         lines.append("stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    lines += [f"TensorBoard: tensorboard --logdir {run_dir}   (synthesis: {gan_run})",
-              f"retrieval figures: {run_dir / VIS_DIR}",
-              f"synthesis images: {gan_run / GENERATED_DIR}  figure: {gan_run / SYNTHESIS_FIGURE}",
+    lines += [f"TensorBoard: tensorboard --logdir {shown(run_dir)}   (synthesis: {shown(gan_run)})",
+              f"retrieval figures: {shown(run_dir / VIS_DIR)}",
+              f"synthesis images: {shown(gan_run / GENERATED_DIR)}  figure: {shown(gan_run / SYNTHESIS_FIGURE)}",
               f"total {seconds / 60:.1f} min"]
     print("\n".join(lines), flush=True)
     return {"retrieval": retrieval, "synthesis": synthesis, "run_dir": str(run_dir), "gan_run": str(gan_run),

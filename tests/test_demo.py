@@ -7,7 +7,8 @@ import demo
 from utils.metrics import format_results, results_by_bag
 
 
-def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
+def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the demo prints paths under the current folder relative to it
     out = tmp_path / "demo"
     argv = ["--out", str(out), "--recipes", "70", "--epochs", "1", "--train_iters", "2", "--gan_epochs", "1",
             "--gan_iters", "1", "--workers", "0"]
@@ -22,6 +23,8 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys):
     assert summary["retrieval"] == retrieval["test"]["en"]
     printed = capsys.readouterr().out
     assert "chance R@1" in printed and "TensorBoard" in printed and "host: fp32 matmul" in printed
+    assert str(tmp_path) not in printed and "[demo] train: python train.py " in printed
+    assert "TensorBoard: tensorboard --logdir demo/runs/" in printed
     # generated -> recipe is printed beside real image -> recipe, from the same bag, in the one table format
     bag = next(iter(retrieval["test"]["en"]))
     fake = synthesis["fake2rec"][bag]

@@ -30,6 +30,7 @@ from models.gan_losses import class_weights, encode_generated, freeze_encoder
 from models.gan_sampling import draw_noise, generate, parse_noise_mode
 from utils.embeddings import load_embeddings
 from utils.frechet import frechet_distance, frechet_from_stats, ledoit_wolf
+from utils.metrics import METRIC_UNITS
 from utils.runs import ENCODER_SUFFIX
 
 # "test" is also Python's regression-test package: load the script by path.
@@ -203,7 +204,7 @@ def test_gan_test_outputs_and_metrics(gan_runs, encoder_run, indexed_set, tmp_pa
         assert f"1. {first_step}" in text
 
     metrics = json.loads(metrics_path.read_text())
-    assert metrics["fake2rec"] == returned["fake2rec"]
+    assert metrics["fake2rec"] == returned["fake2rec"] and metrics["units"] == METRIC_UNITS
     for direction in ("fake2rec", "rec2fake", "fake2img", "img2fake"):
         entry = metrics[direction]["all"]  # 20 test recipes: the 1k bag falls back to the whole split
         assert entry["n"] == n and entry["bags"] == 1
