@@ -50,7 +50,7 @@ MODEL_FLAGS = ["--image_backbone", "resnet18", "--image_pretrained", "none", "--
 # L2-normalised ~1/sqrt(D) components (--G_emb_scale 2*sqrt: components of standard deviation 2),
 # so the recipe is not drowned by the conditioning noise, and outputs read as pixels. Also the cycle terms' encoder
 # sees a random view of G's images (--cycle_aug all), so that G draws what an encoder it never saw recognises
-# (the judge's medR 92 -> 77 of 411, docs/synthesis.md) rather than what only its own encoder reads.
+# (two GAN seeds: the judge's R@10 5.0 -> 7.2%, docs/synthesis.md) rather than what only its own encoder reads.
 GAN_FLAGS = ["--embDim", "128", "--Z_DIM", "32", "--GF_DIM", "16", "--DF_DIM", "16", "--EMBEDDING_DIM", "64",
              "--R_NUM", "1", "--G_emb_scale", "2*sqrt", "--G_output_space", "pixel", "--cycle_aug", "all"]
 
