@@ -114,6 +114,7 @@ from utils.runs import (
     find_encoder_files,
     gan_ckpt_name,
     new_gan_run_dir,
+    shown,
     vectors_command,
 )
 from utils.seed import seed_everything
@@ -674,7 +675,7 @@ def _main(argv: list[str]) -> Path:
         # Steps 1..iteration were logged before; purge only what a crashed run wrote after its checkpoint.
         writer = SummaryWriter(log_dir=str(run_dir), purge_step=iteration + 1 if ckpt_G else None)
         grid = grid_inputs(val_set, args.grid_n)
-        log(f"GAN run {run_dir} | device {device} | world size {dist_info.world_size} | encoder {files.encoder.name} "
+        log(f"GAN run {shown(run_dir)} | device {device} | world size {dist_info.world_size} | encoder {files.encoder.name} "
             f"| train {len(train_set)} recipes, val {len(val_set)} | epochs {start_epoch}..{args.epochs - 1}")
     tracker = BadImageTracker("train", len(train_set), args.max_bad_images, img_root=args.img_path)
 
@@ -735,7 +736,7 @@ def _main(argv: list[str]) -> Path:
           f"G {sums[0]:.10e} D {sums[1]:.10e}", flush=True)
     if writer is not None:
         writer.close()
-        log(f"{tracker.summary()}; best epoch {best.epoch} (R@1+R@5+R@10 {best.recall_sum:.4f}); done: {run_dir}")
+        log(f"{tracker.summary()}; best epoch {best.epoch} (R@1+R@5+R@10 {best.recall_sum:.4f}); done: {shown(run_dir)}")
     du.cleanup()
     return run_dir
 

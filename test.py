@@ -43,7 +43,15 @@ from utils.embeddings import extract_embeddings, load_embeddings, save_embedding
 from utils.errors import CheckpointError, InputError
 from utils.io import atomic_write_json
 from utils.metrics import METRIC_UNITS, evaluate_retrieval, format_results
-from utils.runs import VIS_DIR, ckpt_name, image_encoder_path, is_image_encoder_file, run_dir_of, vectors_name
+from utils.runs import (
+    VIS_DIR,
+    ckpt_name,
+    image_encoder_path,
+    is_image_encoder_file,
+    run_dir_of,
+    shown,
+    vectors_name,
+)
 from utils.seed import seed_everything
 
 if TYPE_CHECKING:
@@ -225,7 +233,7 @@ def _main(argv) -> dict:
     model.to(device).eval()
     encoder_path = image_encoder_path(ckpt_path)
     export_image_encoder(model, ckpt, encoder_path, lineage.outputs_lineage(fingerprint, name, made_from))
-    print(f"image encoder -> {encoder_path}")
+    print(f"image encoder -> {shown(encoder_path)}")
 
     all_results: dict = {}
     trackers: dict = {}  # one per partition: the languages share the recipes and their images
@@ -269,7 +277,7 @@ def _main(argv) -> dict:
 def write_metrics(path: str, results: dict) -> None:
     """``--metrics_json``: the results with their units named under ``"units"`` (recalls are fractions)."""
     atomic_write_json(path, {"units": METRIC_UNITS, **results}, indent=2)
-    print(f"metrics -> {path} (recalls as fractions in [0, 1], medR as a rank; see its \"units\")")
+    print(f"metrics -> {shown(path)} (recalls as fractions in [0, 1], medR as a rank; see its \"units\")")
 
 
 def run_paths(args, opts: dict, ckpt_path: Path) -> tuple[Path, Path]:

@@ -52,7 +52,7 @@ from utils.embeddings import extract_embeddings
 from utils.errors import InputError
 from utils.imagenet import normalize_on_device
 from utils.metrics import evaluate_retrieval, format_results
-from utils.runs import LATEST_NAME, MODELS_DIR, TextLog, best_glob, best_name, new_run_dir, write_opts
+from utils.runs import LATEST_NAME, MODELS_DIR, TextLog, best_glob, best_name, new_run_dir, shown, write_opts
 from utils.seed import seed_everything
 
 GROUPS = ("heads", "vision", "wordemb", "text")
@@ -418,7 +418,7 @@ def _main(argv: list[str]) -> Path:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(log_dir=str(run_dir), purge_step=iteration + 1 if ckpt else None)
-        log(f"run folder {run_dir} | device {device} | world size {dist_info.world_size} | "
+        log(f"run folder {shown(run_dir)} | device {device} | world size {dist_info.world_size} | "
             f"train {len(train_set)} recipes, val {len(val_set)} | epochs {start_epoch}..{args.epochs - 1}")
     train_tracker = BadImageTracker("train", len(train_set), args.max_bad_images, img_root=args.img_path)
     val_tracker = (BadImageTracker("val", len(val_set), args.max_bad_images, img_root=args.img_path)
@@ -528,7 +528,7 @@ def _main(argv: list[str]) -> Path:
     if writer is not None:
         writer.close()
         log(f"{train_tracker.summary()}; {val_tracker.summary()}")
-        log(f"done: {run_dir}")
+        log(f"done: {shown(run_dir)}")
     du.cleanup()
     return run_dir
 

@@ -266,5 +266,5 @@ def load_query_image(path: str | Path | PILImage, image_size: int, backend: str 
     photo = path if isinstance(path, Image.Image) else load_query_photo(path)
     if check_backend(backend) == "pil":
         return eval_transform(photo, image_size)
-    image = eval_transform_uint8(np.asarray(photo), image_size)  # (3, S, S) uint8
+    image = eval_transform_uint8(np.array(photo), image_size)  # (3, S, S) uint8 (np.array: a writable copy for torch)
     return normalize_on_device(image[None])[0]
