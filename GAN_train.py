@@ -469,27 +469,14 @@ def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, wr
         images += batch.images.shape[0]
         scalars.add(iteration, terms)
         if it % args.log_every == 0:
-            last = write_steps(scalars.flush(), writer)
+            last = tr.write_steps(scalars.flush(), writer)
             if writer is not None:
                 bar.set_postfix(D=f"{last['D/loss']:.3f}", G=f"{last['G/loss']:.3f}")
                 log(f"epoch {epoch} iter {it}/{steps} global {iteration} "
                     + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
-    write_steps(scalars.flush(), writer)
+    tr.write_steps(scalars.flush(), writer)
     bar.close()
     return iteration, images
-
-
-def write_steps(rows: list[tuple[int, dict[str, float]]], writer) -> dict[str, float]:
-    """Every step's terms read from the device (``StepScalars.flush``) to TensorBoard, in step order.
-
-    Returns:
-        The last step's terms (``{}`` when ``rows`` is empty).
-    """
-    if writer is not None:
-        for step, terms in rows:
-            for tag, value in terms.items():
-                writer.add_scalar(tag, value, step)
-    return rows[-1][1] if rows else {}
 
 
 class ValJudge(NamedTuple):

@@ -286,18 +286,16 @@ COLLAPSE_TOL = 0.02  # relative to alpha: distances "equal" and the loss "at alp
 
 
 def record_steps(rows: list[tuple[int, dict[str, float]]], totals: dict, writer) -> dict[str, float]:
-    """Add steps read from the device (``StepScalars.flush``) to ``totals`` and TensorBoard, in step order.
+    """Add steps read from the device (``StepScalars.flush``) to ``totals`` and TensorBoard (:func:`write_steps`).
 
     Returns:
         The last step's values (``{}`` when ``rows`` is empty).
     """
-    for step, values in rows:
+    for _, values in rows:
         for name, value in values.items():
             totals[name] += value
-            if writer is not None:
-                writer.add_scalar(name, value, step)
         totals["steps"] += 1
-    return rows[-1][1] if rows else {}
+    return tr.write_steps(rows, writer)
 
 
 def val_progress(medr: float, best_medr: float, n: int) -> bool:

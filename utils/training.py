@@ -124,3 +124,16 @@ class StepScalars:
                     if tensors else [])  # one device -> host copy for all of them
         return [(step, {k: next(read) if isinstance(v, torch.Tensor) else float(v) for k, v in values.items()})
                 for step, values in rows]
+
+
+def write_steps(rows: list[tuple[int, dict[str, float]]], writer) -> dict[str, float]:
+    """Every step read by :meth:`StepScalars.flush` to TensorBoard (``writer``; None on other ranks), in step order.
+
+    Returns:
+        The last step's values (``{}`` when ``rows`` is empty).
+    """
+    if writer is not None:
+        for step, values in rows:
+            for tag, value in values.items():
+                writer.add_scalar(tag, value, step)
+    return rows[-1][1] if rows else {}
