@@ -162,7 +162,7 @@ def get_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("this project")
     g.add_argument("--no_cuda", "--no-cuda", action="store_true", help="run on the CPU even if CUDA is available")
     g.add_argument("--max_iters", type=int, default=0, help="cap on iterations per epoch (0: no cap; smoke runs)")
-    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (GPU)")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (GPU); fp16's loss scaler reads one flag per step (a host sync), bf16 none")
     g.add_argument("--medr", type=int, default=1000, help="validation bag size (docs/evaluation.md)")
     g.add_argument("--val_noise_mode", type=parse_noise_mode, default="BATCH_RANDOM",
                    help=f"noise of validation, seeded with --seed: {noise_mode_help()} (BATCH_RANDOM: the "

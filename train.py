@@ -73,7 +73,7 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--model_init_path", default="", help="initialise the weights from this checkpoint")
     g.add_argument("--resume", default="", help="RUN_DIR: continue from RUN_DIR/models/model.pth.tar")
     g.add_argument("--max_iters", type=int, default=0, help="cap on iterations per epoch (0: no cap; smoke runs)")
-    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (GPU)")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision (GPU); fp16's loss scaler reads one flag per step (a host sync), bf16 none")
     g.add_argument("--channels_last", type=b, metavar=BOOL, default=True, help="channels_last memory format for images")
     g.add_argument("--max_bad_images", type=float, default=0.01,
                    help="fraction of unreadable images of a partition that stops the run")

@@ -290,19 +290,23 @@ def _decode_plain_jpeg(data: bytes) -> np.ndarray | None:
 
 
 def pad_to_square_array(arr: np.ndarray, mode: str) -> np.ndarray:
-    """:func:`pad_to_square` on an ``(H, W, C)`` array, the same pixels (torchvision pads with np.pad).
-
-    Slices where the padding fits in the image (the usual case, a few times faster than np.pad);
-    np.pad, which repeats the reflection, where it does not.
-    """
+    """:func:`pad_to_square` on an ``(H, W, C)`` array, the same pixels (torchvision pads with np.pad)."""
     if mode not in PAD_MODES:
         raise ValueError(f"unknown pad mode {mode!r}; use one of {', '.join(PAD_MODES)}")
     h, w = arr.shape[:2]
     pad = abs(w - h)
     if pad == 0:
         return arr
-    before, after = pad // 2, pad - pad // 2
-    axis, n = (1, w) if w < h else (0, h)  # pad the columns of a tall image, the rows of a wide one
+    return _pad_axis(arr, 1 if w < h else 0, pad // 2, pad - pad // 2, mode)  # a tall image's columns, a wide one's rows
+
+
+def _pad_axis(arr: np.ndarray, axis: int, before: int, after: int, mode: str) -> np.ndarray:
+    """``arr`` padded along ``axis`` (0 or 1) as np.pad pads it.
+
+    Slices where the padding fits in the image (the usual case, a few times faster than np.pad);
+    np.pad, which repeats the reflection, where it does not.
+    """
+    n = arr.shape[axis]
 
     def at(index: slice) -> tuple:  # index along the padded axis
         return (slice(None), index) if axis == 1 else (index,)
@@ -312,8 +316,9 @@ def pad_to_square_array(arr: np.ndarray, mode: str) -> np.ndarray:
         widths = [(0, 0)] * arr.ndim
         widths[axis] = (before, after)
         return np.pad(arr, widths, mode)
-    side = max(h, w)
-    out = np.empty((side, side) + arr.shape[2:], arr.dtype)  # (L, L, C)
+    shape = list(arr.shape)
+    shape[axis] = before + n + after
+    out = np.empty(shape, arr.dtype)
     out[at(slice(before, before + n))] = arr
     rev = arr[at(slice(None, None, -1))]  # rev[i] = arr[n - 1 - i] along the axis
     head, tail = at(slice(0, before)), at(slice(before + n, None))
@@ -330,6 +335,24 @@ def pad_to_square_array(arr: np.ndarray, mode: str) -> np.ndarray:
         out[head] = rev[at(slice(n - before, n))]
         out[tail] = rev[at(slice(0, after))]
     return out
+
+
+def _padded_square(arr: np.ndarray, mode: str, side: int) -> np.ndarray:
+    """``pad_to_square_array(arr, mode)`` resized to ``(side, side, 3)``, the same pixels, cheaper for wide images.
+
+    torch resizes in two passes, columns then rows, rounding to uint8 between them (two calls give
+    the one call's pixels bit for bit). A wide image is padded with rows, and the first pass treats
+    each row alone, so it runs on the unpadded rows and the padding is added to its ``(H, side)``
+    result: a quarter of the rows to pad at most, and no pass over the padded full-size image.
+    """
+    h, w = arr.shape[:2]
+    if w <= h:  # square, or a tall one whose padding is columns: the first pass needs them
+        return _hwc(_resize_uint8(pad_to_square_array(arr, mode), [side, side]))
+    if mode not in PAD_MODES:
+        raise ValueError(f"unknown pad mode {mode!r}; use one of {', '.join(PAD_MODES)}")
+    rows = _hwc(_resize_uint8(arr, [h, side]))  # (H, side, 3): the columns pass
+    pad = w - h
+    return _hwc(_resize_uint8(_pad_axis(rows, 0, pad // 2, pad - pad // 2, mode), [side, side]))  # rows pass
 
 
 def _resize_uint8(arr: np.ndarray, size: list[int]) -> torch.Tensor:
@@ -365,8 +388,9 @@ def train_transform_uint8(arr: np.ndarray, params: TrainParams, image_size: int 
     """
     side = _check_crop(params, image_size)
     if params.pad_to_square:
-        arr = pad_to_square_array(arr, params.pad_mode)
-    square = _hwc(_resize_uint8(arr, [side, side]))  # (R, R, 3)
+        square = _padded_square(arr, params.pad_mode, side)  # (R, R, 3)
+    else:
+        square = _hwc(_resize_uint8(arr, [side, side]))
     # PIL's rotation as torchvision's F.rotate calls it (nearest, black fill), then the crop in PIL.
     rotated = Image.fromarray(square).rotate(params.angle, Image.NEAREST, fillcolor=(0, 0, 0))
     box = (params.left, params.top, params.left + image_size, params.top + image_size)
@@ -379,7 +403,7 @@ def train_transform_uint8(arr: np.ndarray, params: TrainParams, image_size: int 
 def eval_transform_uint8(arr: np.ndarray, image_size: int = 224) -> torch.Tensor:
     """The fast :func:`eval_transform`: ``(H, W, 3)`` uint8 RGB -> ``(3, S, S)`` uint8, not normalised."""
     side = resize_size(image_size)
-    square = _hwc(_resize_uint8(pad_to_square_array(arr, "reflect"), [side, side]))  # (R, R, 3)
+    square = _padded_square(arr, "reflect", side)  # (R, R, 3)
     offset = _centre_offset(side, image_size)
     return to_uint8_tensor(square[offset:offset + image_size, offset:offset + image_size])
 

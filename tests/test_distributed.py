@@ -166,14 +166,37 @@ def test_init_distributed_binds_the_gpu_before_nccl(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(dist, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: events.append(("set_device", index)))
+    started = []
     monkeypatch.setattr(dist, "init_process_group",
-                        lambda backend, **kw: events.append(("init", backend, kw.get("device_id"))))
+                        lambda backend, **kw: (started.append(backend), events.append(("init", backend, kw.get("device_id")))))
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: started[-1])
+    monkeypatch.setattr(dist, "new_group", lambda backend=None, **kw: events.append(("new_group", backend)) or "host")
+    monkeypatch.setattr(du, "_HOST_GROUP", None)
     info = du.init_distributed(use_cuda=True)
     assert info == du.DistInfo(rank=3, world_size=4, local_rank=1)
-    assert events == [("set_device", 1), ("init", "nccl", GPU1)]
+    # Under NCCL a gloo group for host values, so they need no GPU sync.
+    assert events == [("set_device", 1), ("init", "nccl", GPU1), ("new_group", "gloo")] and du._HOST_GROUP == "host"
     events.clear()
+    monkeypatch.setattr(du, "_HOST_GROUP", None)
     du.init_distributed(use_cuda=False)
-    assert events == [("init", "gloo", None)]
+    assert events == [("init", "gloo", None)] and du._HOST_GROUP is None
+
+
+def test_host_flags_skip_the_gpu_under_nccl(fake_group, monkeypatch):
+    """every_rank_has_a_batch's flags go through the host group on the CPU, never to the GPU."""
+    from utils.training import every_rank_has_a_batch
+
+    calls = fake_group("nccl", current_gpu=1)
+    groups = []
+    real = dist.all_reduce
+    monkeypatch.setattr(dist, "all_reduce", lambda tensor, op=None, group=None: (groups.append(group), real(tensor, op)))
+    monkeypatch.setattr(du, "_HOST_GROUP", "host")
+    with VirtualDevices():
+        assert every_rank_has_a_batch(2, du.DistInfo(0, 2, 0))  # this rank's flag doubled: both ranks have one
+        assert not every_rank_has_a_batch(1, du.DistInfo(0, 2, 0))
+        with pytest.raises(ValueError, match="CPU tensor"):
+            du.all_reduce_sum_host(torch.ones(1).to(GPU1))
+    assert calls == [("all_reduce", CPU), ("all_reduce", CPU)] and groups == ["host", "host"]
 
 
 WORKER = textwrap.dedent("""
@@ -188,12 +211,15 @@ WORKER = textwrap.dedent("""
     (gathered.sum(dim=1) * torch.arange(1, gathered.shape[0] + 1)).sum().backward()
     flag = torch.tensor([float(rows)])
     total = du.all_reduce_sum(flag)
+    du._HOST_GROUP = torch.distributed.new_group(backend="gloo")  # as under NCCL: a second, real group
+    from utils.training import every_rank_has_a_batch
+    host = [du.all_reduce_sum_host(flag).tolist(), every_rank_has_a_batch(rows, info), every_rank_has_a_batch(2, info)]
     run = du.broadcast_object(f"run-of-rank-{info.rank}")
     objects = du.all_gather_object({"rank": info.rank})
     du.barrier()
     print("RESULT " + json.dumps({"gathered": gathered.tolist(), "grad": x.grad.tolist(), "total": total.tolist(),
                                   "flag": flag.tolist(), "run": run, "objects": objects,
-                                  "world": [du.get_rank(), du.get_world_size()]}))
+                                  "world": [du.get_rank(), du.get_world_size()], "host": host}))
     du.cleanup()
 """)
 
@@ -212,6 +238,7 @@ def test_two_gloo_ranks_under_torchrun(tmp_path, torchrun):
         r = results[rank]
         assert r["gathered"] == expected and r["total"] == [4.0] and r["run"] == "run-of-rank-0"
         assert r["objects"] == [{"rank": 0}, {"rank": 1}] and r["world"] == [rank, 2]
+        assert r["host"] == [[4.0], False, True]  # rank 1's one row stops both ranks' step
     # Gradients reach only the local rows, with the weights of their global positions (1..4).
     assert results[0]["grad"] == [[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]] and results[1]["grad"] == [[4.0, 4.0]]
     assert results[0]["flag"] == [3.0] and results[1]["flag"] == [1.0]  # inputs unchanged

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFilter
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
 from data.gan_dataset import gan_image, gan_image_pil, gan_image_uint8, load_gan_image
 from data.transforms import (
@@ -24,6 +26,7 @@ from data.transforms import (
     ImageLoadError,
     TrainParams,
     _decode_plain_jpeg,
+    _padded_square,
     decode_image,
     draw_train_params,
     eval_transform,
@@ -79,6 +82,19 @@ def test_pad_to_square_array_equals_torchvision_pad():
             assert np.array_equal(pad_to_square_array(arr, mode), np.asarray(pad_to_square(Image.fromarray(arr), mode)))
     with pytest.raises(ValueError, match="unknown pad mode"):
         pad_to_square_array(arr, "wrap")
+
+
+def test_padded_square_equals_padding_then_resizing():
+    """The wide-image shortcut (columns pass before the padding) gives the one-call pixels bit for bit."""
+    for k, (h, w) in enumerate([(480, 640), (37, 300), (1, 40), (2, 50), (300, 37), (300, 300), (24, 31)]):
+        arr = photo(h, w, seed=30 + k)
+        for mode in PAD_MODES:  # (1, 40) and (2, 50) reflect past the image: np.pad's repeated reflection
+            for side in (256, 37):
+                padded = torch.from_numpy(pad_to_square_array(arr, mode)).permute(2, 0, 1)
+                whole = TF.resize(padded, [side, side], interpolation=InterpolationMode.BILINEAR, antialias=True)
+                assert np.array_equal(_padded_square(arr, mode, side), whole.permute(1, 2, 0).numpy()), (h, w, mode)
+    with pytest.raises(ValueError, match="unknown pad mode"):
+        _padded_square(photo(20, 40, seed=0), "wrap", 16)
 
 
 @pytest.mark.parametrize("size", [224, 32])

@@ -19,6 +19,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+_HOST_GROUP = None  # a gloo group beside an NCCL one: host values exchanged without waiting for the GPU
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -55,6 +57,10 @@ def init_distributed(use_cuda: bool) -> DistInfo:
             torch.cuda.set_device(local_rank)
             kwargs["device_id"] = torch.device("cuda", local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(minutes=30), **kwargs)
+    global _HOST_GROUP
+    if dist.get_backend() == "nccl" and _HOST_GROUP is None:
+        # Every rank creates it, in the same order, right after the default group.
+        _HOST_GROUP = dist.new_group(backend="gloo", timeout=timedelta(minutes=30))
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
 
 
@@ -92,8 +98,10 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    global _HOST_GROUP
     if is_dist():
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # every group, the host one included
+    _HOST_GROUP = None
 
 
 def broadcast_object(obj):
@@ -125,6 +133,21 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     out = value.detach().to(collective_device(), copy=True)
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out.to(value.device)
+
+
+def all_reduce_sum_host(value: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks of a CPU tensor that the host computed (a flag, a count), without a GPU sync.
+
+    Under NCCL a collective queues behind the GPU's work, so reading its result waits for the
+    step before it; this one goes through a gloo group of CPU processes, so the host learns the
+    sum while the GPU keeps running. Under gloo it is the default group.
+    """
+    if value.device.type != "cpu":
+        raise ValueError("all_reduce_sum_host takes a CPU tensor; use all_reduce_sum for device tensors")
+    out = value.detach().clone()
+    if is_dist():
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=_HOST_GROUP)
+    return out
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:

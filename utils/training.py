@@ -87,8 +87,13 @@ def progress(steps: int, epoch: int, dist_info: du.DistInfo) -> tqdm:
 
 
 def every_rank_has_a_batch(rows: int, dist_info: du.DistInfo) -> bool:
-    """False when some rank's batch has fewer than 2 rows: BatchNorm needs 2, and all ranks skip together so none hangs."""
-    ok = du.all_reduce_sum(torch.tensor([float(rows >= 2)]))
+    """False when some rank's batch has fewer than 2 rows: BatchNorm needs 2, and all ranks skip together so none hangs.
+
+    The rows are known on the host, so the flags travel between host processes (no GPU sync).
+    """
+    if not dist_info.distributed:
+        return rows >= 2
+    ok = du.all_reduce_sum_host(torch.tensor([float(rows >= 2)]))
     return ok.item() >= dist_info.world_size
 
 
