@@ -82,6 +82,7 @@ from models.gan_losses import (
     g_adversarial_loss,
     g_class_loss,
     generator_loss,
+    layout_loss,
 )
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
 from utils import distributed as du
@@ -184,6 +185,10 @@ def get_parser() -> argparse.ArgumentParser:
                         "reference")
     g.add_argument("--D_noise", type=float, default=0.0,
                    help="standard deviation of Gaussian noise added to every image D sees (0: none, the reference)")
+    g.add_argument("--W_LAYOUT_LOSS", type=float, default=0.0,
+                   help="weight of a term pulling G's image, shrunk to --layout_size, towards the recipe's photo shrunk "
+                        "alike: the plate and ground a judge sees (0: off, the reference)")
+    g.add_argument("--layout_size", type=int, default=16, help="side in pixels at which --W_LAYOUT_LOSS compares")
     g.add_argument("--judge_dir", default="",
                    help="an independent judge (another train.py run on the same LMDB, with test.py's outputs): "
                         "its image encoder also scores the val images each epoch against its recipe embeddings "
@@ -207,7 +212,8 @@ class Nets(NamedTuple):
 
 def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight, *, w_img_img: float,
              w_img_rec: float, ctx, probe: bool = False, cycle_aug: tuple[str, ...] = (),
-             d_aug: tuple[str, ...] = (), d_noise: float = 0.0, as_tensors: bool = False) -> dict:
+             d_aug: tuple[str, ...] = (), d_noise: float = 0.0, w_layout: float = 0.0, layout_size: int = 16,
+             as_tensors: bool = False) -> dict:
     """One step: G forward, D update, G update against the updated D (docs/synthesis.md).
 
     Args:
@@ -219,6 +225,7 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
             (:mod:`models.gan_augment`; () as the reference: the images themselves).
         d_aug, d_noise: D sees random views of real and generated images, plus Gaussian noise of
             this standard deviation (ImageNet units) ((), 0: the images themselves).
+        w_layout, layout_size: weight and side of :func:`layout_loss` against ``real`` (0: off).
 
     Returns:
         Every loss term as a float (``G/cycle_*`` only when its weight is > 0), D's accuracy on real
@@ -258,16 +265,18 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
                 gen_emb = encode_generated(nets.encoder, fake, cfg.output_space)  # (B, D)
         g = generator_loss(out, labels, weight, mu, logvar, gen_emb=gen_emb, img_emb=img_emb, rec_emb=rec_emb,
                            w_img_img=w_img_img, w_img_rec=w_img_rec)
+        layout = layout_loss(fake_in, real, layout_size) if w_layout > 0 else None
+        loss_G = g.loss + w_layout * layout if layout is not None else g.loss
         grads = probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_img_img, w_img_rec) \
             if probe else {}
         nets.opt_G.zero_grad(set_to_none=True)
-        nets.scaler_G.scale(g.loss).backward()
+        nets.scaler_G.scale(loss_G).backward()
         nets.scaler_G.step(nets.opt_G)
         nets.scaler_G.update()
     finally:
         for q in trained_D:
             q.requires_grad_(True)
-    terms = {"D/loss": d.loss.detach(), "D/real_fake": d.real_fake, "D/class": d.cls, "G/loss": g.loss.detach(),
+    terms = {"D/loss": d.loss.detach(), "D/real_fake": d.real_fake, "D/class": d.cls, "G/loss": loss_G.detach(),
              "G/adversarial": g.adversarial, "G/class": g.cls, "G/kl": g.kl,
              "D/acc_real": (real_out[0].detach() > 0).float().mean(),  # logits: real when > 0
              "D/acc_fake": (fake_out[0].detach() < 0).float().mean(), **grads}
@@ -275,6 +284,8 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
         terms["G/cycle_img_img"] = g.img_img
     if g.img_rec is not None:
         terms["G/cycle_img_rec"] = g.img_rec
+    if layout is not None:
+        terms["G/layout"] = layout.detach()
     if as_tensors:
         return {k: v.detach() for k, v in terms.items()}
     return {k: float(v) for k, v in terms.items()}
@@ -464,7 +475,8 @@ def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, wr
                          batch.img_embs.to(device, non_blocking=True), batch.classes.to(device, non_blocking=True),
                          weight, w_img_img=args.W_IMG_IMG_COS_LOSS, w_img_rec=args.W_IMG_REC_COS_LOSS, ctx=ctx,
                          probe=args.probe_every > 0 and it % args.probe_every == 0, as_tensors=True,
-                         cycle_aug=tuple(args.cycle_aug), d_aug=tuple(args.D_aug), d_noise=args.D_noise)
+                         cycle_aug=tuple(args.cycle_aug), d_aug=tuple(args.D_aug), d_noise=args.D_noise,
+                         w_layout=args.W_LAYOUT_LOSS, layout_size=args.layout_size)
         iteration += 1
         images += batch.images.shape[0]
         scalars.add(iteration, terms)

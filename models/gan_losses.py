@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.gan import to_imagenet
+from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 ENCODER_SIZE = 224  # the FoodSpace image encoder's input size (the reference's upsample_layer)
 KL_WEIGHT = 2.0  # the reference's ``KL_loss(mu, logvar) * 2``
@@ -102,6 +103,20 @@ def cycle_cos_loss(gen_emb: torch.Tensor, target_emb: torch.Tensor) -> torch.Ten
                          f"{tuple(target_emb.shape)}")
     cos = F.cosine_similarity(gen_emb.float(), target_emb.float().to(gen_emb.device), dim=1, eps=1e-8)  # (B,)
     return (1.0 - cos).mean()
+
+
+def layout_loss(fake_imagenet: torch.Tensor, real_imagenet: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean absolute difference, in pixel units ([0, 1]), of the two images shrunk to ``size x size``.
+
+    The images' layout and colours (a plate on its ground) at a resolution where the photo's random
+    placement, pieces and noise average out: what any encoder sees of a dish, not what only G's
+    own encoder reads. This project's (``--W_LAYOUT_LOSS``), not the reference's.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, dtype=fake_imagenet.dtype, device=fake_imagenet.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=fake_imagenet.dtype, device=fake_imagenet.device).view(1, 3, 1, 1)
+    fake = F.adaptive_avg_pool2d(fake_imagenet * std + mean, size)  # (B, 3, size, size) in [0, 1]
+    real = F.adaptive_avg_pool2d(real_imagenet * std + mean, size)
+    return (fake - real).abs().mean()
 
 
 def freeze_encoder(encoder: nn.Module) -> nn.Module:

@@ -722,7 +722,7 @@ def test_new_step_flags_at_their_neutral_values_change_nothing():
     real = torch.randn(3, 3, 128, 128)
     rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
     runs = []
-    for extra in ({}, {"cycle_aug": parse_aug("none"), "d_aug": parse_aug("none"), "d_noise": 0.0}):
+    for extra in ({}, {"cycle_aug": parse_aug("none"), "d_aug": parse_aug("none"), "d_noise": 0.0, "w_layout": 0.0}):
         cfg, nets = _tiny_nets()
         torch.manual_seed(9)
         terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
@@ -733,6 +733,50 @@ def test_new_step_flags_at_their_neutral_values_change_nothing():
     assert all(torch.equal(ga[k], gb[k]) for k in ga) and all(torch.equal(da[k], db[k]) for k in da)
     args = GAN_train.get_parser().parse_args(["--encoder_dir", "x"])
     assert args.cycle_aug == () and args.D_aug == () and args.D_noise == 0.0 and args.judge_dir == ""
+    assert args.W_LAYOUT_LOSS == 0.0
+
+
+def test_layout_loss_against_brute_force():
+    from models.gan_losses import layout_loss
+    from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+
+    gen = torch.Generator().manual_seed(3)
+    fake, real = torch.randn(2, 3, 12, 12, generator=gen), torch.randn(2, 3, 12, 12, generator=gen)
+    total = 0.0
+    for b in range(2):
+        for c in range(3):
+            for i in range(4):
+                for j in range(4):  # each 3 x 3 block's mean, in pixel units
+                    block = (slice(3 * i, 3 * i + 3), slice(3 * j, 3 * j + 3))
+                    f = float(fake[b, c][block].mean()) * IMAGENET_STD[c] + IMAGENET_MEAN[c]
+                    r = float(real[b, c][block].mean()) * IMAGENET_STD[c] + IMAGENET_MEAN[c]
+                    total += abs(f - r)
+    assert float(layout_loss(fake, real, 4)) == pytest.approx(total / (2 * 3 * 4 * 4), rel=1e-5)
+    assert float(layout_loss(real, real, 4)) == 0.0
+
+
+def test_layout_term_joins_gs_loss():
+    """--W_LAYOUT_LOSS w adds w x the layout term, of G's image before the update, to G's loss."""
+    from contextlib import nullcontext
+
+    from models.gan_losses import layout_loss
+
+    real = torch.randn(3, 3, 128, 128)
+    rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
+    out = {}
+    for w in (0.0, 5.0):
+        cfg, nets = _tiny_nets()
+        torch.manual_seed(9)
+        out[w] = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
+                                    w_img_img=32.0, w_img_rec=32.0, ctx=nullcontext(), w_layout=w, layout_size=8)
+    cfg, nets = _tiny_nets()
+    torch.manual_seed(9)
+    z = torch.randn(3, cfg.z_dim)
+    with torch.no_grad():
+        fake, _, _ = nets.G(rec, z)
+        expected = float(layout_loss(nets.G.to_imagenet(fake), real, 8))
+    assert "G/layout" not in out[0.0] and out[5.0]["G/layout"] == pytest.approx(expected, rel=1e-5)
+    assert out[5.0]["G/loss"] == pytest.approx(out[0.0]["G/loss"] + 5.0 * expected, rel=1e-5)
 
 
 def test_cycle_aug_feeds_the_encoder_a_view_of_gs_images(monkeypatch):
