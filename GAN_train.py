@@ -24,7 +24,7 @@ Validation each epoch: images generated for every val recipe (:mod:`models.gan_s
 ``--val_noise_mode``, default BATCH_RANDOM: random z and random conditioning noise, as the
 reference validates, drawn from a generator seeded with ``--seed`` so every epoch sees the same
 noise) are embedded by the encoder and ranked against the val recipe embeddings (generated image
--> recipe, bags of ``--medr``; README "Evaluation protocol"). The best epoch (highest R@1 + R@5 +
+-> recipe, bags of ``--medr``; docs/evaluation.md). The best epoch (highest R@1 + R@5 +
 R@10) and the last one are kept.
 
 Run folder ``<encoder_dir>/GAN_runs/GAN_<%Y%m%d-%H%M%S>/``: ``G_best``, ``D_best``, ``G_last``,

@@ -6,7 +6,7 @@
 
 Each benchmark measures both ways side by side in one run; this script only calls them in turn
 (``main(argv)`` of each module, in this process) and collects what they return. The table is
-printed as Markdown so it can be pasted into the README. The training rows time the scripts' own
+printed as Markdown so it can be pasted into bench/README.md. The training rows time the scripts' own
 step functions (train.py's ``train_step``, GAN_train.py's ``gan_step``) at the scripts' defaults.
 """
 

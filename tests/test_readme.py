@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}
 PYTHONS = {"python", "python3"}
@@ -172,6 +174,13 @@ def test_readme_commands_use_flags_the_scripts_have():
     names = {found[1] for found in map(target, readme_commands(text)) if found}
     assert {"create_lmdb.py", "train.py", "test.py", "GAN_train.py", "GAN_test.py", "translate_text.py",
             "data.synthetic"} <= names
+
+
+@pytest.mark.parametrize("page", ["docs/search.md", "docs/translation.md", "docs/pipeline.md", "docs/synthesis.md",
+                                  "bench/README.md"])
+def test_docs_commands_use_flags_the_scripts_have(page):
+    """The commands moved out of the README into docs/ and bench/ cannot drift either."""
+    assert check_commands((ROOT / page).read_text(encoding="utf-8")) == []
 
 
 SNIPPET = r"""
