@@ -31,7 +31,7 @@ Examples::
 
 The reference code used fairseq's own WMT19 checkpoints (``model1.pt`` of each ensemble). With
 one of those folders (``model1.pt`` beside ``dict.<src>.txt``, ``dict.<tgt>.txt``, ``bpecodes``),
-``--convert_fairseq`` turns it into an FSMT folder (``data/translation.py``,
+``--convert_fairseq`` turns it into an FSMT folder (``data/fairseq_convert.py``,
 ``convert_fairseq_checkpoint``; fairseq itself is not needed) that ``--model`` then loads::
 
     python translate_text.py de --convert_fairseq wmt19.en-de.joined-dict.ensemble/model1.pt \
@@ -53,14 +53,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from data.fairseq_convert import FairseqConversionError, convert_fairseq_checkpoint
 from data.recipe1m import Recipe1MError, iter_layer1, layer1_path
 from data.translation import (
-    FairseqConversionError,
     MissingTranslationError,
     TranslateFn,
     TranslationCache,
     collect_unique,
-    convert_fairseq_checkpoint,
     corpus_digest,
     missing_message,
     num_batches,

@@ -15,18 +15,20 @@ import pytest
 import torch
 
 import translate_text
+from data.fairseq_convert import (
+    FairseqConversionError,
+    convert_fairseq_checkpoint,
+    load_fairseq_checkpoint,
+    read_fairseq_dict,
+)
 from data.recipe1m import iter_layer1
 from data.translation import (
-    FairseqConversionError,
     TranslationCache,
     batch_digest,
     collect_unique,
-    convert_fairseq_checkpoint,
     is_empty,
-    load_fairseq_checkpoint,
     num_batches,
     parse_shard,
-    read_fairseq_dict,
     sort_key,
     translate_batches,
 )
