@@ -18,6 +18,7 @@ Every refusal is a :class:`FairseqConversionError` naming the file and what does
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -28,12 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from utils.errors import InputError
+
 if TYPE_CHECKING:  # imported where used: translate_text.py --help needs neither
     import torch
     from transformers import FSMTConfig, FSMTForConditionalGeneration
 
 
-class FairseqConversionError(ValueError):
+class FairseqConversionError(InputError):
     """A fairseq checkpoint folder that cannot become an FSMT model; the message names the file."""
 
 
@@ -63,7 +66,7 @@ class FairseqRelease:
         weights: the tensors under their current fairseq names, without the ignored buffers and
             with ``decoder.output_projection.weight`` present (the input embedding when shared).
         dicts: ``"src"`` / ``"tgt"`` -> ``{token: index}`` of the dictionaries.
-        bpe: the BPE codes file.
+        merges: the BPE merges (``"a b"``) of the codes file.
     """
 
     checkpoint: Path
@@ -73,7 +76,7 @@ class FairseqRelease:
     activation: str
     weights: dict[str, torch.Tensor]
     dicts: dict[str, dict[str, int]]
-    bpe: Path
+    merges: list[str]
 
 
 # --------------------------------------------------------------------------- reading the files
@@ -148,11 +151,28 @@ def load_fairseq_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             allowed.append(type(qualname, (_Inert,), {"__module__": module, "__qualname__": qualname}))
         except (OSError, RuntimeError, EOFError) as err:
             raise FairseqConversionError(f"{path}: not a readable torch checkpoint: {err}") from None
+        except Exception as err:  # noqa: BLE001 - any other failure of the unpickler on a file that is no checkpoint
+            raise FairseqConversionError(f"{path}: not a readable torch checkpoint "
+                                         f"({type(err).__name__}: {err})") from None
     else:
         raise FairseqConversionError(f"{path}: too many unknown classes in the checkpoint")
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise FairseqConversionError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
     return state
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file of the release (line ends read as ``"\\n"``).
+
+    Raises:
+        FairseqConversionError: the file is not UTF-8 text.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except UnicodeDecodeError as err:
+        raise FairseqConversionError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); "
+                                     f"a fairseq release file is expected") from None
 
 
 def read_fairseq_dict(path: str | os.PathLike) -> dict[str, int]:
@@ -163,18 +183,17 @@ def read_fairseq_dict(path: str | os.PathLike) -> dict[str, int]:
     """
     indices = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
     size = len(indices)  # fairseq's symbol count: an overwritten token keeps its old row too
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            token, _, field = line.rstrip().rpartition(" ")
-            overwrite = field == "#fairseq:overwrite"
-            if overwrite:
-                token, _, field = token.rpartition(" ")
-            if not token or not re.fullmatch(r"-?\d+", field):
-                raise FairseqConversionError(f"{path}: line {number}: expected '<token> <count>', got {line!r}")
-            if token in indices and not overwrite:
-                raise FairseqConversionError(f"{path}: line {number}: duplicate token {token!r}")
-            indices[token] = size
-            size += 1
+    for number, line in enumerate(io.StringIO(_read_text(path)), 1):
+        token, _, field = line.rstrip().rpartition(" ")
+        overwrite = field == "#fairseq:overwrite"
+        if overwrite:
+            token, _, field = token.rpartition(" ")
+        if not token or not re.fullmatch(r"-?\d+", field):
+            raise FairseqConversionError(f"{path}: line {number}: expected '<token> <count>', got {line!r}")
+        if token in indices and not overwrite:
+            raise FairseqConversionError(f"{path}: line {number}: duplicate token {token!r}")
+        indices[token] = size
+        size += 1
     return indices
 
 
@@ -278,6 +297,18 @@ def _read_dicts(checkpoint: Path, src: str, tgt: str, weights: dict[str, torch.T
     return dicts
 
 
+def read_bpe_merges(path: Path) -> list[str]:
+    """The merges of a BPE codes file as FSMT's ``merges.txt`` lines ``"a b"``.
+
+    fastBPE lines are ``a b count``, subword-nmt's ``a b`` after a ``#version`` header.
+
+    Raises:
+        FairseqConversionError: the file is not UTF-8 text.
+    """
+    return [" ".join(line.split()[:2]) for line in _read_text(path).splitlines()
+            if line.strip() and not line.startswith("#version")]
+
+
 def _num_layers(weights: dict[str, Any], side: str) -> int:
     """How many ``<side>.layers.<i>.`` the weights hold."""
     return len({int(m[1]) for k in weights if (m := re.match(rf"{side}\.layers\.(\d+)\.", k))})
@@ -291,8 +322,8 @@ def check_release(checkpoint: Path) -> FairseqRelease:
 
     Raises:
         FairseqConversionError: naming the file: unreadable, no languages, a setting FSMT cannot
-            represent, non-tensor weights, a missing embedding, a missing or too large dictionary,
-            no BPE codes, shared embeddings that differ, no layers.
+            represent, non-tensor weights, a missing embedding, a missing, malformed or too large
+            dictionary, no BPE codes (or not UTF-8), shared embeddings that differ, no layers.
     """
     import torch
 
@@ -308,13 +339,14 @@ def check_release(checkpoint: Path) -> FairseqRelease:
     bpe = next((folder / n for n in ("bpecodes", "code") if (folder / n).is_file()), None)
     if bpe is None:
         raise FairseqConversionError(f"{folder}: no bpecodes (or code) file beside {checkpoint.name}")
+    merges = read_bpe_merges(bpe)
     if args.get("share_all_embeddings") and not (
             torch.equal(weights["encoder.embed_tokens.weight"], weights["decoder.embed_tokens.weight"])
             and torch.equal(weights["decoder.output_projection.weight"], weights["decoder.embed_tokens.weight"])):
         raise FairseqConversionError(f"{checkpoint}: share_all_embeddings is set but the embeddings differ")
     if _num_layers(weights, "encoder") == 0 or _num_layers(weights, "decoder") == 0:
         raise FairseqConversionError(f"{checkpoint}: no encoder or decoder layers among the weights")
-    return FairseqRelease(checkpoint, src, tgt, args, activation, weights, dicts, bpe)
+    return FairseqRelease(checkpoint, src, tgt, args, activation, weights, dicts, merges)
 
 
 # --------------------------------------------------------------------------- step 2: config
@@ -392,7 +424,7 @@ def write_fsmt_folder(model: FSMTForConditionalGeneration, release: FairseqRelea
     """Step 4: write ``out_dir`` whole or not at all: built in a hidden sibling folder, then renamed.
 
     Writes the weights, ``config.json``, the generation settings, ``vocab-src.json``,
-    ``vocab-tgt.json`` (:func:`fsmt_vocab`), ``merges.txt`` (the merges of the BPE codes) and the
+    ``vocab-tgt.json`` (:func:`fsmt_vocab`), ``merges.txt`` (:func:`read_bpe_merges`) and the
     tokenizer files; the tokenizer lower-cases when the source vocabulary has no capital letter.
     """
     import shutil
@@ -409,10 +441,7 @@ def write_fsmt_folder(model: FSMTForConditionalGeneration, release: FairseqRelea
         for side in ("src", "tgt"):
             files[f"{side}_vocab_file"].write_text(json.dumps(vocabs[side], ensure_ascii=False, indent=1),
                                                    encoding="utf-8")
-        # fastBPE lines are "a b count", subword-nmt's "a b" after a "#version" header: keep "a b".
-        merges = [" ".join(line.split()[:2]) for line in release.bpe.read_text(encoding="utf-8").splitlines()
-                  if line.strip() and not line.startswith("#version")]
-        files["merges_file"].write_text("".join(m + "\n" for m in merges), encoding="utf-8")
+        files["merges_file"].write_text("".join(m + "\n" for m in release.merges), encoding="utf-8")
         lower = not any(ch.isupper() for token in vocabs["src"] for ch in token)
         tokenizer = FSMTTokenizer(langs=[release.src, release.tgt], do_lower_case=lower, model_max_length=1024,
                                   **{k: str(v) for k, v in files.items()})

@@ -546,6 +546,21 @@ def test_fairseq_dict_numbering(tmp_path):
         read_fairseq_dict(path)
 
 
+def test_fairseq_files_that_are_not_release_files_are_typed_errors(tmp_path):
+    """Files of another kind stop with a FairseqConversionError (an InputError) naming the file."""
+    from utils.errors import InputError
+
+    assert issubclass(FairseqConversionError, InputError)
+    text = tmp_path / "model1.pt"
+    text.write_text("hello\n", encoding="utf-8")  # the unpickler fails with a KeyError on it
+    with pytest.raises(FairseqConversionError, match=r"model1\.pt: not a readable torch checkpoint \(KeyError"):
+        load_fairseq_checkpoint(text)
+    latin1 = tmp_path / "dict.de.txt"
+    latin1.write_bytes("Stra\xdfe 12\n".encode("latin-1"))
+    with pytest.raises(FairseqConversionError, match=r"dict\.de\.txt: not UTF-8 text"):
+        read_fairseq_dict(latin1)
+
+
 def test_fairseq_checkpoints_fsmt_cannot_hold(tmp_path, tiny_fsmt):
     prenorm = export_fairseq(tiny_fsmt, tmp_path / "prenorm", old_names=True, shared=False, legacy=True,
                              encoder_normalize_before=True)
