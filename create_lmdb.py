@@ -406,102 +406,131 @@ def empty_partitions(r1m: Path, listed: dict[str, int | None], known: dict[str, 
     return empty
 
 
-def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
-    """Write every output into the folder ``build``; returns the manifest and the classless count."""
-    r1m = Path(args.r1m_path)
-    inputs = check_inputs(args)  # every file checked before the long work
-    asked, candidates, tokenizer, layer2 = inputs.asked, inputs.candidates, inputs.tokenizer, inputs.layer2
-    training = args.tokenizer == "train"
+class _Staging:
+    """The staging files of one build (one per language), their rows and the tokenizing thread.
 
-    dropped = {p: Counter() for p in PARTITIONS}
-    wanted, listed, fallback = select_candidates(inputs.keys, layer2, inputs.bad_images, dropped)
-    n_listed = {p: None if ids is None else len(ids) for p, ids in inputs.keys.items()}
-    inputs = inputs._replace(keys={})  # the keys lists are not needed any more
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
-    stage = {lang: build / f".stage_{lang}.i32" for lang in LANGS}
-    staged: dict[str, StagedRows] = {}
-    try:
-        encoder = None if training else ChunkEncoder(tokenizer)
-        stager = None if training else Stager(stage["en"], encoder, args.max_len, executor)
-        counts = WordCounter() if training else None
-        index, n_layer1 = scan_english(layer1_path(r1m, "en"), layer2, inputs.bad_images, wanted, listed,
-                                       fallback, dropped, stager=stager, counter=counts)
-        for rid, p in wanted.items():
-            if rid not in index.of:
-                dropped[PARTITIONS[p]]["not_in_layer1"] += 1
-        del wanted, listed
-        if not len(index):
-            raise CreateLmdbError(f"no recipe to index in {r1m}: none of the listed recipes has both an "
-                                  f"image in layer2.json and an entry in layer1.json")
-        if stager is not None:
-            staged["en"] = stager.finish(len(index))
-        # The keys in layer2.json order; only the indexed recipes' first images are kept.
-        keys: dict[str, list[str]] = {p: [] for p in PARTITIONS}
-        images: list[list[str]] = [[] for _ in range(len(index))]
-        for rid, image_ids in layer2.items():
-            i = index.of.get(rid)
-            if i is not None:
-                keys[PARTITIONS[index.partition[i]]].append(rid)
-                images[i] = image_ids[:args.maxImgs]
-        del layer2
-        empty = empty_partitions(r1m, n_listed, inputs.empty, {p: len(keys[p]) for p in PARTITIONS}, dropped)
-        id2class = inputs.id2class
-        inputs = inputs._replace(layer2={}, id2class={})
-        classes = np.fromiter((id2class.get(rid, 0) + 1 for rid in index.ids), dtype=np.int64, count=len(index))
-        classless = sum(rid not in id2class for rid in index.ids)
-        del id2class
+    Leaving the ``with`` block, finished or not, stops the thread, closes the staged rows and
+    deletes the files.
+    """
 
-        languages = ["en"]
-        word_counts = counts.counts() if training else None
-        for lang in candidates:
-            path = layer1_path(r1m, lang)
-            stager = None if training else Stager(stage[lang], encoder, args.max_len, executor)
-            lang_counts = WordCounter() if training else None
-            missing = scan_language(path, lang, index, n_layer1, stager=stager, counter=lang_counts)
-            if missing.size:
-                if stager is not None:
-                    stager.discard()
-                message = (f"{path} lacks {missing.size} of the {len(index)} indexed recipes "
-                           f"(first: id {index.ids[missing[0]]!r})")
-                if asked:
-                    raise CreateLmdbError(f"{message}; --languages asks for {lang}")
-                print(f"warning: {message}: language {lang} is not indexed", file=sys.stderr)
-                continue
-            languages.append(lang)
-            if stager is not None:
-                staged[lang] = stager.finish(len(index))
-            if lang_counts is not None:
-                word_counts.update(lang_counts.counts())
+    def __init__(self, build: Path, max_len: int) -> None:
+        self.max_len = max_len
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.paths = {lang: build / f".stage_{lang}.i32" for lang in LANGS}
+        self.rows: dict[str, StagedRows] = {}  # language -> its finished rows
 
-        if training:
-            if not word_counts:
-                raise CreateLmdbError("--tokenizer train: the train split has no text to learn a vocabulary from")
-            print(f"learning a WordPiece vocabulary of {args.vocab_size} tokens from {len(word_counts)} "
-                  f"distinct words ({', '.join(languages)})", file=sys.stderr)
-            tokenizer = train_wordpiece_from_counts(word_counts, args.vocab_size)
-            del word_counts
-            encoder = ChunkEncoder(tokenizer)
-            for lang in languages:
-                stager = Stager(stage[lang], encoder, args.max_len, executor)
-                scan_language(layer1_path(r1m, lang), lang, index, n_layer1, stager=stager, counter=None)
-                staged[lang] = stager.finish(len(index))
-        ids = special_ids(tokenizer)
+    def stager(self, lang: str, encoder: ChunkEncoder | None) -> Stager | None:
+        """A stager of ``lang``'s token rows; None without an encoder (the vocabulary is learnt first)."""
+        return None if encoder is None else Stager(self.paths[lang], encoder, self.max_len, self.executor)
 
-        written = [0]
-        rows_in_order = [(lang, staged[lang]) for lang in languages]
-        for p, partition in enumerate(PARTITIONS):
-            rows = [i for i in range(len(index)) if index.partition[i] == p]
-            write_partition(lmdb_dir(build, partition), rows, index, rows_in_order, images, classes,
-                            ids["cls"], args.max_len, written)
-            write_keys(keys_file(build, partition), keys[partition])
-    finally:
-        executor.shutdown(wait=True)
-        for rows in staged.values():
+    def __enter__(self) -> _Staging:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.executor.shutdown(wait=True)
+        for rows in self.rows.values():
             rows.close()
-        for path in stage.values():
+        for path in self.paths.values():
             path.unlink(missing_ok=True)
-    save_tokenizer(tokenizer, build / TOKENIZER_DIR)
-    manifest = {
+
+
+def _index_english(r1m: Path, inputs: Inputs, dropped: dict[str, Counter], staging: _Staging,
+                   encoder: ChunkEncoder | None) -> tuple[Index, int, WordCounter | None]:
+    """Choose the indexed recipes in one pass over ``layer1.json``, staging (or, without an encoder,
+    counting the train split's words of) their English texts.
+
+    Returns:
+        ``(index, recipes in layer1.json, word counter or None)``.
+
+    Raises:
+        CreateLmdbError: no recipe is left to index.
+    """
+    wanted, listed, fallback = select_candidates(inputs.keys, inputs.layer2, inputs.bad_images, dropped)
+    stager = staging.stager("en", encoder)
+    counter = WordCounter() if encoder is None else None
+    index, n_layer1 = scan_english(layer1_path(r1m, "en"), inputs.layer2, inputs.bad_images, wanted, listed,
+                                   fallback, dropped, stager=stager, counter=counter)
+    for rid, p in wanted.items():
+        if rid not in index.of:
+            dropped[PARTITIONS[p]]["not_in_layer1"] += 1
+    if not len(index):
+        raise CreateLmdbError(f"no recipe to index in {r1m}: none of the listed recipes has both an "
+                              f"image in layer2.json and an entry in layer1.json")
+    if stager is not None:
+        staging.rows["en"] = stager.finish(len(index))
+    return index, n_layer1, counter
+
+
+def _keys_and_images(layer2: dict[str, list[str]], index: Index,
+                     max_imgs: int) -> tuple[dict[str, list[str]], list[list[str]]]:
+    """Each split's keys in ``layer2.json`` order, and each indexed recipe's first ``max_imgs`` image ids."""
+    keys: dict[str, list[str]] = {p: [] for p in PARTITIONS}
+    images: list[list[str]] = [[] for _ in range(len(index))]
+    for rid, image_ids in layer2.items():
+        i = index.of.get(rid)
+        if i is not None:
+            keys[PARTITIONS[index.partition[i]]].append(rid)
+            images[i] = image_ids[:max_imgs]
+    return keys, images
+
+
+def _stage_languages(r1m: Path, inputs: Inputs, index: Index, n_layer1: int, staging: _Staging,
+                     encoder: ChunkEncoder | None, word_counts: Counter | None) -> list[str]:
+    """Stage (or count into ``word_counts``) the other languages that cover every indexed recipe.
+
+    Returns:
+        The indexed languages, English first.
+
+    Raises:
+        CreateLmdbError: a language asked for with ``--languages`` lacks an indexed recipe.
+    """
+    languages = ["en"]
+    for lang in inputs.candidates:
+        path = layer1_path(r1m, lang)
+        stager = staging.stager(lang, encoder)
+        lang_counts = WordCounter() if word_counts is not None else None
+        missing = scan_language(path, lang, index, n_layer1, stager=stager, counter=lang_counts)
+        if missing.size:
+            if stager is not None:
+                stager.discard()
+            message = (f"{path} lacks {missing.size} of the {len(index)} indexed recipes "
+                       f"(first: id {index.ids[missing[0]]!r})")
+            if inputs.asked:
+                raise CreateLmdbError(f"{message}; --languages asks for {lang}")
+            print(f"warning: {message}: language {lang} is not indexed", file=sys.stderr)
+            continue
+        languages.append(lang)
+        if stager is not None:
+            staging.rows[lang] = stager.finish(len(index))
+        if lang_counts is not None:
+            word_counts.update(lang_counts.counts())
+    return languages
+
+
+def _learn_vocabulary(args: argparse.Namespace, word_counts: Counter, languages: list[str], index: Index,
+                      n_layer1: int, staging: _Staging) -> Any:
+    """``--tokenizer train``: learn the WordPiece vocabulary, then stage every language with it.
+
+    Raises:
+        CreateLmdbError: the train split has no text.
+    """
+    if not word_counts:
+        raise CreateLmdbError("--tokenizer train: the train split has no text to learn a vocabulary from")
+    print(f"learning a WordPiece vocabulary of {args.vocab_size} tokens from {len(word_counts)} "
+          f"distinct words ({', '.join(languages)})", file=sys.stderr)
+    tokenizer = train_wordpiece_from_counts(word_counts, args.vocab_size)
+    encoder = ChunkEncoder(tokenizer)
+    for lang in languages:
+        stager = staging.stager(lang, encoder)
+        scan_language(layer1_path(Path(args.r1m_path), lang), lang, index, n_layer1, stager=stager, counter=None)
+        staging.rows[lang] = stager.finish(len(index))
+    return tokenizer
+
+
+def _manifest(args: argparse.Namespace, build: Path, keys: dict[str, list[str]], languages: list[str],
+              tokenizer: Any, ids: dict[str, int], dropped: dict[str, Counter], empty: dict[str, str]) -> dict:
+    """``manifest.json`` (docs/data.md#the-data-folder), once ``tokenizer/`` is in ``build``."""
+    return {
         "format_version": FORMAT_VERSION,
         "counts": {p: len(keys[p]) for p in PARTITIONS},
         "languages": languages,
@@ -516,6 +545,47 @@ def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
         "lineage": lmdb_lineage(build / TOKENIZER_DIR / VOCAB_TXT, len(tokenizer), ids, args.max_len,
                                 tokenizer=args.tokenizer, languages=languages),
     }
+
+
+def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
+    """Write every output into the folder ``build``; returns the manifest and the classless count.
+
+    Every input is checked first; then one pass over ``layer1.json`` chooses the recipes and stages
+    their English token rows, one pass per other language stages its rows (with ``--tokenizer
+    train``: counts words, learns the vocabulary, and stages every language again); the records
+    are assembled from the staged rows, split by split; the tokenizer and ``manifest.json`` last.
+    """
+    r1m = Path(args.r1m_path)
+    inputs = check_inputs(args)  # every file checked before the long work
+    training = args.tokenizer == "train"
+    dropped = {p: Counter() for p in PARTITIONS}
+    n_listed = {p: None if ids is None else len(ids) for p, ids in inputs.keys.items()}
+    with _Staging(build, args.max_len) as staging:
+        encoder = None if training else ChunkEncoder(inputs.tokenizer)
+        index, n_layer1, counter = _index_english(r1m, inputs, dropped, staging, encoder)
+        keys, images = _keys_and_images(inputs.layer2, index, args.maxImgs)
+        empty = empty_partitions(r1m, n_listed, inputs.empty, {p: len(keys[p]) for p in PARTITIONS}, dropped)
+        id2class = inputs.id2class
+        classes = np.fromiter((id2class.get(rid, 0) + 1 for rid in index.ids), dtype=np.int64, count=len(index))
+        classless = sum(rid not in id2class for rid in index.ids)
+        del id2class
+        inputs = inputs._replace(keys={}, layer2={}, id2class={})  # not needed any more: freed here
+
+        word_counts = counter.counts() if training else None
+        languages = _stage_languages(r1m, inputs, index, n_layer1, staging, encoder, word_counts)
+        tokenizer = _learn_vocabulary(args, word_counts, languages, index, n_layer1, staging) if training \
+            else inputs.tokenizer
+        ids = special_ids(tokenizer)
+
+        written = [0]
+        rows_in_order = [(lang, staging.rows[lang]) for lang in languages]
+        for p, partition in enumerate(PARTITIONS):
+            rows = [i for i in range(len(index)) if index.partition[i] == p]
+            write_partition(lmdb_dir(build, partition), rows, index, rows_in_order, images, classes,
+                            ids["cls"], args.max_len, written)
+            write_keys(keys_file(build, partition), keys[partition])
+    save_tokenizer(tokenizer, build / TOKENIZER_DIR)
+    manifest = _manifest(args, build, keys, languages, tokenizer, ids, dropped, empty)
     atomic_write_json(build / MANIFEST, manifest, indent=2, sort_keys=True)
     return manifest, classless
 
