@@ -1,56 +1,9 @@
-"""Index Recipe1M into LMDBs of token rows (docs/data.md).
+"""Index Recipe1M into LMDBs of token rows: ``python create_lmdb.py --r1m_path R --data_path D``.
 
-``python create_lmdb.py --r1m_path data/Recipe1M --data_path data/loader_data`` writes into
-``--data_path``: ``{train,val,test}_lmdb/`` (records of ``data/lmdb_format.py``, key = recipe id),
-``{train,val,test}_keys.pkl``, ``tokenizer/`` and ``manifest.json`` (layout in DEVELOPERS.md).
-
-What is indexed: the recipes listed in ``<r1m_path>/{split}_keys.pkl`` that have at least one image
-in ``layer2.json`` and an entry in ``layer1.json``; the others are dropped and counted by reason
-(``no_image``, ``not_in_layer1``, ``duplicate`` for an id listed twice, ``bad_image_id`` for a recipe
-whose ``layer2.json`` entry lists an image id that ``data.recipe1m.image_path`` refuses, such as
-``../../etc/passwd``: it would resolve outside the image folder). A split whose keys file is
-missing falls back to every ``layer1.json`` recipe of that partition with an image. A split left
-with no recipe (a keys file holding ``[]``, or every listed recipe dropped) is written empty, with
-a warning line naming the split and the file, and recorded in ``manifest.json`` under
-``empty_partitions`` (split -> why) and in the summary. The output
-``{split}_keys.pkl`` lists the indexed ids in ``layer2.json`` order, as the reference's keys
-(test.py's evaluation bags depend on that order). ``class`` is the classes1M class + 1; a recipe
-missing from ``classes1M.pkl`` is stored as 1, so the loader's value (stored - 1) is 0, the
-background class whose weight in the class loss is 0.
-
-Token rows (docs/data.md#the-lmdb-records): ``[CLS] + tok(title + '. ') + tok(ingredients + '. ') +
-tok(instructions)``, the non-empty lines of a part joined by ``'. '`` (a whitespace-only line is
-kept, as in the reference, and adds a ``'.'`` token) and ``'..'`` replaced by ``'.'`` in each
-part, truncated / padded with id 0 to ``--max_len``; the part row marks -1 CLS, 1 title,
-2 ingredients, 3 instructions, 0 padding. A record holds one row per indexed language, in
-``data.langs.LANGS`` order. A language is indexed when its ``layer1_<lang>.json`` covers every
-indexed recipe (otherwise it is skipped with a warning, or, when asked for with
-``--languages``, the run stops naming the file and the missing id).
-
-Order: every input is checked before the long passes over ``layer1.json``: the files exist,
-the first entry of each layer1 file parses, the keys files and ``classes1M.pkl`` load, the
-tokenizer loads and ``layer2.json`` is read, so a bad file stops the run at once with one line
-naming it (``error: ...``), not minutes into the scan.
-
-Memory: each layer1 file is streamed once per pass (``data.recipe1m.iter_layer1``); the token
-rows go straight to a staging file per language on disk (``data.lmdb_build.Stager``: int32 ids
-plus, in memory, an offset and three part lengths per recipe), and the records are assembled from
-those files. Only the ids, image lists and classes of the indexed recipes are held as Python
-objects (and, from the input checks until the records, ``layer2.json``'s image ids and the
-``classes1M.pkl`` classes of the recipes that have images).
-
-Speed: parts are tokenised without special tokens by the fast tokenizer, in batches, on a
-background thread (the Rust tokenizer releases the GIL, so JSON parsing continues meanwhile) and
-in parallel inside each batch; each distinct space-separated chunk is tokenised once and cached
-(``data.tokenizer.ChunkEncoder``; exact for BERT tokenizers). ``--workers N`` sets the tokenizers
-library's thread pool (``RAYON_NUM_THREADS``, read when the pool starts, at the first parallel
-batch of a process; 0 = every core, 1 = no parallelism inside a batch).
-
-Safety: everything is built in ``<data_path>/.tmp_build_<pid>/`` and then swapped in atomically
-(``data/lmdb_build.py``), so a run killed at any point leaves the previous output (restored at
-the next start if the kill hit the swap); a lock file (``.create_lmdb.lock``) keeps two runs off
-one ``--data_path``. Test-only hook: ``XMRS_TEST_CRASH=records:N`` (or ``swap:N``) makes the
-process exit abruptly after writing the N-th record (or after the N-th rename of the swap).
+Writes into ``--data_path``: ``{train,val,test}_lmdb/``, ``{train,val,test}_keys.pkl``,
+``tokenizer/`` and ``manifest.json``. What is indexed and dropped, the token rows and the record
+format: docs/data.md#what-create_lmdbpy-indexes; the order of the checks, memory, speed and the
+atomic swap: docs/data.md#how-create_lmdbpy-builds.
 """
 
 from __future__ import annotations
@@ -255,7 +208,7 @@ def write_partition(out: Path, rows: list[int], index: Index, staged: list[tuple
 
 @contextlib.contextmanager
 def tokenizer_threads(workers: int):
-    """Set the tokenizers library's parallelism for the duration of the run (see module docstring)."""
+    """Set the tokenizers library's parallelism for the duration of the run (docs/data.md#how-create_lmdbpy-builds)."""
     saved = {key: os.environ.get(key) for key in ("RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM")}
     if workers > 0:
         os.environ["RAYON_NUM_THREADS"] = str(workers)
@@ -593,8 +546,9 @@ def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
 def get_parser() -> argparse.ArgumentParser:
     """The command-line options of ``create_lmdb.py``."""
     parser = argparse.ArgumentParser(
+        usage="%(prog)s [--r1m_path R1M_PATH] [--data_path DATA_PATH] [options]",
         description="Index Recipe1M into LMDBs of token rows, keys files, a tokenizer and manifest.json\n"
-                    "(docs/data.md).",
+                    "(docs/data.md#what-create_lmdbpy-indexes).",
         formatter_class=HelpFormatter)
     parser.add_argument("--r1m_path", default="data/Recipe1M",
                         help="folder of layer1.json, layer1_<lang>.json, layer2.json, classes1M.pkl and "

@@ -1,42 +1,10 @@
-"""Translate Recipe1M's ``layer1.json`` (docs/data.md#translations): ``python translate_text.py LANG``.
+"""Translate Recipe1M's ``layer1.json`` into another language: ``python translate_text.py LANG``.
 
-``LANG`` is ``de``, ``ru`` or ``fr`` (from ``layer1.json``), or ``de-en`` / ``ru-en``
-(back-translation to English from ``layer1_de.json`` / ``layer1_ru.json``). The output
-``<r1m_path>/layer1_<LANG>.json`` holds, for each source entry in the same order, ``id``,
-``url``, ``partition``, ``title_<LANG>``, ``ingredients_<LANG>`` and ``instructions_<LANG>``
-(lists of ``{"text": ...}``) with as many texts per field as the source; empty texts stay empty.
-
-How it differs from the reference script: every sentence lands on the recipe and field it came
-from; identical sentences are translated once and batches hold sentences of similar length
-(``data/translation.py``); finished batches are appended to a crash-safe cache under
-``<r1m_path>/.translate_cache/<LANG>/<key>/``, so a killed run resumes where it stopped and ends
-with the same file as an uninterrupted one; ``--shard i/n`` or ``torchrun`` split the work.
-
-Sharding: ``--shard i/n`` translates batches ``i, i+n, ...`` of the fixed batch list. Every shard,
-when it finishes, checks the cache; the one that finds every batch present writes the output
-(or run ``--assemble`` afterwards). Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set, no
-``--shard``) the shard is ``RANK/WORLD_SIZE`` on GPU ``LOCAL_RANK``; no process group is created
-(ranks never communicate): rank 0, after its own batches, polls the cache files for up to
-``--wait`` seconds until the other ranks' batches are there, then assembles. Each shard appends
-to its own cache file: never run the same ``--shard i/n`` twice at the same time.
-
-Examples::
-
-    python translate_text.py de      # facebook/wmt19-en-de
-    python translate_text.py ru      # facebook/wmt19-en-ru
-    python translate_text.py fr      # Helsinki-NLP/opus-mt-en-fr (needs sentencepiece)
-    python translate_text.py de-en   # facebook/wmt19-de-en, reads layer1_de.json
-    python translate_text.py ru-en   # facebook/wmt19-ru-en, reads layer1_ru.json
-    torchrun --nproc_per_node 4 translate_text.py de --fp16
-
-The reference code used fairseq's own WMT19 checkpoints (``model1.pt`` of each ensemble). With
-one of those folders (``model1.pt`` beside ``dict.<src>.txt``, ``dict.<tgt>.txt``, ``bpecodes``),
-``--convert_fairseq`` turns it into an FSMT folder (``data/fairseq_convert.py``,
-``convert_fairseq_checkpoint``; fairseq itself is not needed) that ``--model`` then loads::
-
-    python translate_text.py de --convert_fairseq wmt19.en-de.joined-dict.ensemble/model1.pt \
-        --model models/fairseq-wmt19-en-de --convert_only
-    python translate_text.py de --model models/fairseq-wmt19-en-de --fp16
+``LANG`` is ``de``, ``ru``, ``fr`` (from ``layer1.json``) or ``de-en``, ``ru-en`` (back to English
+from ``layer1_de.json`` / ``layer1_ru.json``); the output is ``<r1m_path>/layer1_<LANG>.json``
+(docs/data.md#translations). How it translates (distinct sentences once, fixed batches, the
+crash-safe cache, ``--shard``, ``torchrun``, ``--convert_fairseq``):
+docs/data.md#how-translate_textpy-translates.
 """
 
 from __future__ import annotations
@@ -88,8 +56,9 @@ DEFAULT_MODELS = {
 def get_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
-        description="Translate Recipe1M's layer1.json into layer1_<LANG>.json (de, ru, fr) or back-translate\n"
-                    "layer1_de.json / layer1_ru.json to English (de-en, ru-en).",
+        usage="%(prog)s {de,ru,fr,de-en,ru-en} [options]",
+        description="Translate Recipe1M's layer1.json into layer1_<LANG>.json (de, ru, fr), or back to English\n"
+                    "(de-en, ru-en); how: docs/data.md#how-translate_textpy-translates.",
         formatter_class=HelpFormatter)
     parser.add_argument("lang", choices=TARGETS,
                         help="target: de, ru, fr (from layer1.json) or de-en, ru-en (from layer1_de.json / "

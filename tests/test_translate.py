@@ -644,3 +644,10 @@ def test_a_pickle_given_to_convert_fairseq_is_one_line(tmp_path):
     assert lines[0].startswith(f"--convert_fairseq: {path}: cannot read the checkpoint safely")
     assert "allows: Unsupported operand" in lines[0] and "False" not in lines[0]  # never the advice to retry
     assert not (tmp_path / "out").exists()
+
+
+def test_help_opens_with_usage_and_one_sentence(monkeypatch):
+    """``--help`` starts with at most 5 lines (usage, one sentence) before the arguments; the rest is in docs/."""
+    monkeypatch.setenv("COLUMNS", "80")
+    head = translate_text.get_parser().format_help().split("\n\npositional arguments:")[0]
+    assert len(head.splitlines()) <= 5, head
