@@ -1,56 +1,9 @@
-"""Index Recipe1M into LMDBs of token rows (docs/data.md).
+"""Index Recipe1M into LMDBs of token rows: ``python create_lmdb.py --r1m_path R --data_path D``.
 
-``python create_lmdb.py --r1m_path data/Recipe1M --data_path data/loader_data`` writes into
-``--data_path``: ``{train,val,test}_lmdb/`` (records of ``data/lmdb_format.py``, key = recipe id),
-``{train,val,test}_keys.pkl``, ``tokenizer/`` and ``manifest.json`` (layout in DEVELOPERS.md).
-
-What is indexed: the recipes listed in ``<r1m_path>/{split}_keys.pkl`` that have at least one image
-in ``layer2.json`` and an entry in ``layer1.json``; the others are dropped and counted by reason
-(``no_image``, ``not_in_layer1``, ``duplicate`` for an id listed twice, ``bad_image_id`` for a recipe
-whose ``layer2.json`` entry lists an image id that ``data.recipe1m.image_path`` refuses, such as
-``../../etc/passwd``: it would resolve outside the image folder). A split whose keys file is
-missing falls back to every ``layer1.json`` recipe of that partition with an image. A split left
-with no recipe (a keys file holding ``[]``, or every listed recipe dropped) is written empty, with
-a warning line naming the split and the file, and recorded in ``manifest.json`` under
-``empty_partitions`` (split -> why) and in the summary. The output
-``{split}_keys.pkl`` lists the indexed ids in ``layer2.json`` order, as the reference's keys
-(test.py's evaluation bags depend on that order). ``class`` is the classes1M class + 1; a recipe
-missing from ``classes1M.pkl`` is stored as 1, so the loader's value (stored - 1) is 0, the
-background class whose weight in the class loss is 0.
-
-Token rows (docs/data.md#the-lmdb-records): ``[CLS] + tok(title + '. ') + tok(ingredients + '. ') +
-tok(instructions)``, the non-empty lines of a part joined by ``'. '`` (a whitespace-only line is
-kept, as in the reference, and adds a ``'.'`` token) and ``'..'`` replaced by ``'.'`` in each
-part, truncated / padded with id 0 to ``--max_len``; the part row marks -1 CLS, 1 title,
-2 ingredients, 3 instructions, 0 padding. A record holds one row per indexed language, in
-``data.langs.LANGS`` order. A language is indexed when its ``layer1_<lang>.json`` covers every
-indexed recipe (otherwise it is skipped with a warning, or, when asked for with
-``--languages``, the run stops naming the file and the missing id).
-
-Order: every input is checked before the long passes over ``layer1.json``: the files exist,
-the first entry of each layer1 file parses, the keys files and ``classes1M.pkl`` load, the
-tokenizer loads and ``layer2.json`` is read, so a bad file stops the run at once with one line
-naming it (``error: ...``), not minutes into the scan.
-
-Memory: each layer1 file is streamed once per pass (``data.recipe1m.iter_layer1``); the token
-rows go straight to a staging file per language on disk (``data.lmdb_build.Stager``: int32 ids
-plus, in memory, an offset and three part lengths per recipe), and the records are assembled from
-those files. Only the ids, image lists and classes of the indexed recipes are held as Python
-objects (and, from the input checks until the records, ``layer2.json``'s image ids and the
-``classes1M.pkl`` classes of the recipes that have images).
-
-Speed: parts are tokenised without special tokens by the fast tokenizer, in batches, on a
-background thread (the Rust tokenizer releases the GIL, so JSON parsing continues meanwhile) and
-in parallel inside each batch; each distinct space-separated chunk is tokenised once and cached
-(``data.tokenizer.ChunkEncoder``; exact for BERT tokenizers). ``--workers N`` sets the tokenizers
-library's thread pool (``RAYON_NUM_THREADS``, read when the pool starts, at the first parallel
-batch of a process; 0 = every core, 1 = no parallelism inside a batch).
-
-Safety: everything is built in ``<data_path>/.tmp_build_<pid>/`` and then swapped in atomically
-(``data/lmdb_build.py``), so a run killed at any point leaves the previous output (restored at
-the next start if the kill hit the swap); a lock file (``.create_lmdb.lock``) keeps two runs off
-one ``--data_path``. Test-only hook: ``XMRS_TEST_CRASH=records:N`` (or ``swap:N``) makes the
-process exit abruptly after writing the N-th record (or after the N-th rename of the swap).
+Writes into ``--data_path``: ``{train,val,test}_lmdb/``, ``{train,val,test}_keys.pkl``,
+``tokenizer/`` and ``manifest.json``. What is indexed and dropped, the token rows and the record
+format: docs/data.md#what-create_lmdbpy-indexes; the order of the checks, memory, speed and the
+atomic swap: docs/data.md#how-create_lmdbpy-builds.
 """
 
 from __future__ import annotations
@@ -255,7 +208,7 @@ def write_partition(out: Path, rows: list[int], index: Index, staged: list[tuple
 
 @contextlib.contextmanager
 def tokenizer_threads(workers: int):
-    """Set the tokenizers library's parallelism for the duration of the run (see module docstring)."""
+    """Set the tokenizers library's parallelism for the duration of the run (docs/data.md#how-create_lmdbpy-builds)."""
     saved = {key: os.environ.get(key) for key in ("RAYON_NUM_THREADS", "TOKENIZERS_PARALLELISM")}
     if workers > 0:
         os.environ["RAYON_NUM_THREADS"] = str(workers)
@@ -406,102 +359,131 @@ def empty_partitions(r1m: Path, listed: dict[str, int | None], known: dict[str, 
     return empty
 
 
-def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
-    """Write every output into the folder ``build``; returns the manifest and the classless count."""
-    r1m = Path(args.r1m_path)
-    inputs = check_inputs(args)  # every file checked before the long work
-    asked, candidates, tokenizer, layer2 = inputs.asked, inputs.candidates, inputs.tokenizer, inputs.layer2
-    training = args.tokenizer == "train"
+class _Staging:
+    """The staging files of one build (one per language), their rows and the tokenizing thread.
 
-    dropped = {p: Counter() for p in PARTITIONS}
-    wanted, listed, fallback = select_candidates(inputs.keys, layer2, inputs.bad_images, dropped)
-    n_listed = {p: None if ids is None else len(ids) for p, ids in inputs.keys.items()}
-    inputs = inputs._replace(keys={})  # the keys lists are not needed any more
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
-    stage = {lang: build / f".stage_{lang}.i32" for lang in LANGS}
-    staged: dict[str, StagedRows] = {}
-    try:
-        encoder = None if training else ChunkEncoder(tokenizer)
-        stager = None if training else Stager(stage["en"], encoder, args.max_len, executor)
-        counts = WordCounter() if training else None
-        index, n_layer1 = scan_english(layer1_path(r1m, "en"), layer2, inputs.bad_images, wanted, listed,
-                                       fallback, dropped, stager=stager, counter=counts)
-        for rid, p in wanted.items():
-            if rid not in index.of:
-                dropped[PARTITIONS[p]]["not_in_layer1"] += 1
-        del wanted, listed
-        if not len(index):
-            raise CreateLmdbError(f"no recipe to index in {r1m}: none of the listed recipes has both an "
-                                  f"image in layer2.json and an entry in layer1.json")
-        if stager is not None:
-            staged["en"] = stager.finish(len(index))
-        # The keys in layer2.json order; only the indexed recipes' first images are kept.
-        keys: dict[str, list[str]] = {p: [] for p in PARTITIONS}
-        images: list[list[str]] = [[] for _ in range(len(index))]
-        for rid, image_ids in layer2.items():
-            i = index.of.get(rid)
-            if i is not None:
-                keys[PARTITIONS[index.partition[i]]].append(rid)
-                images[i] = image_ids[:args.maxImgs]
-        del layer2
-        empty = empty_partitions(r1m, n_listed, inputs.empty, {p: len(keys[p]) for p in PARTITIONS}, dropped)
-        id2class = inputs.id2class
-        inputs = inputs._replace(layer2={}, id2class={})
-        classes = np.fromiter((id2class.get(rid, 0) + 1 for rid in index.ids), dtype=np.int64, count=len(index))
-        classless = sum(rid not in id2class for rid in index.ids)
-        del id2class
+    Leaving the ``with`` block, finished or not, stops the thread, closes the staged rows and
+    deletes the files.
+    """
 
-        languages = ["en"]
-        word_counts = counts.counts() if training else None
-        for lang in candidates:
-            path = layer1_path(r1m, lang)
-            stager = None if training else Stager(stage[lang], encoder, args.max_len, executor)
-            lang_counts = WordCounter() if training else None
-            missing = scan_language(path, lang, index, n_layer1, stager=stager, counter=lang_counts)
-            if missing.size:
-                if stager is not None:
-                    stager.discard()
-                message = (f"{path} lacks {missing.size} of the {len(index)} indexed recipes "
-                           f"(first: id {index.ids[missing[0]]!r})")
-                if asked:
-                    raise CreateLmdbError(f"{message}; --languages asks for {lang}")
-                print(f"warning: {message}: language {lang} is not indexed", file=sys.stderr)
-                continue
-            languages.append(lang)
-            if stager is not None:
-                staged[lang] = stager.finish(len(index))
-            if lang_counts is not None:
-                word_counts.update(lang_counts.counts())
+    def __init__(self, build: Path, max_len: int) -> None:
+        self.max_len = max_len
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.paths = {lang: build / f".stage_{lang}.i32" for lang in LANGS}
+        self.rows: dict[str, StagedRows] = {}  # language -> its finished rows
 
-        if training:
-            if not word_counts:
-                raise CreateLmdbError("--tokenizer train: the train split has no text to learn a vocabulary from")
-            print(f"learning a WordPiece vocabulary of {args.vocab_size} tokens from {len(word_counts)} "
-                  f"distinct words ({', '.join(languages)})", file=sys.stderr)
-            tokenizer = train_wordpiece_from_counts(word_counts, args.vocab_size)
-            del word_counts
-            encoder = ChunkEncoder(tokenizer)
-            for lang in languages:
-                stager = Stager(stage[lang], encoder, args.max_len, executor)
-                scan_language(layer1_path(r1m, lang), lang, index, n_layer1, stager=stager, counter=None)
-                staged[lang] = stager.finish(len(index))
-        ids = special_ids(tokenizer)
+    def stager(self, lang: str, encoder: ChunkEncoder | None) -> Stager | None:
+        """A stager of ``lang``'s token rows; None without an encoder (the vocabulary is learnt first)."""
+        return None if encoder is None else Stager(self.paths[lang], encoder, self.max_len, self.executor)
 
-        written = [0]
-        rows_in_order = [(lang, staged[lang]) for lang in languages]
-        for p, partition in enumerate(PARTITIONS):
-            rows = [i for i in range(len(index)) if index.partition[i] == p]
-            write_partition(lmdb_dir(build, partition), rows, index, rows_in_order, images, classes,
-                            ids["cls"], args.max_len, written)
-            write_keys(keys_file(build, partition), keys[partition])
-    finally:
-        executor.shutdown(wait=True)
-        for rows in staged.values():
+    def __enter__(self) -> _Staging:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.executor.shutdown(wait=True)
+        for rows in self.rows.values():
             rows.close()
-        for path in stage.values():
+        for path in self.paths.values():
             path.unlink(missing_ok=True)
-    save_tokenizer(tokenizer, build / TOKENIZER_DIR)
-    manifest = {
+
+
+def _index_english(r1m: Path, inputs: Inputs, dropped: dict[str, Counter], staging: _Staging,
+                   encoder: ChunkEncoder | None) -> tuple[Index, int, WordCounter | None]:
+    """Choose the indexed recipes in one pass over ``layer1.json``, staging (or, without an encoder,
+    counting the train split's words of) their English texts.
+
+    Returns:
+        ``(index, recipes in layer1.json, word counter or None)``.
+
+    Raises:
+        CreateLmdbError: no recipe is left to index.
+    """
+    wanted, listed, fallback = select_candidates(inputs.keys, inputs.layer2, inputs.bad_images, dropped)
+    stager = staging.stager("en", encoder)
+    counter = WordCounter() if encoder is None else None
+    index, n_layer1 = scan_english(layer1_path(r1m, "en"), inputs.layer2, inputs.bad_images, wanted, listed,
+                                   fallback, dropped, stager=stager, counter=counter)
+    for rid, p in wanted.items():
+        if rid not in index.of:
+            dropped[PARTITIONS[p]]["not_in_layer1"] += 1
+    if not len(index):
+        raise CreateLmdbError(f"no recipe to index in {r1m}: none of the listed recipes has both an "
+                              f"image in layer2.json and an entry in layer1.json")
+    if stager is not None:
+        staging.rows["en"] = stager.finish(len(index))
+    return index, n_layer1, counter
+
+
+def _keys_and_images(layer2: dict[str, list[str]], index: Index,
+                     max_imgs: int) -> tuple[dict[str, list[str]], list[list[str]]]:
+    """Each split's keys in ``layer2.json`` order, and each indexed recipe's first ``max_imgs`` image ids."""
+    keys: dict[str, list[str]] = {p: [] for p in PARTITIONS}
+    images: list[list[str]] = [[] for _ in range(len(index))]
+    for rid, image_ids in layer2.items():
+        i = index.of.get(rid)
+        if i is not None:
+            keys[PARTITIONS[index.partition[i]]].append(rid)
+            images[i] = image_ids[:max_imgs]
+    return keys, images
+
+
+def _stage_languages(r1m: Path, inputs: Inputs, index: Index, n_layer1: int, staging: _Staging,
+                     encoder: ChunkEncoder | None, word_counts: Counter | None) -> list[str]:
+    """Stage (or count into ``word_counts``) the other languages that cover every indexed recipe.
+
+    Returns:
+        The indexed languages, English first.
+
+    Raises:
+        CreateLmdbError: a language asked for with ``--languages`` lacks an indexed recipe.
+    """
+    languages = ["en"]
+    for lang in inputs.candidates:
+        path = layer1_path(r1m, lang)
+        stager = staging.stager(lang, encoder)
+        lang_counts = WordCounter() if word_counts is not None else None
+        missing = scan_language(path, lang, index, n_layer1, stager=stager, counter=lang_counts)
+        if missing.size:
+            if stager is not None:
+                stager.discard()
+            message = (f"{path} lacks {missing.size} of the {len(index)} indexed recipes "
+                       f"(first: id {index.ids[missing[0]]!r})")
+            if inputs.asked:
+                raise CreateLmdbError(f"{message}; --languages asks for {lang}")
+            print(f"warning: {message}: language {lang} is not indexed", file=sys.stderr)
+            continue
+        languages.append(lang)
+        if stager is not None:
+            staging.rows[lang] = stager.finish(len(index))
+        if lang_counts is not None:
+            word_counts.update(lang_counts.counts())
+    return languages
+
+
+def _learn_vocabulary(args: argparse.Namespace, word_counts: Counter, languages: list[str], index: Index,
+                      n_layer1: int, staging: _Staging) -> Any:
+    """``--tokenizer train``: learn the WordPiece vocabulary, then stage every language with it.
+
+    Raises:
+        CreateLmdbError: the train split has no text.
+    """
+    if not word_counts:
+        raise CreateLmdbError("--tokenizer train: the train split has no text to learn a vocabulary from")
+    print(f"learning a WordPiece vocabulary of {args.vocab_size} tokens from {len(word_counts)} "
+          f"distinct words ({', '.join(languages)})", file=sys.stderr)
+    tokenizer = train_wordpiece_from_counts(word_counts, args.vocab_size)
+    encoder = ChunkEncoder(tokenizer)
+    for lang in languages:
+        stager = staging.stager(lang, encoder)
+        scan_language(layer1_path(Path(args.r1m_path), lang), lang, index, n_layer1, stager=stager, counter=None)
+        staging.rows[lang] = stager.finish(len(index))
+    return tokenizer
+
+
+def _manifest(args: argparse.Namespace, build: Path, keys: dict[str, list[str]], languages: list[str],
+              tokenizer: Any, ids: dict[str, int], dropped: dict[str, Counter], empty: dict[str, str]) -> dict:
+    """``manifest.json`` (docs/data.md#the-data-folder), once ``tokenizer/`` is in ``build``."""
+    return {
         "format_version": FORMAT_VERSION,
         "counts": {p: len(keys[p]) for p in PARTITIONS},
         "languages": languages,
@@ -516,6 +498,47 @@ def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
         "lineage": lmdb_lineage(build / TOKENIZER_DIR / VOCAB_TXT, len(tokenizer), ids, args.max_len,
                                 tokenizer=args.tokenizer, languages=languages),
     }
+
+
+def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
+    """Write every output into the folder ``build``; returns the manifest and the classless count.
+
+    Every input is checked first; then one pass over ``layer1.json`` chooses the recipes and stages
+    their English token rows, one pass per other language stages its rows (with ``--tokenizer
+    train``: counts words, learns the vocabulary, and stages every language again); the records
+    are assembled from the staged rows, split by split; the tokenizer and ``manifest.json`` last.
+    """
+    r1m = Path(args.r1m_path)
+    inputs = check_inputs(args)  # every file checked before the long work
+    training = args.tokenizer == "train"
+    dropped = {p: Counter() for p in PARTITIONS}
+    n_listed = {p: None if ids is None else len(ids) for p, ids in inputs.keys.items()}
+    with _Staging(build, args.max_len) as staging:
+        encoder = None if training else ChunkEncoder(inputs.tokenizer)
+        index, n_layer1, counter = _index_english(r1m, inputs, dropped, staging, encoder)
+        keys, images = _keys_and_images(inputs.layer2, index, args.maxImgs)
+        empty = empty_partitions(r1m, n_listed, inputs.empty, {p: len(keys[p]) for p in PARTITIONS}, dropped)
+        id2class = inputs.id2class
+        classes = np.fromiter((id2class.get(rid, 0) + 1 for rid in index.ids), dtype=np.int64, count=len(index))
+        classless = sum(rid not in id2class for rid in index.ids)
+        del id2class
+        inputs = inputs._replace(keys={}, layer2={}, id2class={})  # not needed any more: freed here
+
+        word_counts = counter.counts() if training else None
+        languages = _stage_languages(r1m, inputs, index, n_layer1, staging, encoder, word_counts)
+        tokenizer = _learn_vocabulary(args, word_counts, languages, index, n_layer1, staging) if training \
+            else inputs.tokenizer
+        ids = special_ids(tokenizer)
+
+        written = [0]
+        rows_in_order = [(lang, staging.rows[lang]) for lang in languages]
+        for p, partition in enumerate(PARTITIONS):
+            rows = [i for i in range(len(index)) if index.partition[i] == p]
+            write_partition(lmdb_dir(build, partition), rows, index, rows_in_order, images, classes,
+                            ids["cls"], args.max_len, written)
+            write_keys(keys_file(build, partition), keys[partition])
+    save_tokenizer(tokenizer, build / TOKENIZER_DIR)
+    manifest = _manifest(args, build, keys, languages, tokenizer, ids, dropped, empty)
     atomic_write_json(build / MANIFEST, manifest, indent=2, sort_keys=True)
     return manifest, classless
 
@@ -523,8 +546,9 @@ def build_outputs(args: argparse.Namespace, build: Path) -> tuple[dict, int]:
 def get_parser() -> argparse.ArgumentParser:
     """The command-line options of ``create_lmdb.py``."""
     parser = argparse.ArgumentParser(
+        usage="%(prog)s [--r1m_path R1M_PATH] [--data_path DATA_PATH] [options]",
         description="Index Recipe1M into LMDBs of token rows, keys files, a tokenizer and manifest.json\n"
-                    "(docs/data.md).",
+                    "(docs/data.md#what-create_lmdbpy-indexes).",
         formatter_class=HelpFormatter)
     parser.add_argument("--r1m_path", default="data/Recipe1M",
                         help="folder of layer1.json, layer1_<lang>.json, layer2.json, classes1M.pkl and "

@@ -1,42 +1,10 @@
-"""Translate Recipe1M's ``layer1.json`` (docs/data.md#translations): ``python translate_text.py LANG``.
+"""Translate Recipe1M's ``layer1.json`` into another language: ``python translate_text.py LANG``.
 
-``LANG`` is ``de``, ``ru`` or ``fr`` (from ``layer1.json``), or ``de-en`` / ``ru-en``
-(back-translation to English from ``layer1_de.json`` / ``layer1_ru.json``). The output
-``<r1m_path>/layer1_<LANG>.json`` holds, for each source entry in the same order, ``id``,
-``url``, ``partition``, ``title_<LANG>``, ``ingredients_<LANG>`` and ``instructions_<LANG>``
-(lists of ``{"text": ...}``) with as many texts per field as the source; empty texts stay empty.
-
-How it differs from the reference script: every sentence lands on the recipe and field it came
-from; identical sentences are translated once and batches hold sentences of similar length
-(``data/translation.py``); finished batches are appended to a crash-safe cache under
-``<r1m_path>/.translate_cache/<LANG>/<key>/``, so a killed run resumes where it stopped and ends
-with the same file as an uninterrupted one; ``--shard i/n`` or ``torchrun`` split the work.
-
-Sharding: ``--shard i/n`` translates batches ``i, i+n, ...`` of the fixed batch list. Every shard,
-when it finishes, checks the cache; the one that finds every batch present writes the output
-(or run ``--assemble`` afterwards). Under ``torchrun`` (``RANK`` / ``WORLD_SIZE`` set, no
-``--shard``) the shard is ``RANK/WORLD_SIZE`` on GPU ``LOCAL_RANK``; no process group is created
-(ranks never communicate): rank 0, after its own batches, polls the cache files for up to
-``--wait`` seconds until the other ranks' batches are there, then assembles. Each shard appends
-to its own cache file: never run the same ``--shard i/n`` twice at the same time.
-
-Examples::
-
-    python translate_text.py de      # facebook/wmt19-en-de
-    python translate_text.py ru      # facebook/wmt19-en-ru
-    python translate_text.py fr      # Helsinki-NLP/opus-mt-en-fr (needs sentencepiece)
-    python translate_text.py de-en   # facebook/wmt19-de-en, reads layer1_de.json
-    python translate_text.py ru-en   # facebook/wmt19-ru-en, reads layer1_ru.json
-    torchrun --nproc_per_node 4 translate_text.py de --fp16
-
-The reference code used fairseq's own WMT19 checkpoints (``model1.pt`` of each ensemble). With
-one of those folders (``model1.pt`` beside ``dict.<src>.txt``, ``dict.<tgt>.txt``, ``bpecodes``),
-``--convert_fairseq`` turns it into an FSMT folder (``data/translation.py``,
-``convert_fairseq_checkpoint``; fairseq itself is not needed) that ``--model`` then loads::
-
-    python translate_text.py de --convert_fairseq wmt19.en-de.joined-dict.ensemble/model1.pt \
-        --model models/fairseq-wmt19-en-de --convert_only
-    python translate_text.py de --model models/fairseq-wmt19-en-de --fp16
+``LANG`` is ``de``, ``ru``, ``fr`` (from ``layer1.json``) or ``de-en``, ``ru-en`` (back to English
+from ``layer1_de.json`` / ``layer1_ru.json``); the output is ``<r1m_path>/layer1_<LANG>.json``
+(docs/data.md#translations). How it translates (distinct sentences once, fixed batches, the
+crash-safe cache, ``--shard``, ``torchrun``, ``--convert_fairseq``):
+docs/data.md#how-translate_textpy-translates.
 """
 
 from __future__ import annotations
@@ -49,18 +17,19 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.recipe1m import Recipe1MError, iter_layer1, layer1_path
+from data.fairseq_convert import FairseqConversionError, convert_fairseq_checkpoint
+from data.recipe1m import Recipe, Recipe1MError, iter_layer1, layer1_path
 from data.translation import (
-    FairseqConversionError,
+    CorpusStats,
     MissingTranslationError,
     TranslateFn,
     TranslationCache,
     collect_unique,
-    convert_fairseq_checkpoint,
     corpus_digest,
     missing_message,
     num_batches,
@@ -87,8 +56,9 @@ DEFAULT_MODELS = {
 def get_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
-        description="Translate Recipe1M's layer1.json into layer1_<LANG>.json (de, ru, fr) or back-translate\n"
-                    "layer1_de.json / layer1_ru.json to English (de-en, ru-en).",
+        usage="%(prog)s {de,ru,fr,de-en,ru-en} [options]",
+        description="Translate Recipe1M's layer1.json into layer1_<LANG>.json (de, ru, fr), or back to English\n"
+                    "(de-en, ru-en); how: docs/data.md#how-translate_textpy-translates.",
         formatter_class=HelpFormatter)
     parser.add_argument("lang", choices=TARGETS,
                         help="target: de, ru, fr (from layer1.json) or de-en, ru-en (from layer1_de.json / "
@@ -311,25 +281,44 @@ def main(argv: Sequence[str] | None = None, translate_fn: TranslateFn | None = N
     return run_main(lambda: _main(argv, translate_fn))
 
 
-def _main(argv: Sequence[str] | None, translate_fn: TranslateFn | None) -> dict[str, Any]:
-    from tqdm import tqdm
+@dataclass
+class _Run:
+    """What one invocation works on, settled from the flags before the source is read."""
 
-    args = get_parser().parse_args(argv)
-    _check_args(args)
-    lang, src_lang = args.lang, SOURCE_LANG[args.lang]
-    if args.convert_fairseq:
-        converted = convert_model(args)
-        if args.convert_only:
-            return {"converted": str(converted), "output": None}
-    elif args.convert_only:
-        raise SystemExit("--convert_only needs --convert_fairseq CKPT")
+    args: argparse.Namespace
+    source: Path  # the layer1 file translated
+    out_path: Path
+    model_name: str
+    identity: str  # model_identity(model_name): part of the cache key
+    shard: int
+    num_shards: int
+    dist: tuple[int, int, int] | None  # (rank, world size, local rank) under torchrun
+    device: Any
+    fp16: bool
+
+    @property
+    def src_lang(self) -> str:
+        return SOURCE_LANG[self.args.lang]
+
+    @property
+    def rank_tag(self) -> str:
+        """The prefix of this process's lines when several shards run."""
+        return f"[shard {self.shard}/{self.num_shards}] " if self.num_shards > 1 else ""
+
+    def recipes(self) -> Iterator[Recipe]:
+        """The source's recipes, the first ``--limit`` only (read twice: collecting, then writing)."""
+        return itertools.islice(iter_layer1(self.source, self.src_lang), self.args.limit)
+
+
+def _settle(args: argparse.Namespace) -> _Run:
+    """Source and output files, shard, device and model identity from the flags (SystemExit on a bad one)."""
+    src_lang = SOURCE_LANG[args.lang]
     source = layer1_path(args.r1m_path, src_lang)
     if not source.is_file():
         hint = f" (run `python translate_text.py {src_lang}` first)" if src_lang != "en" else ""
         raise SystemExit(f"{source}: source file not found{hint}")
-    out_path = Path(args.out) if args.out else layer1_path(args.r1m_path, lang)
-    model_name = args.model or DEFAULT_MODELS[lang]
-
+    out_path = Path(args.out) if args.out else layer1_path(args.r1m_path, args.lang)
+    model_name = args.model or DEFAULT_MODELS[args.lang]
     dist = _distributed()
     if args.shard is not None:
         try:
@@ -338,83 +327,125 @@ def _main(argv: Sequence[str] | None, translate_fn: TranslateFn | None) -> dict[
             raise SystemExit(str(err)) from None
     else:
         shard, num_shards = (dist[0], dist[1]) if dist else (0, 1)
-    rank_tag = f"[shard {shard}/{num_shards}] " if num_shards > 1 else ""
-
     device = resolve_device(args.no_cuda, local_rank=dist[2] if dist else None)
     fp16 = args.fp16 and device.type == "cuda"
     if args.fp16 and not fp16:
         print("warning: --fp16 needs a GPU; translating in fp32", file=sys.stderr)
+    return _Run(args, source, out_path, model_name, model_identity(model_name), shard, num_shards, dist,
+                device, fp16)
 
-    def recipes():
-        return itertools.islice(iter_layer1(source, src_lang), args.limit)
 
-    identity = model_identity(model_name)
+def _read_corpus(run: _Run) -> tuple[list[str], CorpusStats]:
+    """The source's distinct sentences, sorted (``collect_unique``), and its counts; printed."""
+    from tqdm import tqdm
+
     try:
-        unique, stats = collect_unique(tqdm(recipes(), desc=f"{rank_tag}reading {source.name}",
+        unique, stats = collect_unique(tqdm(run.recipes(), desc=f"{run.rank_tag}reading {run.source.name}",
                                             unit=" recipes", mininterval=2.0))
     except Recipe1MError as err:
         raise SystemExit(str(err)) from None
-    print(f"{rank_tag}{source}: {stats.summary()}", flush=True)
+    print(f"{run.rank_tag}{run.source}: {stats.summary()}", flush=True)
+    return unique, stats
 
-    settings = {"lang": lang, "source": src_lang, "model": identity, "beam": args.beam,
+
+def _open_cache(run: _Run, unique: list[str]) -> TranslationCache:
+    """The cache of this corpus and these settings (everything a translation depends on is in its key)."""
+    args = run.args
+    settings = {"lang": args.lang, "source": run.src_lang, "model": run.identity, "beam": args.beam,
                 # --assemble may run on a machine without the GPU that translated in fp16.
-                "max_length": args.max_length, "precision": "fp16" if fp16 or (args.assemble and args.fp16)
+                "max_length": args.max_length, "precision": "fp16" if run.fp16 or (args.assemble and args.fp16)
                 else "fp32",
                 "batch_size": args.batch_size, "unique": len(unique), "corpus": corpus_digest(unique)}
     cache_root = Path(args.cache_dir) if args.cache_dir else Path(args.r1m_path) / ".translate_cache"
-    cache = TranslationCache(cache_root / lang, settings)
+    return TranslationCache(cache_root / args.lang, settings)
+
+
+def _translate_shard(run: _Run, unique: list[str], cache: TranslationCache, done: dict, total: int,
+                     translate_fn: TranslateFn | None) -> int:
+    """Translate this shard's batches that the cache lacks, appending each to the cache; returns their number."""
+    from tqdm import tqdm
+
+    args, lang = run.args, run.args.lang
+    todo = [b for b in shard_batches(total, run.shard, run.num_shards) if b not in done]
+    print(f"{run.rank_tag}{total} batches of up to {args.batch_size} sentences; {len(done)} already in "
+          f"{cache.dir}; {len(todo)} to translate here", flush=True)
+    if not todo:
+        return 0
+    fn = translate_fn or HFTranslator(run.model_name, run.device, run.fp16, args.beam, args.max_length,
+                                      langs=(run.src_lang, TARGET_LANG[lang]))
+    cache.prepare()
+    n_sent = sum(min(args.batch_size, len(unique) - b * args.batch_size) for b in todo)
+    start = time.perf_counter()
+    with cache.writer(run.shard, run.num_shards) as writer, \
+            tqdm(total=n_sent, desc=f"{run.rank_tag}translating to {lang}", unit=" sent") as bar:
+        translate_batches(unique, args.batch_size, todo, fn, writer, bar.update)
+    took = time.perf_counter() - start
+    print(f"{run.rank_tag}translated {n_sent} unique sentences in {took:.1f}s "
+          f"({n_sent / max(took, 1e-9):.1f} sentences/s)", flush=True)
+    return len(todo)
+
+
+def _wait_for_ranks(run: _Run, cache: TranslationCache, unique: list[str], done: dict, total: int) -> dict:
+    """Rank 0 under torchrun: poll the cache up to ``--wait`` seconds until every batch is there."""
+    deadline = time.monotonic() + run.args.wait
+    while len(done) < total and time.monotonic() < deadline:
+        time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
+        done = cache.load(unique, run.args.batch_size)
+    return done
+
+
+def _write_output(run: _Run, table: dict[str, str], stats: CorpusStats) -> None:
+    """Write the output file, each source text replaced by its translation in ``table``."""
+    from tqdm import tqdm
+
+    out_path = run.out_path
+    try:
+        count = write_layer1(out_path, tqdm(run.recipes(), desc=f"writing {out_path.name}", unit=" recipes",
+                                            mininterval=2.0), run.args.lang, table, run.source)
+    except (Recipe1MError, MissingTranslationError) as err:
+        raise SystemExit(str(err)) from None
+    print(f"{run.rank_tag}wrote {out_path}: {count} recipes ({stats.sentences} sentences, {stats.unique} "
+          f"unique translations)", flush=True)
+
+
+def _main(argv: Sequence[str] | None, translate_fn: TranslateFn | None) -> dict[str, Any]:
+    args = get_parser().parse_args(argv)
+    _check_args(args)
+    if args.convert_fairseq:
+        converted = convert_model(args)
+        if args.convert_only:
+            return {"converted": str(converted), "output": None}
+    elif args.convert_only:
+        raise SystemExit("--convert_only needs --convert_fairseq CKPT")
+    run = _settle(args)
+    unique, stats = _read_corpus(run)
+    cache = _open_cache(run, unique)
     total = num_batches(len(unique), args.batch_size)
     done = cache.load(unique, args.batch_size)
     result: dict[str, Any] = {"stats": stats.to_dict(), "batches": total, "cached_batches": len(done),
                               "translated_batches": 0, "cache_dir": str(cache.dir), "output": None}
-
     if not args.assemble:
-        todo = [b for b in shard_batches(total, shard, num_shards) if b not in done]
-        print(f"{rank_tag}{total} batches of up to {args.batch_size} sentences; {len(done)} already in "
-              f"{cache.dir}; {len(todo)} to translate here", flush=True)
-        if todo:
-            fn = translate_fn or HFTranslator(model_name, device, fp16, args.beam, args.max_length,
-                                              langs=(src_lang, TARGET_LANG[lang]))
-            cache.prepare()
-            n_sent = sum(min(args.batch_size, len(unique) - b * args.batch_size) for b in todo)
-            start = time.perf_counter()
-            with cache.writer(shard, num_shards) as writer, \
-                    tqdm(total=n_sent, desc=f"{rank_tag}translating to {lang}", unit=" sent") as bar:
-                translate_batches(unique, args.batch_size, todo, fn, writer, bar.update)
-            took = time.perf_counter() - start
-            print(f"{rank_tag}translated {n_sent} unique sentences in {took:.1f}s "
-                  f"({n_sent / max(took, 1e-9):.1f} sentences/s)", flush=True)
-            result["translated_batches"] = len(todo)
+        result["translated_batches"] = _translate_shard(run, unique, cache, done, total, translate_fn)
         done = cache.load(unique, args.batch_size)
 
-    if dist and args.shard is None and not args.assemble:
-        if dist[0] != 0:
-            print(f"{rank_tag}done; rank 0 writes {out_path}", flush=True)
+    torchrun_shard = run.dist is not None and args.shard is None  # ranks meet in the cache
+    if torchrun_shard and not args.assemble:
+        if run.dist[0] != 0:
+            print(f"{run.rank_tag}done; rank 0 writes {run.out_path}", flush=True)
             return result
-        deadline = time.monotonic() + args.wait
-        while len(done) < total and time.monotonic() < deadline:
-            time.sleep(min(10.0, max(0.0, deadline - time.monotonic())))
-            done = cache.load(unique, args.batch_size)
-
+        done = _wait_for_ranks(run, cache, unique, done, total)
     missing = [b for b in range(total) if b not in done]
     if missing:
-        message = f"{rank_tag}{missing_message(missing, total, cache.shard_files())}"
-        if args.assemble or (dist and args.shard is None):
-            raise SystemExit(f"{message} Then run `translate_text.py {lang} --assemble` with the same "
+        message = f"{run.rank_tag}{missing_message(missing, total, cache.shard_files())}"
+        if args.assemble or torchrun_shard:
+            raise SystemExit(f"{message} Then run `translate_text.py {args.lang} --assemble` with the same "
                              f"--model, --beam, --max_length, --batch_size, --fp16 and --limit.")
-        print(f"{message} The shard that finishes last writes {out_path} (or run --assemble).", flush=True)
+        print(f"{message} The shard that finishes last writes {run.out_path} (or run --assemble).", flush=True)
         return result
-
     table = translation_table(unique, args.batch_size, done)
     del done, unique  # the table holds what assembly needs
-    try:
-        count = write_layer1(out_path, tqdm(recipes(), desc=f"writing {out_path.name}", unit=" recipes",
-                                            mininterval=2.0), lang, table, source)
-    except (Recipe1MError, MissingTranslationError) as err:
-        raise SystemExit(str(err)) from None
-    print(f"{rank_tag}wrote {out_path}: {count} recipes ({stats.sentences} sentences, {stats.unique} "
-          f"unique translations)", flush=True)
-    result["output"] = str(out_path)
+    _write_output(run, table, stats)
+    result["output"] = str(run.out_path)
     return result
 
 

@@ -143,19 +143,92 @@ def main(argv: list[str] | None = None) -> dict:
     return run_main(lambda: _main(argv))
 
 
-def _main(argv: list[str] | None) -> dict:
+def _sync(device) -> None:
+    """Wait for the GPU's queued work, so that the clock measures it."""
     import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_reference(translator, sentences: list[str], batch_size: int, device) -> float:
+    """Seconds to translate every non-empty text in file order, fixed batches, no deduplication."""
     from tqdm import tqdm
 
+    start = time.perf_counter()
+    with tqdm(total=len(sentences), desc="reference", unit=" sent", file=sys.stderr) as bar:
+        for i in range(0, len(sentences), batch_size):
+            batch = sentences[i:i + batch_size]
+            translator(batch)
+            bar.update(len(batch))
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def time_ours(translator, recipes: list[Recipe], batch_size: int, cache_file: Path, device) -> float:
+    """Seconds for translate_text.py's way: the dedup pass, length-sorted batches, each appended to a cache."""
+    from tqdm import tqdm
+
+    from data.translation import CacheWriter, collect_unique, num_batches, translate_batches
+
+    start = time.perf_counter()
+    uniq, _ = collect_unique(recipes)  # part of the cost: the dedup pass
+    with CacheWriter(cache_file) as writer, \
+            tqdm(total=len(uniq), desc="ours", unit=" sent", file=sys.stderr) as bar:
+        translate_batches(uniq, batch_size, range(num_batches(len(uniq), batch_size)), translator, writer,
+                          bar.update)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def time_sorted_no_dedup(translator, sentences: list[str], batch_size: int, device) -> float:
+    """Ablation: seconds for our batching (length-sorted, ``batch_size``) over every sentence, repeats included."""
+    from tqdm import tqdm
+
+    from data.translation import sort_key
+
+    ordered = sorted(sentences, key=sort_key)
+    start = time.perf_counter()
+    with tqdm(total=len(ordered), desc="sorted, no dedup", unit=" sent", file=sys.stderr) as bar:
+        for i in range(0, len(ordered), batch_size):
+            translator(ordered[i:i + batch_size])
+            bar.update(len(ordered[i:i + batch_size]))
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _report(args: argparse.Namespace, device, sentences: list[str], unique: list[str],
+            times: dict[str, list[float]]) -> dict:
+    """Print the median times and rates of each way; returns them."""
+    import torch
+
+    ref_t, our_t = statistics.median(times["reference"]), statistics.median(times["ours"])
+    result = {"sentences": len(sentences), "unique": len(unique),
+              "reference_sps": len(sentences) / ref_t, "ours_sps": len(sentences) / our_t,
+              "ratio": ref_t / our_t, "times": times}
+    print(f"model: {args.model or f'tiny random FSMT (d_model {args.d_model}, {args.layers} layers)'}, "
+          f"beam {args.beam}, max_length {args.max_length}, device {device}, threads {torch.get_num_threads()}")
+    print(f"reference (batches of {args.ref_batch_size}, file order, no dedup): {ref_t:.1f}s, "
+          f"{result['reference_sps']:.1f} sentences/s")
+    print(f"ours (dedup, length-sorted batches of {args.batch_size}, cached): {our_t:.1f}s, "
+          f"{result['ours_sps']:.1f} sentences/s")
+    print(f"ratio ours / reference: {result['ratio']:.2f}x  (goal >= 2x); deduplication leaves "
+          f"1/{len(sentences) / len(unique):.2f} of the sentences (repeats are mostly short lines, so less "
+          f"of the work)")
+    if args.ablation:
+        abl_t = statistics.median(times["sorted_no_dedup"])
+        result["sorted_no_dedup_sps"] = len(sentences) / abl_t
+        print(f"ablation, length-sorted batches of {args.batch_size} without dedup: {abl_t:.1f}s, "
+              f"{result['sorted_no_dedup_sps']:.1f} sentences/s: batching {ref_t / abl_t:.2f}x, "
+              f"then deduplication {abl_t / our_t:.2f}x")
+    return result
+
+
+def _main(argv: list[str] | None) -> dict:
+    import torch
+
     from data.recipe1m import iter_layer1
-    from data.translation import (
-        CacheWriter,
-        collect_unique,
-        num_batches,
-        recipe_texts,
-        sort_key,
-        translate_batches,
-    )
+    from data.translation import collect_unique, recipe_texts
     from tests.tiny_models import build_tiny_fsmt
     from translate_text import HFTranslator
     from utils.cli import resolve_device
@@ -178,71 +251,17 @@ def _main(argv: list[str] | None) -> dict:
         device = resolve_device(args.no_cuda)
         translator = HFTranslator(model, device, args.fp16 and device.type == "cuda", args.beam, args.max_length)
         translator(sentences[:8])  # warm-up (allocations, lazy inits)
-
-        def sync() -> None:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-
-        def reference() -> float:
-            start = time.perf_counter()
-            with tqdm(total=len(sentences), desc="reference", unit=" sent", file=sys.stderr) as bar:
-                for i in range(0, len(sentences), args.ref_batch_size):
-                    batch = sentences[i:i + args.ref_batch_size]
-                    translator(batch)
-                    bar.update(len(batch))
-            sync()
-            return time.perf_counter() - start
-
-        def ours(run: int) -> float:
-            start = time.perf_counter()
-            uniq, _ = collect_unique(recipes)  # part of the cost: the dedup pass
-            with CacheWriter(Path(tmp) / f"cache-{run}.jsonl") as writer, \
-                    tqdm(total=len(uniq), desc="ours", unit=" sent", file=sys.stderr) as bar:
-                translate_batches(uniq, args.batch_size, range(num_batches(len(uniq), args.batch_size)),
-                                  translator, writer, bar.update)
-            sync()
-            return time.perf_counter() - start
-
-        def sorted_no_dedup() -> float:
-            # Ablation: our batching (length-sorted, --batch_size) over every sentence, repeats included.
-            ordered = sorted(sentences, key=sort_key)
-            start = time.perf_counter()
-            with tqdm(total=len(ordered), desc="sorted, no dedup", unit=" sent", file=sys.stderr) as bar:
-                for i in range(0, len(ordered), args.batch_size):
-                    translator(ordered[i:i + args.batch_size])
-                    bar.update(len(ordered[i:i + args.batch_size]))
-            sync()
-            return time.perf_counter() - start
-
         times: dict[str, list[float]] = {"reference": [], "ours": []}
         if args.ablation:
             times["sorted_no_dedup"] = []
-        for run in range(args.repeats):
-            times["reference"].append(reference())
-            times["ours"].append(ours(run))
+        for run in range(args.repeats):  # the ways alternate, so that drift hits each alike
+            times["reference"].append(time_reference(translator, sentences, args.ref_batch_size, device))
+            times["ours"].append(time_ours(translator, recipes, args.batch_size, Path(tmp) / f"cache-{run}.jsonl",
+                                           device))
             if args.ablation:
-                times["sorted_no_dedup"].append(sorted_no_dedup())
-
-    ref_t, our_t = statistics.median(times["reference"]), statistics.median(times["ours"])
-    result = {"sentences": len(sentences), "unique": len(unique),
-              "reference_sps": len(sentences) / ref_t, "ours_sps": len(sentences) / our_t,
-              "ratio": ref_t / our_t, "times": times}
-    print(f"model: {args.model or f'tiny random FSMT (d_model {args.d_model}, {args.layers} layers)'}, "
-          f"beam {args.beam}, max_length {args.max_length}, device {device}, threads {torch.get_num_threads()}")
-    print(f"reference (batches of {args.ref_batch_size}, file order, no dedup): {ref_t:.1f}s, "
-          f"{result['reference_sps']:.1f} sentences/s")
-    print(f"ours (dedup, length-sorted batches of {args.batch_size}, cached): {our_t:.1f}s, "
-          f"{result['ours_sps']:.1f} sentences/s")
-    print(f"ratio ours / reference: {result['ratio']:.2f}x  (goal >= 2x); deduplication leaves "
-          f"1/{len(sentences) / len(unique):.2f} of the sentences (repeats are mostly short lines, so less "
-          f"of the work)")
-    if args.ablation:
-        abl_t = statistics.median(times["sorted_no_dedup"])
-        result["sorted_no_dedup_sps"] = len(sentences) / abl_t
-        print(f"ablation, length-sorted batches of {args.batch_size} without dedup: {abl_t:.1f}s, "
-              f"{result['sorted_no_dedup_sps']:.1f} sentences/s: batching {ref_t / abl_t:.2f}x, "
-              f"then deduplication {abl_t / our_t:.2f}x")
-    return result
+                times["sorted_no_dedup"].append(time_sorted_no_dedup(translator, sentences, args.batch_size,
+                                                                     device))
+    return _report(args, device, sentences, unique, times)
 
 
 if __name__ == "__main__":

@@ -318,6 +318,138 @@ def _swap_in(build: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _check_params(recipes: int, seed: int, max_images: int, image_size: int, workers: int) -> None:
+    """Raise ``ValueError`` naming the first parameter of :func:`generate` out of range."""
+    for name, value, low, high in (("recipes", recipes, 1, None), ("seed", seed, 0, None),
+                                   ("max_images", max_images, 1, len(IMAGE_COUNT_P)),
+                                   ("image_size", image_size, 32, None), ("workers", workers, 0, None)):
+        if not isinstance(value, int) or value < low or (high is not None and value > high):
+            bound = f"{low}..{high}" if high is not None else f">= {low}"
+            raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+
+
+Item = tuple[str, dict, list[str]]  # (recipe id, make_recipe's structure, image file names)
+
+
+def _make_items(seed: int, recipes: int, max_images: int) -> list[Item]:
+    """Every recipe's structure, id and image names, in recipe order.
+
+    Ids (recipes' and images') come from one stream ``[seed, 0]`` in this order, so they are unique
+    and do not depend on anything drawn elsewhere.
+    """
+    id_rng, seen = np.random.default_rng([seed, 0]), set()
+
+    def new_id() -> str:
+        while True:
+            value = f"{int(id_rng.integers(0, 1 << 40)):010x}"
+            if value not in seen:
+                seen.add(value)
+                return value
+
+    items = []
+    for i in range(recipes):
+        r = make_recipe(seed, i, max_images)
+        rid = new_id()
+        items.append((rid, r, [f"{new_id()}.jpg" for _ in range(r["n_images"])]))
+    return items
+
+
+def _draw_images(items: list[Item], img_root: Path, seed: int, image_size: int, workers: int,
+                 progress: bool) -> int:
+    """Draw every image under ``img_root`` (in ``workers`` processes, or here); returns the count."""
+    jobs = [(r, r["partition"], images) for _, r, images in items if images]
+    tasks = [(seed, image_size, str(img_root), chunk) for chunk in _chunks(jobs, 8)]
+    total = sum(len(images) for _, _, images in items)
+    with tqdm(total=total, desc="drawing images", unit="img", disable=not progress) as bar:
+        if workers == 0:
+            for task in tasks:
+                bar.update(_draw_jobs(task))
+        else:
+            # spawn: safe even when the caller has threads (torch); the output is the same.
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                for written in pool.imap_unordered(_draw_jobs, tasks):
+                    bar.update(written)
+    return total
+
+
+def _layer1_entry(rid: str, r: dict, lang: str, rng: np.random.Generator | None) -> dict:
+    """Recipe ``r``'s entry of ``layer1.json`` (``lang`` "en") or of ``layer1_<lang>.json``."""
+    url = f"https://recipes.synthetic-recipe1m.invalid/{rid}"
+    title, ingrs, insts = Renderer(lang, rng).render(r)
+    if lang == "en":
+        return {"id": rid, "title": title, "ingredients": [{"text": t} for t in ingrs],
+                "instructions": [{"text": t} for t in insts], "partition": r["partition"], "url": url}
+    return {"id": rid, f"title_{lang}": title, f"ingredients_{lang}": [{"text": t} for t in ingrs],
+            f"instructions_{lang}": [{"text": t} for t in insts], "partition": r["partition"], "url": url}
+
+
+def _texts(items: list[Item], seed: int, lex: dict) -> tuple[dict[str, list[dict]], list[dict], dict[str, int]]:
+    """The texts of every recipe: ``({"en" | lang: layer1 entries}, det_ingrs entries, id2class)``."""
+    layer1: dict[str, list[dict]] = {lang: [] for lang in ("en", *TRANSLATIONS)}
+    det_ingrs, id2class = [], {}
+    for rid, r, _ in items:
+        layer1["en"].append(_layer1_entry(rid, r, "en", None))
+        for lang in TRANSLATIONS:  # only the back-translations draw (their wording)
+            rng = (np.random.default_rng([seed, 4, r["index"], LANGS_OUT.index(lang)])
+                   if lang in BACK_SYNONYM_P else None)
+            layer1[lang].append(_layer1_entry(rid, r, lang, rng))
+        names = [("", False) if x[0] == "empty" else
+                 (lex["ingredients" if x[0] == "ing" else "pantry"][x[1]]["en"][0], x[0] == "ing")
+                 for x in r["lines"]]
+        det_ingrs.append({"id": rid, "valid": [ok for _, ok in names],
+                          "ingredients": [{"text": name} for name, _ in names]})
+        if r["cls"] is not None:
+            id2class[rid] = r["cls"]
+    return layer1, det_ingrs, id2class
+
+
+def _write_recipe_files(out: Path, items: list[Item], seed: int, lex: dict) -> tuple[dict[str, int], dict]:
+    """Write every Recipe1M file but the images into ``out``; returns ``(id2class, class2name)``.
+
+    ``layer2.json`` lists the recipes with images in a permutation (stream ``[seed, 5]``), so that
+    readers must keep its order for the keys files.
+    """
+    layer1, det_ingrs, id2class = _texts(items, seed, lex)
+    with_images = [k for k, (_, _, images) in enumerate(items) if images]
+    order = [with_images[int(k)] for k in np.random.default_rng([seed, 5]).permutation(len(with_images))]
+    layer2 = [{"id": items[k][0], "images": [
+        {"id": image, "url": f"https://images.synthetic-recipe1m.invalid/{image}"} for image in items[k][2]]}
+        for k in order]
+
+    atomic_write_json(out / "layer1.json", layer1["en"])
+    for lang in TRANSLATIONS:
+        atomic_write_json(out / f"layer1_{lang}.json", layer1[lang])
+    atomic_write_json(out / "layer2.json", layer2)
+    atomic_write_json(out / "det_ingrs.json", det_ingrs)
+    class2name = {0: "background", **{d + 1: dish["en"][0] for d, dish in enumerate(lex["dishes"])}}
+    write_classes(out / "classes1M.pkl", id2class, class2name)
+    for partition in PARTITIONS:  # recipes with images, in layer2.json order (docs/data.md#the-lmdb-records)
+        write_keys(out / f"{partition}_keys.pkl",
+                   [items[k][0] for k in order if items[k][1]["partition"] == partition])
+    return id2class, class2name
+
+
+def _summary(items: list[Item], lex: dict, id2class: dict[str, int], class2name: dict, params: dict) -> dict:
+    """What ``synthetic.json`` records: counts per partition and in total, and the parameters."""
+    parts = {p: {"recipes": 0, "with_images": 0, "images": 0} for p in PARTITIONS}
+    for _, r, images in items:
+        counts = parts[r["partition"]]
+        counts["recipes"] += 1
+        counts["with_images"] += bool(images)
+        counts["images"] += len(images)
+    return {
+        "format_version": 1, "recipes": len(items), "with_images": sum(bool(images) for _, _, images in items),
+        "images": sum(len(images) for _, _, images in items),
+        "partitions": parts, "dish_types": len(lex["dishes"]), "ingredients": len(lex["ingredients"]),
+        "classes": len(class2name), "in_classes1M": len(id2class),
+        "background_class": sum(1 for c in id2class.values() if c == 0),
+        "empty_ingredient_lines": sum(x == ("empty",) for _, r, _ in items for x in r["lines"]),
+        "empty_instruction_lines": sum(x == ("empty",) for _, r, _ in items for x in r["steps"]),
+        "params": params,
+        "languages": ["en", *TRANSLATIONS],
+    }
+
+
 def generate(out_dir: str | os.PathLike, recipes: int = 5000, seed: int = 0, max_images: int = 5,
              image_size: int = 256, workers: int = 0, *, progress: bool = True, force: bool = False) -> dict:
     """Write a synthetic Recipe1M (docs/data.md#recipe1m-on-disk) into ``out_dir``, images under ``out_dir/images``.
@@ -343,106 +475,19 @@ def generate(out_dir: str | os.PathLike, recipes: int = 5000, seed: int = 0, max
         ValueError: a parameter out of range.
         SyntheticOutError: ``out_dir`` is a file, or not empty (see :func:`check_out_dir`).
     """
-    for name, value, low, high in (("recipes", recipes, 1, None), ("seed", seed, 0, None),
-                                   ("max_images", max_images, 1, len(IMAGE_COUNT_P)),
-                                   ("image_size", image_size, 32, None), ("workers", workers, 0, None)):
-        if not isinstance(value, int) or value < low or (high is not None and value > high):
-            bound = f"{low}..{high}" if high is not None else f">= {low}"
-            raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
+    _check_params(recipes, seed, max_images, image_size, workers)
     check_out_dir(Path(out_dir), force)
     final = Path(out_dir).resolve()
     out = final.parent / f".{final.name}.partial"  # a killed run leaves only this, removed by the next
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     lex = lexicon()
-
-    # Structures and ids, in recipe order (ids come from one stream, so they are unique).
-    id_rng, seen = np.random.default_rng([seed, 0]), set()
-
-    def new_id() -> str:
-        while True:
-            value = f"{int(id_rng.integers(0, 1 << 40)):010x}"
-            if value not in seen:
-                seen.add(value)
-                return value
-
-    items = []
-    for i in range(recipes):
-        r = make_recipe(seed, i, max_images)
-        rid = new_id()
-        items.append((rid, r, [f"{new_id()}.jpg" for _ in range(r["n_images"])]))
-
+    items = _make_items(seed, recipes, max_images)
     # Images first: the JSON files then describe a set whose images all exist.
-    img_root = out / "images"
-    jobs = [(r, r["partition"], images) for _, r, images in items if images]
-    tasks = [(seed, image_size, str(img_root), chunk) for chunk in _chunks(jobs, 8)]
-    total = sum(len(images) for _, _, images in items)
-    with tqdm(total=total, desc="drawing images", unit="img", disable=not progress) as bar:
-        if workers == 0:
-            for task in tasks:
-                bar.update(_draw_jobs(task))
-        else:
-            # spawn: safe even when the caller has threads (torch); the output is the same.
-            with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                for written in pool.imap_unordered(_draw_jobs, tasks):
-                    bar.update(written)
-
-    layer1 = []
-    translated: dict[str, list[dict]] = {lang: [] for lang in TRANSLATIONS}
-    det_ingrs, id2class = [], {}
-    for rid, r, _ in items:
-        url = f"https://recipes.synthetic-recipe1m.invalid/{rid}"
-        title, ingrs, insts = Renderer("en").render(r)
-        layer1.append({"id": rid, "title": title, "ingredients": [{"text": t} for t in ingrs],
-                       "instructions": [{"text": t} for t in insts], "partition": r["partition"], "url": url})
-        for lang in TRANSLATIONS:  # only the back-translations draw (their wording)
-            rng = (np.random.default_rng([seed, 4, r["index"], LANGS_OUT.index(lang)])
-                   if lang in BACK_SYNONYM_P else None)
-            title, ingrs, insts = Renderer(lang, rng).render(r)
-            translated[lang].append({"id": rid, f"title_{lang}": title,
-                                     f"ingredients_{lang}": [{"text": t} for t in ingrs],
-                                     f"instructions_{lang}": [{"text": t} for t in insts],
-                                     "partition": r["partition"], "url": url})
-        names = [("", False) if x[0] == "empty" else
-                 (lex["ingredients" if x[0] == "ing" else "pantry"][x[1]]["en"][0], x[0] == "ing")
-                 for x in r["lines"]]
-        det_ingrs.append({"id": rid, "valid": [ok for _, ok in names],
-                          "ingredients": [{"text": name} for name, _ in names]})
-        if r["cls"] is not None:
-            id2class[rid] = r["cls"]
-    with_images = [k for k, (_, _, images) in enumerate(items) if images]
-    order = [with_images[int(k)] for k in np.random.default_rng([seed, 5]).permutation(len(with_images))]
-    layer2 = [{"id": items[k][0], "images": [
-        {"id": image, "url": f"https://images.synthetic-recipe1m.invalid/{image}"} for image in items[k][2]]}
-        for k in order]
-
-    atomic_write_json(out / "layer1.json", layer1)
-    for lang in TRANSLATIONS:
-        atomic_write_json(out / f"layer1_{lang}.json", translated[lang])
-    atomic_write_json(out / "layer2.json", layer2)
-    atomic_write_json(out / "det_ingrs.json", det_ingrs)
-    class2name = {0: "background", **{d + 1: dish["en"][0] for d, dish in enumerate(lex["dishes"])}}
-    write_classes(out / "classes1M.pkl", id2class, class2name)
-    for partition in PARTITIONS:  # recipes with images, in layer2.json order (docs/data.md#the-lmdb-records)
-        write_keys(out / f"{partition}_keys.pkl",
-                   [items[k][0] for k in order if items[k][1]["partition"] == partition])
-
-    parts = {p: {"recipes": 0, "with_images": 0, "images": 0} for p in PARTITIONS}
-    for _, r, images in items:
-        counts = parts[r["partition"]]
-        counts["recipes"] += 1
-        counts["with_images"] += bool(images)
-        counts["images"] += len(images)
-    summary = {
-        "format_version": 1, "recipes": recipes, "with_images": len(with_images), "images": total,
-        "partitions": parts, "dish_types": len(lex["dishes"]), "ingredients": len(lex["ingredients"]),
-        "classes": len(class2name), "in_classes1M": len(id2class),
-        "background_class": sum(1 for c in id2class.values() if c == 0),
-        "empty_ingredient_lines": sum(x == ("empty",) for _, r, _ in items for x in r["lines"]),
-        "empty_instruction_lines": sum(x == ("empty",) for _, r, _ in items for x in r["steps"]),
-        "params": {"recipes": recipes, "seed": seed, "max_images": max_images, "image_size": image_size},
-        "languages": ["en", *TRANSLATIONS],
-    }
+    _draw_images(items, out / "images", seed, image_size, workers, progress)
+    id2class, class2name = _write_recipe_files(out, items, seed, lex)
+    params = {"recipes": recipes, "seed": seed, "max_images": max_images, "image_size": image_size}
+    summary = _summary(items, lex, id2class, class2name, params)
     atomic_write_json(out / "synthetic.json", summary, indent=1)
     _swap_in(out, final)
     return summary

@@ -441,3 +441,10 @@ def test_empty_splits_are_warned_about_and_recorded(r1m, built, tmp_path, capsys
     for p in ("val", "test"):  # written, and empty
         assert _read_lmdb(lmdb_dir(tmp_path / "out", p)) == {} and load_keys(keys_file(tmp_path / "out", p)) == []
     assert json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8")) == manifest
+
+
+def test_help_opens_with_usage_and_one_sentence(monkeypatch):
+    """``--help`` starts with at most 5 lines (usage, one sentence) before the options; the rest is in docs/."""
+    monkeypatch.setenv("COLUMNS", "80")
+    head = create_lmdb.get_parser().format_help().split("\n\noptions:")[0]
+    assert len(head.splitlines()) <= 5, head

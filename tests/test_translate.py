@@ -15,18 +15,20 @@ import pytest
 import torch
 
 import translate_text
+from data.fairseq_convert import (
+    FairseqConversionError,
+    convert_fairseq_checkpoint,
+    load_fairseq_checkpoint,
+    read_fairseq_dict,
+)
 from data.recipe1m import iter_layer1
 from data.translation import (
-    FairseqConversionError,
     TranslationCache,
     batch_digest,
     collect_unique,
-    convert_fairseq_checkpoint,
     is_empty,
-    load_fairseq_checkpoint,
     num_batches,
     parse_shard,
-    read_fairseq_dict,
     sort_key,
     translate_batches,
 )
@@ -544,6 +546,21 @@ def test_fairseq_dict_numbering(tmp_path):
         read_fairseq_dict(path)
 
 
+def test_fairseq_files_that_are_not_release_files_are_typed_errors(tmp_path):
+    """Files of another kind stop with a FairseqConversionError (an InputError) naming the file."""
+    from utils.errors import InputError
+
+    assert issubclass(FairseqConversionError, InputError)
+    text = tmp_path / "model1.pt"
+    text.write_text("hello\n", encoding="utf-8")  # the unpickler fails with a KeyError on it
+    with pytest.raises(FairseqConversionError, match=r"model1\.pt: not a readable torch checkpoint \(KeyError"):
+        load_fairseq_checkpoint(text)
+    latin1 = tmp_path / "dict.de.txt"
+    latin1.write_bytes("Stra\xdfe 12\n".encode("latin-1"))
+    with pytest.raises(FairseqConversionError, match=r"dict\.de\.txt: not UTF-8 text"):
+        read_fairseq_dict(latin1)
+
+
 def test_fairseq_checkpoints_fsmt_cannot_hold(tmp_path, tiny_fsmt):
     prenorm = export_fairseq(tiny_fsmt, tmp_path / "prenorm", old_names=True, shared=False, legacy=True,
                              encoder_normalize_before=True)
@@ -627,3 +644,10 @@ def test_a_pickle_given_to_convert_fairseq_is_one_line(tmp_path):
     assert lines[0].startswith(f"--convert_fairseq: {path}: cannot read the checkpoint safely")
     assert "allows: Unsupported operand" in lines[0] and "False" not in lines[0]  # never the advice to retry
     assert not (tmp_path / "out").exists()
+
+
+def test_help_opens_with_usage_and_one_sentence(monkeypatch):
+    """``--help`` starts with at most 5 lines (usage, one sentence) before the arguments; the rest is in docs/."""
+    monkeypatch.setenv("COLUMNS", "80")
+    head = translate_text.get_parser().format_help().split("\n\npositional arguments:")[0]
+    assert len(head.splitlines()) <= 5, head
