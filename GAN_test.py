@@ -102,6 +102,8 @@ from utils.metrics import (
     results_by_bag,
 )
 from utils.runs import (
+    DEFAULT_DATA_PATH,
+    DEFAULT_IMG_PATH,
     GENERATED_DIR,
     RECIPE_FIGURE,
     RECIPE_GEN_DIR,
@@ -314,7 +316,8 @@ def recipes_figure(rows: list[tuple[str, list[Image.Image], list[tuple[Image.Ima
 def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) -> dict:
     """``--recipe``: images for recipes that are not in the LMDB (module docstring); returns what was written."""
     from data.query import read_recipe_json
-    from search import RunSearch, parse_parts
+    from pipeline.search import RunSearch
+    from utils.search_index import parse_parts
     from utils.vis import image_tile
 
     recipes = read_recipe_json(args.recipe, lang)  # bad input stops before anything is loaded
@@ -360,10 +363,7 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
                  ctx=ctx, on_batch=on_batch, desc=f"images {k}")
     nearest: list[list[dict]] = [[] for _ in recipes]
     if args.nearest > 0:
-        scores, rows = searcher.search(rec.numpy(), "images", args.nearest)
-        for r in range(len(recipes)):
-            for rank, (score, row) in enumerate(zip(scores[r].tolist(), rows[r].tolist()), 1):
-                nearest[r].append({"rank": rank, "score": round(float(score), 6), **searcher.describe(row)})
+        nearest = searcher.hits(*searcher.search(rec.numpy(), "images", args.nearest))
 
     written, fig_rows = [], []
     for r, (recipe, folder) in enumerate(zip(recipes, folders)):
@@ -495,8 +495,8 @@ def _main(argv) -> dict:
     if trained_with and trained_with != files.ckpt_name:
         print(f"note: G was trained with the encoder of {trained_with}; scoring with {files.ckpt_name}")
     enc_opts = encoder_run_opts(encoder_dir, files.ckpt_name)
-    data_path = Path(args.data_path or opts.get("data_path") or enc_opts.get("data_path") or "data/loader_data")
-    img_path = Path(args.img_path or opts.get("img_path") or enc_opts.get("img_path") or "data/Recipe1M/images")
+    data_path = Path(args.data_path or opts.get("data_path") or enc_opts.get("data_path") or DEFAULT_DATA_PATH)
+    img_path = Path(args.img_path or opts.get("img_path") or enc_opts.get("img_path") or DEFAULT_IMG_PATH)
     r1m_path = args.r1m_path or opts.get("r1m_path")
     out_dir = Path(args.out_dir) if args.out_dir else g_path.parent / GENERATED_DIR
     if not args.medr:
