@@ -68,7 +68,7 @@ from data.lmdb_format import (
     part_text,
 )
 from data.recipe1m import Recipe1MError, iter_layer1, layer1_path
-from models.foodspace import load_image_encoder
+from models.foodspace import image_encoder_from_checkpoint, load_image_encoder
 from models.gan import GANConfig, Generator, imagenet_to_pixels
 from models.gan_losses import encode_generated
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
@@ -327,15 +327,17 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
     ctx = autocast_context(device, args.amp)
     trained_with = ckpt.get("encoder", {}).get("ckpt_name")
     checkpoint = checkpoint_path(encoder_dir, trained_with) if trained_with else None
-    if checkpoint is not None and not checkpoint.is_file():
-        print(f"note: G was trained with the encoder of {trained_with}, whose checkpoint {shown(checkpoint)} is gone; "
-              f"embedding with the run's default checkpoint")
+    gone = checkpoint if checkpoint is not None and not checkpoint.is_file() else None
+    if gone is not None:  # the run's default checkpoint stands in; the check below says whether it may
         checkpoint = None
 
     def same_encoder(path: Path, fingerprint: str) -> None:  # before the index is read or written
         lineage.require_same("the image encoder of checkpoint",
                              (g_path, (ckpt.get(lineage.KEY) or {}).get("encoder")), (path, fingerprint),
                              encoder_fix(opts))
+        if gone is not None:  # said only when the stand-in passed the check: no note before a refusal
+            print(f"note: G was trained with the encoder of {trained_with}, whose checkpoint {shown(gone)} is gone; "
+                  f"embedding with the run's default checkpoint")
 
     searcher = RunSearch(encoder_dir, checkpoint=str(checkpoint) if checkpoint else None, lang=lang,
                          parts=parse_parts(args.index_parts), data_path=args.data_path or opts.get("data_path"),
@@ -486,8 +488,8 @@ def _main(argv) -> dict:
     if args.recipe:
         return recipe_images(args, ckpt, g_path, Path(encoder_dir), lang)
     files = find_encoder_files(encoder_dir, lang, partitions=("test",))
-    enc_lineage = load_checkpoint(files.encoder).get(lineage.KEY)
-    lineage.check_gan_inputs((files.encoder, enc_lineage),
+    enc_ckpt = load_checkpoint(files.encoder)  # read once: its lineage now, the encoder below
+    lineage.check_gan_inputs((files.encoder, enc_ckpt.get(lineage.KEY)),
                              {"test": (files.embeddings["test"], embeddings_lineage(files.embeddings["test"]))},
                              generator=(g_path, ckpt.get(lineage.KEY)), fix_encoder=encoder_fix(opts),
                              fix_embeddings=f"make them again with: {vectors_command(encoder_dir, lang)}")
@@ -514,7 +516,8 @@ def _main(argv) -> dict:
     G = Generator(cfg)
     G.load_state_dict(ckpt["model"])
     G.to(device).eval()
-    encoder, _ = load_image_encoder(files.encoder, device)
+    encoder = image_encoder_from_checkpoint(enc_ckpt, files.encoder, device)
+    del enc_ckpt  # its tensors are copied into the encoder
     emb = load_partition_embeddings(files.embeddings["test"], data_path, "test")
     ids = [str(i) for i in emb["rec_ids"]]
     rec = torch.from_numpy(np.ascontiguousarray(emb["rec_embeds"], dtype=np.float32))  # (N, D)
