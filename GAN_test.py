@@ -1,44 +1,4 @@
-"""Generate images for every test recipe with a trained G and score them (docs/synthesis.md).
-
-    python GAN_test.py --trained_G_model_path runs/<run>/GAN_runs/GAN_<stamp>/G_best.pth.tar
-    python GAN_test.py --encoder_dir runs/<run> --trained_G_model_path G.pth.tar --noise_mode BATCH_RANDOM \\
-        --num_images 3 --metrics_json gan_metrics.json
-
-G is rebuilt from the configuration stored in its checkpoint (no architecture flags). The image
-encoder and the test embeddings come from ``--encoder_dir`` (default: the one G was trained with),
-found as GAN_train.py finds them (:func:`utils.runs.find_encoder_files`). For every recipe of the test
-embedding file (none dropped):
-
-* ``<out_dir>/<recipe id>/generated_<k>.png``: ``--num_images`` images generated from the recipe
-  embedding with ``--noise_mode`` (the reference's modes, :mod:`models.gan_sampling`: BATCH_RANDOM
-  z per recipe, SINGLE_RANDOM one z for all recipes, ZERO z = 0, each with the conditioning noise
-  drawn per recipe; MEAN: z = 0 and c = mu; all seeded with ``--seed + k``), ``real.png`` (the
-  real image as D saw it: resize 256, centre crop 224, 128 px) and ``recipe.txt`` (title, ingredients, instructions from ``<r1m_path>/layer1*.json``,
-  or decoded from the LMDB tokens when that file is absent). ``<out_dir>`` defaults to
-  ``<GAN run>/generated``.
-* Scores, from the generated tensors in memory (no image re-read) with ``--score_noise_mode``
-  (default ZERO, as the reference scores): generated image -> recipe (``fake2rec``), recipe ->
-  generated image (``rec2fake``), generated -> real image (``fake2img``) and real -> generated
-  image (``img2fake``), with docs/evaluation.md's protocol (bags of ``--medr``, seeded with ``--seed``)
-  plus ``"all"``, the whole test set ranked in chunks. Real images are test.py's ``img_embeds``
-  (the first image of each recipe, as the cycle loss used).
-* ``frechet_distance``: the Frechet distance between real and generated images in the FoodSpace
-  image-encoder embedding space (:mod:`utils.frechet`). Both sides go through the same path: a
-  128 px image, resized to the encoder's input size (bilinear; antialiased when shrinking) and
-  encoded, so the distance measures content, not resolution. With fewer images than dimensions a shrunk covariance is used and a note says so.
-* ``<GAN run>/synthesis.png``: per recipe its title, the real image, ``--synthesis_k`` images
-  generated from its recipe embedding and as many from its real image embedding (same noises).
-
-With ``--recipe recipe.json`` (one recipe in layer1 format, or a list: see ``search.py``) it
-generates images for recipes that are not in the LMDB instead, and scores nothing: each recipe is
-embedded by the text encoder of the checkpoint G was trained with (``<encoder_dir>/models/<ckpt>.pth.tar``),
-through the query path of ``search.py`` (:mod:`data.query`: the run's tokenizer and text rules),
-and G draws ``--num_images`` images with ``--noise_mode`` (seeds ``--seed + k``). Written to
-``<out_dir>`` (default ``<GAN run>/from_recipe``): ``<recipe id>/generated_<k>.png``,
-``<recipe id>/recipe.txt``, ``<recipe id>/nearest.txt`` (the ``--nearest`` real photos closest to
-the recipe in the encoder run's index, as ``search.py --recipe`` finds them) and ``recipes.png``
-(per recipe: its text, the generated images, the nearest real photos with their cosine).
-"""
+"""Generate images for every test recipe with a trained G and score them, or for your recipes; docs/synthesis.md."""
 
 from __future__ import annotations
 
@@ -117,11 +77,12 @@ from utils.runs import (
 from utils.vis import figure_font
 
 TILE = 128
+USAGE = "%(prog)s --trained_G_model_path G.pth.tar [--encoder_dir RUN] [--recipe JSON] [options]"
 
 
 def get_parser() -> argparse.ArgumentParser:
     """GAN_test.py's flags (the data flags default to those G was trained with)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(usage=USAGE, description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--trained_G_model_path", required=True, help="G checkpoint written by GAN_train.py")
     p.add_argument("--encoder_dir", default=None, help="train.py run folder (None: the one G was trained with)")
     p.add_argument("--data_path", default=None, help="folder written by create_lmdb.py (None: G's run)")
@@ -314,7 +275,7 @@ def recipes_figure(rows: list[tuple[str, list[Image.Image], list[tuple[Image.Ima
 
 
 def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) -> dict:
-    """``--recipe``: images for recipes that are not in the LMDB (module docstring); returns what was written."""
+    """``--recipe``: images for recipes that are not in the LMDB (docs/synthesis.md#gan_testpy); returns what was written."""
     from data.query import read_recipe_json
     from pipeline.search import RunSearch
     from utils.search_index import parse_parts

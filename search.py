@@ -1,37 +1,4 @@
-"""Search a trained run's FoodSpace with your own photos or recipes.
-
-    python search.py --run runs/<run> --image photo.jpg [photo2.jpg ...] --k 5
-    python search.py --run runs/<run> --recipe recipe.json --figure out.png
-    python search.py --run runs/<run> --text "Tomato soup" --ingredients "4 tomatoes; 1 onion" \\
-        --instructions "Chop the onion.;Simmer 20 minutes." --json
-
-A photo gives the top-k recipes of the index (id, score, title, first ingredients); a recipe gives
-the top-k images (recipe id, image id, score, path). The score is the cosine of the two
-L2-normalised FoodSpace embeddings.
-
-The model is a checkpoint of the run, rebuilt from the architecture stored in it (no
-architecture flags): by default the newest ``models/model_BEST_REC_*.pth.tar`` that test.py has
-written embeddings for in ``--language``; ``--checkpoint`` picks another. Queries go through the
-preprocessing of training and test (:mod:`data.query`): the run's tokenizer (from its
-``data_path``), create_lmdb.py's text rules, [CLS]/[SEP], truncation to the LMDB's ``max_len``,
-the run's ``textinputs``; photos with their EXIF orientation and the evaluation transform at the
-run's ``image_size``.
-
-The index is test.py's embedding files (``foodSpace_vectors_*_<ckpt>_<partition>_<lang>.npz``)
-of ``--index_parts`` (default ``available``: every one of test, val, train that exists, in that
-order), L2-normalised and concatenated into ``RUN/search_index_<ckpt>_<parts>_<lang>.npz``
-(written atomically, rebuilt when an embedding file changes). The search is exact by default:
-one float32 matrix product, batched over queries and chunks of the index. ``--faiss`` uses an
-approximate inverted-file index (faiss ``IndexIVFFlat``, inner product, ``nlist`` about the square
-root of the index size, ``--nprobe`` lists searched), saved beside it as
-``...<lang>.faiss-<images|recipes>.npz``; its recall@k against the exact search, on a sample of the
-index's own embeddings of the other modality, is printed when it is built. faiss is optional:
-``pip install faiss-cpu``.
-
-Recipe JSON: one recipe in layer1 format, ``{"title": ..., "ingredients": [{"text": ...}],
-"instructions": [{"text": ...}], "id": optional}``, or a list of them. ``--ingredients`` and
-``--instructions`` take lines separated by newlines or ``;``.
-"""
+"""Search a trained run's FoodSpace with your own photos (for recipes) or recipes (for photos); docs/search.md."""
 
 from __future__ import annotations
 
@@ -47,9 +14,11 @@ from utils.cli import IMAGE_BACKEND_HELP, IMAGE_BACKENDS, HelpFormatter, resolve
 from utils.runs import shown
 from utils.search_index import SearchError, import_faiss, parse_parts
 
+USAGE = "%(prog)s --run RUN (--image PHOTO [PHOTO ...] | --recipe JSON | --text TITLE) [options]"
+
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(usage=USAGE, description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--run", required=True, help="train.py run folder (test.py has written its embeddings)")
     query = p.add_argument_group("query (exactly one of --image, --recipe, --text)")
     query.add_argument("--image", nargs="+", default=None, metavar="PHOTO", help="photos: find their recipes")

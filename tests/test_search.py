@@ -347,6 +347,15 @@ def test_bad_input_is_one_error_line(run, tmp_path):
     assert proc.stderr.strip().splitlines() == [f"error: missing image file {tmp_path / 'missing.jpg'}"]
 
 
+@pytest.mark.parametrize("script, doc", [(search, "docs/search.md"), (GAN_test, "docs/synthesis.md")])
+def test_help_opens_with_the_usage_and_one_sentence(script, doc):
+    """``--help`` starts with at most 5 lines (a short usage, one sentence naming the page); the rest is in docs/."""
+    text = script.get_parser().format_help()
+    head = re.split(r"\n(?:options|optional arguments):", text)[0].rstrip("\n").splitlines()
+    assert len(head) <= 5 and head[0].startswith("usage: ") and doc in head[-1], head
+    assert (ROOT / doc).is_file()
+
+
 # --------------------------------------------------------------------------- GAN_test.py --recipe
 
 
