@@ -1,44 +1,4 @@
-"""Generate images for every test recipe with a trained G and score them (docs/synthesis.md).
-
-    python GAN_test.py --trained_G_model_path runs/<run>/GAN_runs/GAN_<stamp>/G_best.pth.tar
-    python GAN_test.py --encoder_dir runs/<run> --trained_G_model_path G.pth.tar --noise_mode BATCH_RANDOM \\
-        --num_images 3 --metrics_json gan_metrics.json
-
-G is rebuilt from the configuration stored in its checkpoint (no architecture flags). The image
-encoder and the test embeddings come from ``--encoder_dir`` (default: the one G was trained with),
-found as GAN_train.py finds them (:func:`utils.runs.find_encoder_files`). For every recipe of the test
-embedding file (none dropped):
-
-* ``<out_dir>/<recipe id>/generated_<k>.png``: ``--num_images`` images generated from the recipe
-  embedding with ``--noise_mode`` (the reference's modes, :mod:`models.gan_sampling`: BATCH_RANDOM
-  z per recipe, SINGLE_RANDOM one z for all recipes, ZERO z = 0, each with the conditioning noise
-  drawn per recipe; MEAN: z = 0 and c = mu; all seeded with ``--seed + k``), ``real.png`` (the
-  real image as D saw it: resize 256, centre crop 224, 128 px) and ``recipe.txt`` (title, ingredients, instructions from ``<r1m_path>/layer1*.json``,
-  or decoded from the LMDB tokens when that file is absent). ``<out_dir>`` defaults to
-  ``<GAN run>/generated``.
-* Scores, from the generated tensors in memory (no image re-read) with ``--score_noise_mode``
-  (default ZERO, as the reference scores): generated image -> recipe (``fake2rec``), recipe ->
-  generated image (``rec2fake``), generated -> real image (``fake2img``) and real -> generated
-  image (``img2fake``), with docs/evaluation.md's protocol (bags of ``--medr``, seeded with ``--seed``)
-  plus ``"all"``, the whole test set ranked in chunks. Real images are test.py's ``img_embeds``
-  (the first image of each recipe, as the cycle loss used).
-* ``frechet_distance``: the Frechet distance between real and generated images in the FoodSpace
-  image-encoder embedding space (:mod:`utils.frechet`). Both sides go through the same path: a
-  128 px image, resized to the encoder's input size (bilinear; antialiased when shrinking) and
-  encoded, so the distance measures content, not resolution. With fewer images than dimensions a shrunk covariance is used and a note says so.
-* ``<GAN run>/synthesis.png``: per recipe its title, the real image, ``--synthesis_k`` images
-  generated from its recipe embedding and as many from its real image embedding (same noises).
-
-With ``--recipe recipe.json`` (one recipe in layer1 format, or a list: see ``search.py``) it
-generates images for recipes that are not in the LMDB instead, and scores nothing: each recipe is
-embedded by the text encoder of the checkpoint G was trained with (``<encoder_dir>/models/<ckpt>.pth.tar``),
-through the query path of ``search.py`` (:mod:`data.query`: the run's tokenizer and text rules),
-and G draws ``--num_images`` images with ``--noise_mode`` (seeds ``--seed + k``). Written to
-``<out_dir>`` (default ``<GAN run>/from_recipe``): ``<recipe id>/generated_<k>.png``,
-``<recipe id>/recipe.txt``, ``<recipe id>/nearest.txt`` (the ``--nearest`` real photos closest to
-the recipe in the encoder run's index, as ``search.py --recipe`` finds them) and ``recipes.png``
-(per recipe: its text, the generated images, the nearest real photos with their cosine).
-"""
+"""Generate images for every test recipe with a trained G and score them, or for your recipes; docs/synthesis.md."""
 
 from __future__ import annotations
 
@@ -68,7 +28,7 @@ from data.lmdb_format import (
     part_text,
 )
 from data.recipe1m import Recipe1MError, iter_layer1, layer1_path
-from models.foodspace import load_image_encoder
+from models.foodspace import image_encoder_from_checkpoint, load_image_encoder
 from models.gan import GANConfig, Generator, imagenet_to_pixels
 from models.gan_losses import encode_generated
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
@@ -102,6 +62,8 @@ from utils.metrics import (
     results_by_bag,
 )
 from utils.runs import (
+    DEFAULT_DATA_PATH,
+    DEFAULT_IMG_PATH,
     GENERATED_DIR,
     RECIPE_FIGURE,
     RECIPE_GEN_DIR,
@@ -115,11 +77,12 @@ from utils.runs import (
 from utils.vis import figure_font
 
 TILE = 128
+USAGE = "%(prog)s --trained_G_model_path G.pth.tar [--encoder_dir RUN] [--recipe JSON] [options]"
 
 
 def get_parser() -> argparse.ArgumentParser:
     """GAN_test.py's flags (the data flags default to those G was trained with)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(usage=USAGE, description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--trained_G_model_path", required=True, help="G checkpoint written by GAN_train.py")
     p.add_argument("--encoder_dir", default=None, help="train.py run folder (None: the one G was trained with)")
     p.add_argument("--data_path", default=None, help="folder written by create_lmdb.py (None: G's run)")
@@ -312,9 +275,10 @@ def recipes_figure(rows: list[tuple[str, list[Image.Image], list[tuple[Image.Ima
 
 
 def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) -> dict:
-    """``--recipe``: images for recipes that are not in the LMDB (module docstring); returns what was written."""
+    """``--recipe``: images for recipes that are not in the LMDB (docs/synthesis.md#gan_testpy); returns what was written."""
     from data.query import read_recipe_json
-    from search import RunSearch, parse_parts
+    from pipeline.search import RunSearch
+    from utils.search_index import parse_parts
     from utils.vis import image_tile
 
     recipes = read_recipe_json(args.recipe, lang)  # bad input stops before anything is loaded
@@ -324,15 +288,17 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
     ctx = autocast_context(device, args.amp)
     trained_with = ckpt.get("encoder", {}).get("ckpt_name")
     checkpoint = checkpoint_path(encoder_dir, trained_with) if trained_with else None
-    if checkpoint is not None and not checkpoint.is_file():
-        print(f"note: G was trained with the encoder of {trained_with}, whose checkpoint {shown(checkpoint)} is gone; "
-              f"embedding with the run's default checkpoint")
+    gone = checkpoint if checkpoint is not None and not checkpoint.is_file() else None
+    if gone is not None:  # the run's default checkpoint stands in; the check below says whether it may
         checkpoint = None
 
     def same_encoder(path: Path, fingerprint: str) -> None:  # before the index is read or written
         lineage.require_same("the image encoder of checkpoint",
                              (g_path, (ckpt.get(lineage.KEY) or {}).get("encoder")), (path, fingerprint),
                              encoder_fix(opts))
+        if gone is not None:  # said only when the stand-in passed the check: no note before a refusal
+            print(f"note: G was trained with the encoder of {trained_with}, whose checkpoint {shown(gone)} is gone; "
+                  f"embedding with the run's default checkpoint")
 
     searcher = RunSearch(encoder_dir, checkpoint=str(checkpoint) if checkpoint else None, lang=lang,
                          parts=parse_parts(args.index_parts), data_path=args.data_path or opts.get("data_path"),
@@ -360,10 +326,7 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
                  ctx=ctx, on_batch=on_batch, desc=f"images {k}")
     nearest: list[list[dict]] = [[] for _ in recipes]
     if args.nearest > 0:
-        scores, rows = searcher.search(rec.numpy(), "images", args.nearest)
-        for r in range(len(recipes)):
-            for rank, (score, row) in enumerate(zip(scores[r].tolist(), rows[r].tolist()), 1):
-                nearest[r].append({"rank": rank, "score": round(float(score), 6), **searcher.describe(row)})
+        nearest = searcher.hits(*searcher.search(rec.numpy(), "images", args.nearest))
 
     written, fig_rows = [], []
     for r, (recipe, folder) in enumerate(zip(recipes, folders)):
@@ -486,8 +449,8 @@ def _main(argv) -> dict:
     if args.recipe:
         return recipe_images(args, ckpt, g_path, Path(encoder_dir), lang)
     files = find_encoder_files(encoder_dir, lang, partitions=("test",))
-    enc_lineage = load_checkpoint(files.encoder).get(lineage.KEY)
-    lineage.check_gan_inputs((files.encoder, enc_lineage),
+    enc_ckpt = load_checkpoint(files.encoder)  # read once: its lineage now, the encoder below
+    lineage.check_gan_inputs((files.encoder, enc_ckpt.get(lineage.KEY)),
                              {"test": (files.embeddings["test"], embeddings_lineage(files.embeddings["test"]))},
                              generator=(g_path, ckpt.get(lineage.KEY)), fix_encoder=encoder_fix(opts),
                              fix_embeddings=f"make them again with: {vectors_command(encoder_dir, lang)}")
@@ -495,8 +458,8 @@ def _main(argv) -> dict:
     if trained_with and trained_with != files.ckpt_name:
         print(f"note: G was trained with the encoder of {trained_with}; scoring with {files.ckpt_name}")
     enc_opts = encoder_run_opts(encoder_dir, files.ckpt_name)
-    data_path = Path(args.data_path or opts.get("data_path") or enc_opts.get("data_path") or "data/loader_data")
-    img_path = Path(args.img_path or opts.get("img_path") or enc_opts.get("img_path") or "data/Recipe1M/images")
+    data_path = Path(args.data_path or opts.get("data_path") or enc_opts.get("data_path") or DEFAULT_DATA_PATH)
+    img_path = Path(args.img_path or opts.get("img_path") or enc_opts.get("img_path") or DEFAULT_IMG_PATH)
     r1m_path = args.r1m_path or opts.get("r1m_path")
     out_dir = Path(args.out_dir) if args.out_dir else g_path.parent / GENERATED_DIR
     if not args.medr:
@@ -514,7 +477,8 @@ def _main(argv) -> dict:
     G = Generator(cfg)
     G.load_state_dict(ckpt["model"])
     G.to(device).eval()
-    encoder, _ = load_image_encoder(files.encoder, device)
+    encoder = image_encoder_from_checkpoint(enc_ckpt, files.encoder, device)
+    del enc_ckpt  # its tensors are copied into the encoder
     emb = load_partition_embeddings(files.embeddings["test"], data_path, "test")
     ids = [str(i) for i in emb["rec_ids"]]
     rec = torch.from_numpy(np.ascontiguousarray(emb["rec_embeds"], dtype=np.float32))  # (N, D)

@@ -1,8 +1,8 @@
 """search.py's exact search against its faiss index, on synthetic FoodSpace-like embeddings.
 
 For each index size (default 50,000 and 1,000,000 items of 1024 dimensions) it times, with
-search.py's own functions (:func:`search.normalize_rows`, :func:`search.exact_search`,
-:func:`search.build_faiss`, :func:`search.faiss_search`):
+search.py's own functions (:func:`utils.search_index.normalize_rows`, :func:`~utils.search_index.exact_search`,
+:func:`~utils.search_index.build_faiss`, :func:`~utils.search_index.faiss_search`):
 
 * building: exact = normalising the rows (the index *is* the matrix); faiss = k-means training
   of its ``IndexIVFFlat`` (``nlist`` = search.py's default, about sqrt(N)) and adding the rows;
@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 try:
-    import search
+    from utils import search_index
 except ModuleNotFoundError:  # run as `python bench/search.py`: the checkout is not on sys.path yet
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import search
+    from utils import search_index
 
 from utils.io import atomic_write_json
 
@@ -69,7 +69,7 @@ def make_items(n: int, args, rng: np.random.Generator, block: int = 65536) -> np
         z = centres[rng.integers(args.clusters, size=b)]
         z += rng.standard_normal((b, r), dtype=np.float32) * np.float32(args.spread / np.sqrt(r))
         noise = rng.standard_normal((b, dim), dtype=np.float32) * np.float32(args.noise / np.sqrt(dim))
-        out[s:s + b] = search.normalize_rows(z @ basis.T + noise)
+        out[s:s + b] = search_index.normalize_rows(z @ basis.T + noise)
     return out
 
 
@@ -77,7 +77,7 @@ def make_queries(items: np.ndarray, q: int, rng: np.random.Generator) -> np.ndar
     """(q, dim) queries: random items plus noise of norm ~0.5, normalised."""
     base = items[rng.integers(len(items), size=q)]
     noise = rng.standard_normal(base.shape, dtype=np.float32) * np.float32(0.5 / np.sqrt(items.shape[1]))
-    return search.normalize_rows(base + noise)
+    return search_index.normalize_rows(base + noise)
 
 
 def peak_rss_gb() -> float:
@@ -105,24 +105,24 @@ def bench_size(n: int, args, nprobes: list[int]) -> list[dict]:
     rows = []
 
     start = time.perf_counter()
-    matrix = search.normalize_rows(raw)
+    matrix = search_index.normalize_rows(raw)
     build = time.perf_counter() - start
     del raw
-    (_, exact_idx), seconds = timed(lambda: search.exact_search(matrix, queries, args.k))
+    (_, exact_idx), seconds = timed(lambda: search_index.exact_search(matrix, queries, args.k))
     rows.append({"n": n, "method": "exact", "build_s": build, "index_gb": matrix.nbytes / 1e9,
                  "peak_rss_gb": peak_rss_gb(), "queries_per_s": args.queries / seconds, "recall": 1.0})
     print(f"[{n}] exact: {rows[-1]['queries_per_s']:.0f} queries/s", flush=True)
 
     start = time.perf_counter()
-    ivf = search.build_faiss(matrix, seed=args.seed)
+    ivf = search_index.build_faiss(matrix, seed=args.seed)
     build = time.perf_counter() - start
     index_gb = (ivf.ntotal * (args.dim * 4 + 8) + ivf.nlist * args.dim * 4) / 1e9
     print(f"[{n}] faiss IVF{ivf.nlist},Flat built in {build:.1f} s", flush=True)
     for nprobe in nprobes:
-        (_, idx), seconds = timed(lambda nprobe=nprobe: search.faiss_search(ivf, queries, args.k, nprobe))
+        (_, idx), seconds = timed(lambda nprobe=nprobe: search_index.faiss_search(ivf, queries, args.k, nprobe))
         rows.append({"n": n, "method": f"faiss IVF{ivf.nlist},Flat nprobe {min(nprobe, ivf.nlist)}", "build_s": build,
                      "index_gb": index_gb, "peak_rss_gb": peak_rss_gb(), "queries_per_s": args.queries / seconds,
-                     "recall": search.recall_at_k(idx, exact_idx)})
+                     "recall": search_index.recall_at_k(idx, exact_idx)})
         print(f"[{n}] {rows[-1]['method']}: {rows[-1]['queries_per_s']:.0f} queries/s, "
               f"recall@{args.k} {rows[-1]['recall']:.3f}", flush=True)
     return rows
@@ -143,7 +143,7 @@ def main(argv=None) -> list[dict]:
         args.sizes, args.dim, args.latent, args.clusters = "5000", 128, 16, 100
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     nprobes = [int(s) for s in args.nprobe.split(",") if s.strip()]
-    search.import_faiss()
+    search_index.import_faiss()
     import torch
 
     print(f"{torch.get_num_threads()} torch threads; {args.queries} queries, top {args.k}", flush=True)

@@ -192,12 +192,24 @@ def load_image_encoder(path: str | os.PathLike, device: torch.device | str) -> t
         CheckpointError: the file is missing or unreadable, or is not an exported image encoder.
     """
     ckpt = load_checkpoint(path)
+    return image_encoder_from_checkpoint(ckpt, path, device), ckpt
+
+
+def image_encoder_from_checkpoint(ckpt: dict, path: str | os.PathLike, device: torch.device | str) -> ImageEmbedder:
+    """:func:`load_image_encoder` from a checkpoint already read (``path`` only names it in errors).
+
+    For a caller that reads the export's lineage before building the encoder (GAN_test.py), so the
+    file is read once.
+
+    Raises:
+        CheckpointError: ``ckpt`` is not an exported image encoder.
+    """
     if ckpt.get("kind") != "image_encoder":
         raise CheckpointError(f"{path} is not an exported image encoder (kind={ckpt.get('kind')!r})")
     encoder = ImageEmbedder(ArchConfig.from_dict(ckpt["arch"]))
     encoder.load_state_dict(ckpt["model"])
     encoder.input_size = int(ckpt.get("image_size") or ENCODER_SIZE)
-    return freeze_encoder(encoder.to(device)), ckpt
+    return freeze_encoder(encoder.to(device))
 
 
 def load_foodspace(path: str | os.PathLike, device: torch.device | str) -> tuple[FoodSpaceNet, dict]:

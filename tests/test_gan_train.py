@@ -11,6 +11,7 @@ import math
 import re
 import shutil
 from argparse import Namespace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,6 +239,23 @@ def test_gan_test_outputs_and_metrics(gan_runs, encoder_run, indexed_set, tmp_pa
     assert fd["n_a"] == n and fd["n_b"] == n and fd["dim"] == 32 and "small sample" in fd["note"]
     with Image.open(gan_runs["full"] / "synthesis.png") as fig:  # title, real, 2 from recipe, 2 from image
         assert fig.size == (150 + 5 * (128 + 4), 20 + 3 * (128 + 4))
+
+
+def test_gan_test_reads_each_checkpoint_once(gan_runs, encoder_run, tmp_path, monkeypatch):
+    """The exported encoder gives its lineage and then its weights from one read (no second torch.load)."""
+    read = []
+    real_load = torch.load
+
+    def counting_load(path, *args, **kwargs):
+        read.append(Path(path).name)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    GAN_test.main(["--trained_G_model_path", str(gan_runs["full"] / "G_best.pth.tar"), "--no_cuda", "--workers", "0",
+                   "--save_images", "false", "--synthesis_n", "0", "--out_dir", str(tmp_path / "out")])
+    encoder = next((encoder_run / "models").glob(f"*{ENCODER_SUFFIX}")).name
+    assert read.count(encoder) == 1 and read.count("G_best.pth.tar") == 1
+    assert len(read) == len(set(read)), read
 
 
 # --------------------------------------------------------------------------- units

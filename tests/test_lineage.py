@@ -296,6 +296,41 @@ def test_gan_test_with_its_own_encoder_run_still_works(run_a, tmp_path):
     assert (tmp_path / "out" / "pie" / "generated_0.png").is_file() and out["checkpoint"] == str(run_a["best"])
 
 
+def _renamed_checkpoint(run: Path, parent: Path, name: str = "model_BEST_REC_e099_v-1.000_cr-0.0001") -> Path:
+    """A copy of ``run`` whose BEST_REC checkpoint (and its embedding files and export) is called ``name``."""
+    copy = _copy_run(run, parent)
+    old = _best(copy).name[: -len(".pth.tar")]
+    for path in list(copy.rglob(f"*{old}*")):
+        path.rename(path.with_name(path.name.replace(old, name)))
+    return copy
+
+
+@pytest.mark.parametrize("encoder", ["other_weights", "same_weights"])
+def test_gan_test_recipe_notes_a_gone_checkpoint_only_when_the_stand_in_is_accepted(run_a, run_b, encoder, tmp_path,
+                                                                                    capsys):
+    """G's own checkpoint is gone from --encoder_dir: the run's default stands in if it has G's encoder.
+
+    Another run's weights are refused with the lineage line alone (no note about the gone checkpoint
+    before it); the same weights under another name are used, and the note says so.
+    """
+    encoder_dir = _renamed_checkpoint(run_b if encoder == "other_weights" else run_a["run"], tmp_path / "enc")
+    trained_with = torch.load(run_a["gan"] / "G_last.pth.tar", weights_only=True)["encoder"]["ckpt_name"]
+    assert not (encoder_dir / "models" / f"{trained_with}.pth.tar").exists()
+    (tmp_path / "r.json").write_text(json.dumps(RECIPE))
+    args = ["--trained_G_model_path", str(run_a["gan"] / "G_last.pth.tar"), "--encoder_dir", str(encoder_dir),
+            "--recipe", str(tmp_path / "r.json"), "--nearest", "1", "--no_cuda", "--out_dir", str(tmp_path / "out")]
+    if encoder == "other_weights":
+        with pytest.raises(SystemExit) as err:
+            GAN_test.main(args)
+        assert "do not belong together" in _error(err, encoder_dir)
+        assert "is gone" not in capsys.readouterr().out
+    else:
+        out = GAN_test.main(args)
+        printed = capsys.readouterr().out
+        assert printed.count(f"note: G was trained with the encoder of {trained_with}, whose checkpoint") == 1
+        assert out["checkpoint"] == str(_best(encoder_dir)) and (tmp_path / "out" / "pie" / "generated_0.png").is_file()
+
+
 @pytest.fixture(scope="module")
 def changed_encoder_run(run_a, run_b, tmp_path_factory):
     """A copy of run A with a GAN run, whose checkpoint was then replaced by B's and test.py run again on test.

@@ -33,8 +33,10 @@ from data.query import (
     recipe_from_text,
 )
 from data.recipe1m import image_path, iter_layer1, layer1_path, load_keys
+from pipeline.search import RunSearch
+from utils import search_index
 from utils.embeddings import load_embeddings
-from utils.runs import ENCODER_SUFFIX, search_index_name
+from utils.runs import ENCODER_SUFFIX, ckpt_name, search_index_name
 
 try:
     import faiss  # noqa: F401
@@ -132,9 +134,9 @@ def test_photo_query_ranks_as_the_test_embeddings(run, indexed_set, capsys):
         _assert_same_topk(hits, emb["img_embeds"][i], emb["rec_embeds"], ids, 5)
         assert all(h["title"] and h["ingredients"] and h["partition"] == "test" for h in hits)
     # The photo itself embeds to test.py's vector.
-    searcher = search.RunSearch(run, parts=["test"], log=lambda m: None)
+    searcher = RunSearch(run, parts=["test"], log=lambda m: None)
     np.testing.assert_allclose(searcher.embed_images(photos), emb["img_embeds"][[0, 3]], atol=1e-5)
-    index_path = search_index_name(run, search.ckpt_name(out["checkpoint"]), ["test"], "en")
+    index_path = search_index_name(run, ckpt_name(out["checkpoint"]), ["test"], "en")
     assert out["index"] == str(index_path) and index_path.is_file()
     # The saved index is reused while the embedding files are unchanged.
     search.main(["--run", str(run), "--image", str(photos[0]), "--index_parts", "test", "--no_cuda"])
@@ -158,7 +160,7 @@ def test_recipe_json_embeds_to_its_lmdb_row(run, indexed_set, tmp_path):
              "instructions": [{"text": t} for t in recipe.instructions]}
     path = tmp_path / "recipe.json"
     path.write_text(json.dumps(entry))
-    searcher = search.RunSearch(run, lang="en", parts=["test"], log=lambda m: None)
+    searcher = RunSearch(run, lang="en", parts=["test"], log=lambda m: None)
     # The token row is the LMDB's, and so is the embedding.
     queries = read_recipe_json(path)
     stored = RecordReader(lmdb_dir(indexed_set["data"], "test")).get(rid)
@@ -224,7 +226,7 @@ def test_faiss_agrees_with_exact_search(run, indexed_set, tmp_path, capsys):
                                        atol=1e-5)
             if target == "images":  # the photos' scores are well apart: the same order
                 assert [h["recipe_id"] for h in a["results"]] == [h["recipe_id"] for h in e["results"]]
-        assert search_index_name(run, search.ckpt_name(exact["checkpoint"]), ["test", "val", "train"], "en",
+        assert search_index_name(run, ckpt_name(exact["checkpoint"]), ["test", "val", "train"], "en",
                                  target=target).is_file()
         search.main([*args, "--faiss"])  # reused, not rebuilt
         assert "faiss: built" not in capsys.readouterr().err
@@ -232,17 +234,17 @@ def test_faiss_agrees_with_exact_search(run, indexed_set, tmp_path, capsys):
 
 def test_exact_search_chunks_and_faiss_units():
     rng = np.random.default_rng(0)
-    matrix = search.normalize_rows(rng.standard_normal((103, 8)))
+    matrix = search_index.normalize_rows(rng.standard_normal((103, 8)))
     queries = rng.standard_normal((11, 8)).astype(np.float32)
-    scores, idx = search.exact_search(matrix, queries, 6, query_batch=4, chunk=7)
+    scores, idx = search_index.exact_search(matrix, queries, 6, query_batch=4, chunk=7)
     for q in range(11):
         order, sims = _reference_topk(queries[q], matrix, 6)
         assert idx[q].tolist() == order.tolist()
         np.testing.assert_allclose(scores[q], sims, atol=1e-6)
-    assert search.exact_search(matrix, queries, 500)[1].shape == (11, 103)  # k clipped to N
-    assert search.default_nlist(20) == 1 and search.default_nlist(50_000) == 224
-    assert search.default_nlist(1_000_000) == 1000
-    assert search.recall_at_k(np.array([[1, 2], [3, 4]]), np.array([[2, 1], [3, 5]])) == 0.75
+    assert search_index.exact_search(matrix, queries, 500)[1].shape == (11, 103)  # k clipped to N
+    assert search_index.default_nlist(20) == 1 and search_index.default_nlist(50_000) == 224
+    assert search_index.default_nlist(1_000_000) == 1000
+    assert search_index.recall_at_k(np.array([[1, 2], [3, 4]]), np.array([[2, 1], [3, 5]])) == 0.75
 
 
 # --------------------------------------------------------------------------- data/query.py
@@ -345,6 +347,15 @@ def test_bad_input_is_one_error_line(run, tmp_path):
     assert proc.stderr.strip().splitlines() == [f"error: missing image file {tmp_path / 'missing.jpg'}"]
 
 
+@pytest.mark.parametrize("script, doc", [(search, "docs/search.md"), (GAN_test, "docs/synthesis.md")])
+def test_help_opens_with_the_usage_and_one_sentence(script, doc):
+    """``--help`` starts with at most 5 lines (a short usage, one sentence naming the page); the rest is in docs/."""
+    text = script.get_parser().format_help()
+    head = re.split(r"\n(?:options|optional arguments):", text)[0].rstrip("\n").splitlines()
+    assert len(head) <= 5 and head[0].startswith("usage: ") and doc in head[-1], head
+    assert (ROOT / doc).is_file()
+
+
 # --------------------------------------------------------------------------- GAN_test.py --recipe
 
 
@@ -377,7 +388,7 @@ def test_gan_test_recipe_writes_images_and_the_figure(run, tmp_path):
     # The recipes go through the encoder G was trained with, as search.py embeds them.
     ckpt = torch.load(gan_run / "G_last.pth.tar", weights_only=True)
     assert out["checkpoint"] == str(run / "models" / f"{ckpt['encoder']['ckpt_name']}.pth.tar")
-    searcher = search.RunSearch(run, checkpoint=out["checkpoint"], log=lambda m: None)
+    searcher = RunSearch(run, checkpoint=out["checkpoint"], log=lambda m: None)
     scores, rows = searcher.search(searcher.embed_recipes(read_recipe_json(path)), "images", 2)
     for r, entry in enumerate(out["recipes"]):
         assert [n["recipe_id"] for n in entry["nearest"]] == [str(searcher.index.ids[j]) for j in rows[r]]
@@ -435,7 +446,7 @@ def test_a_large_photo_is_checked_once_and_shrunk_while_decoding(run, tmp_path, 
     assert decoded == [(600, 400)]  # once, at 1/2 scale: both sides still >= DRAFT_SIDE
     photo = load_query_photo(big)
     assert photo.size == (600, 400) and photo.mode == "RGB"
-    searcher = search.RunSearch(run, checkpoint=out["checkpoint"], log=lambda m: None)
+    searcher = RunSearch(run, checkpoint=out["checkpoint"], log=lambda m: None)
     scores, _ = searcher.search(searcher.embed_images([photo]), "recipes", 2)
     np.testing.assert_allclose([h["score"] for h in out["results"][0]["results"]], scores[0], atol=1e-5)
 

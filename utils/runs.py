@@ -44,6 +44,9 @@ SYNTHESIS_FIGURE = "synthesis.png"
 SEARCH_INDEX_PREFIX = "search_index_"
 RECIPE_GEN_DIR = "from_recipe"  # GAN_test.py --recipe: <GAN run>/from_recipe/<recipe id>/
 RECIPE_FIGURE = "recipes.png"  # GAN_test.py --recipe: <out_dir>/recipes.png
+# Where create_lmdb.py writes and the later stages read when neither a flag nor the run names a folder.
+DEFAULT_DATA_PATH = "data/loader_data"
+DEFAULT_IMG_PATH = "data/Recipe1M/images"  # the image root, by the same rule
 
 
 def _stamp() -> str:
@@ -180,10 +183,19 @@ class EncoderFiles(NamedTuple):
     embeddings: dict[str, Path]  # partition -> npz
 
 
+def checkpoint_vectors_command(ckpt_path: str | Path, partitions, lang: str) -> str:
+    """The test.py command that writes the embedding files of ``ckpt_path`` (a path or a glob) for ``partitions``.
+
+    The one spelling of that command, named in every message about a missing or stale embedding file.
+    """
+    return f"python test.py --model_init_path {ckpt_path} --partitions {','.join(partitions)} --language {lang}"
+
+
 def vectors_command(encoder_dir: str | Path, lang: str) -> str:
-    """The test.py command that writes the image encoder and embeddings GAN_train.py needs."""
-    return (f"python test.py --model_init_path {Path(encoder_dir) / MODELS_DIR / 'model_BEST_REC_*.pth.tar'} "
-            f"--partitions test,val,train --language {lang}")
+    """:func:`checkpoint_vectors_command` for a run's BEST_REC checkpoint: the image encoder and embeddings
+    GAN_train.py needs."""
+    return checkpoint_vectors_command(Path(encoder_dir) / MODELS_DIR / "model_BEST_REC_*.pth.tar",
+                                      ("test", "val", "train"), lang)
 
 
 def find_encoder_files(encoder_dir: str | Path, lang: str, partitions=("train", "val", "test")) -> EncoderFiles:
