@@ -110,6 +110,8 @@ from utils.io import atomic_write, atomic_write_json, atomic_write_text
 from utils.judge import check_judge_run, check_same_recipes, spread
 from utils.metrics import evaluate_retrieval, format_results
 from utils.runs import (
+    DEFAULT_DATA_PATH,
+    DEFAULT_IMG_PATH,
     TextLog,
     encoder_run_opts,
     find_encoder_files,
@@ -572,8 +574,8 @@ def _main(argv: list[str]) -> Path:
     lang = args.language
     files = find_encoder_files(args.encoder_dir, lang)
     enc_opts = encoder_run_opts(args.encoder_dir, files.ckpt_name)
-    args.data_path = args.data_path or enc_opts.get("data_path") or "data/loader_data"
-    args.img_path = args.img_path or enc_opts.get("img_path") or "data/Recipe1M/images"
+    args.data_path = args.data_path or enc_opts.get("data_path") or DEFAULT_DATA_PATH
+    args.img_path = args.img_path or enc_opts.get("img_path") or DEFAULT_IMG_PATH
 
     wants_cuda = not args.no_cuda and torch.cuda.is_available() and not (
         args.device and str(args.device[0]).lower() == "cpu")

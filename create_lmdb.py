@@ -69,6 +69,7 @@ from data.tokenizer import (
 from utils.cli import HelpFormatter, run_main
 from utils.io import atomic_write_json
 from utils.lineage import lmdb_lineage
+from utils.runs import DEFAULT_DATA_PATH
 
 BAD_IMAGES_NAMED = 3  # recipes named by the bad_image_id warning
 COMMIT_BYTES = 8 << 20  # record bytes per LMDB write transaction (its dirty pages stay in memory)
@@ -553,7 +554,7 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--r1m_path", default="data/Recipe1M",
                         help="folder of layer1.json, layer1_<lang>.json, layer2.json, classes1M.pkl and "
                              "{train,val,test}_keys.pkl")
-    parser.add_argument("--data_path", default="data/loader_data",
+    parser.add_argument("--data_path", default=DEFAULT_DATA_PATH,
                         help="output folder for {train,val,test}_lmdb/, {train,val,test}_keys.pkl, "
                              "tokenizer/ and manifest.json")
     parser.add_argument("--tokenizer", default="bert-base-multilingual-cased",

@@ -52,7 +52,18 @@ from utils.embeddings import extract_embeddings
 from utils.errors import InputError
 from utils.imagenet import normalize_on_device
 from utils.metrics import evaluate_retrieval, format_results
-from utils.runs import LATEST_NAME, MODELS_DIR, TextLog, best_glob, best_name, new_run_dir, shown, write_opts
+from utils.runs import (
+    DEFAULT_DATA_PATH,
+    DEFAULT_IMG_PATH,
+    LATEST_NAME,
+    MODELS_DIR,
+    TextLog,
+    best_glob,
+    best_name,
+    new_run_dir,
+    shown,
+    write_opts,
+)
 from utils.seed import seed_everything
 
 GROUPS = ("heads", "vision", "wordemb", "text")
@@ -67,8 +78,8 @@ def get_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpu", type=int, default=0, help="CUDA device index (torchrun uses LOCAL_RANK instead)")
     g.add_argument("--experiment_sufix", default="", help="appended to the run folder name")
     g.add_argument("--runs_dir", default="runs", help="folder that holds the run folders")
-    g.add_argument("--img_path", default="data/Recipe1M/images", help="root of the Recipe1M images")
-    g.add_argument("--data_path", default="data/loader_data", help="folder written by create_lmdb.py")
+    g.add_argument("--img_path", default=DEFAULT_IMG_PATH, help="root of the Recipe1M images")
+    g.add_argument("--data_path", default=DEFAULT_DATA_PATH, help="folder written by create_lmdb.py")
     g.add_argument("--workers", type=int, default=default_workers(), help=WORKERS_HELP)
     g.add_argument("--model_init_path", default="", help="initialise the weights from this checkpoint")
     g.add_argument("--resume", default="", help="RUN_DIR: continue from RUN_DIR/models/model.pth.tar")

@@ -69,6 +69,7 @@ from models.losses import batch_hard_triplet
 from models.text_encoder import TextEncoder
 from utils.cli import autocast_context
 from utils.host import matmul_flops
+from utils.runs import DEFAULT_DATA_PATH  # noqa: E402
 
 QUICK_ARCH = dict(image_backbone="resnet18", emb_dim=64, bert_layers=1, bert_heads=2, bert_hidden=64,
                   bert_intermediate=128, vocab_size=1000)
@@ -90,7 +91,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--lengths", choices=["auto", "lmdb", "synthetic", "normal"], default="auto",
                    help="where token lengths come from (default auto: the LMDB at --data_path if any, "
                         "else the synthetic data set)")
-    p.add_argument("--data_path", default="data/loader_data",
+    p.add_argument("--data_path", default=DEFAULT_DATA_PATH,
                    help="folder of create_lmdb.py's output, for --lengths lmdb/auto (default data/loader_data)")
     p.add_argument("--length_samples", type=int, default=1000,
                    help="recipes read or rendered to estimate the length distribution (default 1000)")
