@@ -7,7 +7,6 @@ import re
 import sys
 import textwrap
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,10 +27,11 @@ from data.lmdb_format import (
     part_text,
 )
 from data.recipe1m import Recipe1MError, iter_layer1, layer1_path
-from models.foodspace import image_encoder_from_checkpoint, load_image_encoder
+from models.foodspace import image_encoder_from_checkpoint
 from models.gan import GANConfig, Generator, imagenet_to_pixels
 from models.gan_losses import encode_generated
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
+from pipeline.judge import Judge, load_judge
 from utils import lineage
 from utils.checkpoint import load_checkpoint
 from utils.cli import (
@@ -52,7 +52,7 @@ from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
 from utils.imagenet import normalize_on_device
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
-from utils.judge import check_judge_run, check_same_recipes, format_ratios, ratio_rows, spread
+from utils.judge import format_ratios, ratio_rows, spread
 from utils.metrics import (
     METRIC_UNITS,
     evaluate_retrieval,
@@ -353,34 +353,6 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
 # --------------------------------------------------------------------------- judge
 
 
-class Judge(NamedTuple):
-    """The judge run's image encoder and its test embeddings, rows in G's test order."""
-
-    encoder: torch.nn.Module
-    rec: torch.Tensor  # (N, D') the judge's recipe embeddings
-    img: torch.Tensor  # (N, D') the judge's real-photo embeddings (test.py's img_embeds)
-    path: Path  # the judge's exported image encoder
-
-
-def load_judge(judge_dir: str, encoder_dir: str, own_encoder: Path, own_file: Path, own_ids: list[str],
-               own_data, data_path: Path, lang: str, device) -> Judge:
-    """``--judge_dir``: check the run (another run, same LMDB, same test recipes) and load it.
-
-    Raises:
-        JudgeError: the judge is G's own run, was trained on another LMDB, or scored other recipes.
-        RunFolderError: the judge lacks test.py's outputs (naming the command).
-    """
-    files = find_encoder_files(judge_dir, lang, partitions=("test",))
-    judge_data = encoder_run_opts(judge_dir, files.ckpt_name).get("data_path")
-    check_judge_run(judge_dir, encoder_dir, files.encoder, own_encoder, judge_data, own_data)
-    emb = load_partition_embeddings(files.embeddings["test"], data_path, "test")
-    check_same_recipes(emb["rec_ids"], own_ids, files.embeddings["test"], own_file)
-    encoder, _ = load_image_encoder(files.encoder, device)
-    rec = torch.from_numpy(np.ascontiguousarray(emb["rec_embeds"], dtype=np.float32))  # (N, D')
-    img = torch.from_numpy(np.ascontiguousarray(emb["img_embeds"], dtype=np.float32))  # (N, D')
-    return Judge(encoder, rec, img, files.encoder)
-
-
 def judge_scores(judge: Judge, fake: torch.Tensor, medr, seed: int) -> dict:
     """The judge's rows: its embeddings of the generated images and of the real photos -> its recipes."""
     out = {"encoder": str(shown(judge.path))}
@@ -485,8 +457,8 @@ def _main(argv) -> dict:
     img = torch.from_numpy(np.ascontiguousarray(emb["img_embeds"], dtype=np.float32))  # (N, D)
     if rec.shape[1] != cfg.emb_dim:
         raise InputError(f"{files.embeddings['test']}: embeddings of size {rec.shape[1]}, G expects {cfg.emb_dim}")
-    judge = load_judge(args.judge_dir, encoder_dir, files.encoder, files.embeddings["test"], ids,
-                       enc_opts.get("data_path") or data_path, data_path, lang, device) if args.judge_dir else None
+    judge = load_judge(args.judge_dir, "test", encoder_dir, files, enc_opts, data_path, ids, lang, device,
+                       photos=True) if args.judge_dir else None
     print(f"G {shown(g_path)} (epoch {ckpt.get('epoch')}) | encoder {files.encoder.name} | test {len(ids)} recipes "
           f"({lang}) | device {device}" + (f" | judge {shown(judge.path)}" if judge else ""))
 
