@@ -6,8 +6,9 @@ import argparse
 import re
 import sys
 import textwrap
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -28,10 +29,11 @@ from data.lmdb_format import (
     part_text,
 )
 from data.recipe1m import Recipe1MError, iter_layer1, layer1_path
-from models.foodspace import image_encoder_from_checkpoint, load_image_encoder
+from models.foodspace import image_encoder_from_checkpoint
 from models.gan import GANConfig, Generator, imagenet_to_pixels
 from models.gan_losses import encode_generated
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
+from pipeline.judge import Judge, load_judge
 from utils import lineage
 from utils.checkpoint import load_checkpoint
 from utils.cli import (
@@ -52,7 +54,7 @@ from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
 from utils.imagenet import normalize_on_device
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
-from utils.judge import check_judge_run, check_same_recipes, format_ratios, ratio_rows, spread
+from utils.judge import format_ratios, ratio_rows, spread
 from utils.metrics import (
     METRIC_UNITS,
     evaluate_retrieval,
@@ -68,15 +70,18 @@ from utils.runs import (
     RECIPE_FIGURE,
     RECIPE_GEN_DIR,
     SYNTHESIS_FIGURE,
+    EncoderFiles,
     checkpoint_path,
     encoder_run_opts,
     find_encoder_files,
     shown,
     vectors_command,
 )
-from utils.vis import figure_font
+from utils.vis import figure_font, tile_row
 
-TILE = 128
+TILE = 128  # side of an image in the figures (G's output size)
+GAP = 4  # between the figures' cells and rows
+HEADER_H = 20  # height of the figures' row of column names
 USAGE = "%(prog)s --trained_G_model_path G.pth.tar [--encoder_dir RUN] [--recipe JSON] [options]"
 
 
@@ -206,6 +211,7 @@ def paired_scores(queries: torch.Tensor, candidates: torch.Tensor, medr, seed: i
 
 
 def _label(text: str, width: int, height: int, lines: int = 6) -> Image.Image:
+    """``text`` wrapped in a white ``width`` x ``height`` cell, at most ``lines`` lines."""
     cell = Image.new("RGB", (width, height), (255, 255, 255))
     draw, font = ImageDraw.Draw(cell), figure_font()
     for k, line in enumerate(textwrap.wrap(text, max(8, width // 7))[:lines]):
@@ -213,23 +219,27 @@ def _label(text: str, width: int, height: int, lines: int = 6) -> Image.Image:
     return cell
 
 
+def _sheet(header: list[tuple[str, int]], rows: list[list[Image.Image]], width: int) -> Image.Image:
+    """A grey sheet ``width`` wide: a row of column names (``(name, width)``), then the rows of cells.
+
+    A row is a text cell and ``TILE`` x ``TILE`` images, ``GAP`` apart (utils/vis.py's
+    :func:`tile_row`), so its cells fall under the columns the header names; rows start
+    ``HEADER_H`` down, one ``TILE + GAP`` apart.
+    """
+    sheet = Image.new("RGB", (width, HEADER_H + len(rows) * (TILE + GAP)), (235, 235, 235))
+    sheet.paste(tile_row([_label(name, w, HEADER_H - 2, 1) for name, w in header], gap=GAP), (0, 0))
+    for r, cells in enumerate(rows):
+        sheet.paste(tile_row(cells, gap=GAP), (0, HEADER_H + r * (TILE + GAP)))
+    return sheet
+
+
 def synthesis_figure(rows: list[tuple[str, Image.Image, list[Image.Image], list[Image.Image]]], k: int) -> Image.Image:
     """Header, then per recipe: title, real image, k images from the recipe, k from the image embedding."""
-    gap, text_w = 4, 150
-    width = text_w + (1 + 2 * k) * (TILE + gap)
+    text_w = 150
     header = [("recipe", text_w), ("real", TILE)] + [(f"from recipe {j + 1}", TILE) for j in range(k)]
     header += [(f"from image {j + 1}", TILE) for j in range(k)]
-    sheet = Image.new("RGB", (width, 20 + len(rows) * (TILE + gap)), (235, 235, 235))
-    x = 0
-    for name, w in header:
-        sheet.paste(_label(name, w, 18, 1), (x, 0))
-        x += w + gap
-    for r, (title, real, from_rec, from_img) in enumerate(rows):
-        y = 20 + r * (TILE + gap)
-        sheet.paste(_label(title, text_w, TILE, 9), (0, y))
-        for c, tile in enumerate([real, *from_rec, *from_img]):
-            sheet.paste(tile, (text_w + gap + c * (TILE + gap), y))
-    return sheet
+    cells = [[_label(title, text_w, TILE, 9), real, *from_rec, *from_img] for title, real, from_rec, from_img in rows]
+    return _sheet(header, cells, text_w + (1 + 2 * k) * (TILE + GAP))
 
 
 # --------------------------------------------------------------------------- --recipe
@@ -248,30 +258,24 @@ def folder_names(ids: list[str]) -> list[str]:
     return names
 
 
+def _scored(photo: Image.Image, score: float) -> Image.Image:
+    """``photo`` as a ``TILE`` tile with its cosine in the lower left corner."""
+    tile = photo.resize((TILE, TILE))
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle([0, TILE - 15, 50, TILE - 1], fill=(0, 0, 0))
+    draw.text((3, TILE - 13), f"{score:.3f}", fill=(255, 255, 255))
+    return tile
+
+
 def recipes_figure(rows: list[tuple[str, list[Image.Image], list[tuple[Image.Image, float]]]], n: int,
                    k: int) -> Image.Image:
     """Header, then per recipe: its text, ``n`` generated images, ``k`` nearest real photos with their cosine."""
-    gap, text_w = 4, 200
+    text_w = 200
     header = [("recipe", text_w)] + [(f"generated {j + 1}", TILE) for j in range(n)]
     header += [(f"nearest photo {j + 1}", TILE) for j in range(k)]
-    width = sum(w + gap for _, w in header)
-    sheet = Image.new("RGB", (width, 20 + len(rows) * (TILE + gap)), (235, 235, 235))
-    x = 0
-    for name, w in header:
-        sheet.paste(_label(name, w, 18, 1), (x, 0))
-        x += w + gap
-    for r, (text, generated, nearest) in enumerate(rows):
-        y = 20 + r * (TILE + gap)
-        sheet.paste(_label(text, text_w, TILE, 9), (0, y))
-        for c, tile in enumerate(generated):
-            sheet.paste(tile, (text_w + gap + c * (TILE + gap), y))
-        for c, (photo, score) in enumerate(nearest):
-            tile = photo.resize((TILE, TILE))
-            draw = ImageDraw.Draw(tile)
-            draw.rectangle([0, TILE - 15, 50, TILE - 1], fill=(0, 0, 0))
-            draw.text((3, TILE - 13), f"{score:.3f}", fill=(255, 255, 255))
-            sheet.paste(tile, (text_w + gap + (n + c) * (TILE + gap), y))
-    return sheet
+    cells = [[_label(text, text_w, TILE, 9), *generated, *(_scored(photo, score) for photo, score in nearest)]
+             for text, generated, nearest in rows]
+    return _sheet(header, cells, sum(w + GAP for _, w in header))
 
 
 def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) -> dict:
@@ -303,10 +307,7 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
     searcher = RunSearch(encoder_dir, checkpoint=str(checkpoint) if checkpoint else None, lang=lang,
                          parts=parse_parts(args.index_parts), data_path=args.data_path or opts.get("data_path"),
                          img_path=args.img_path or opts.get("img_path"), device=device, check=same_encoder)
-    cfg = GANConfig.from_dict(ckpt["gan"])
-    G = Generator(cfg)
-    G.load_state_dict(ckpt["model"])
-    G.to(device).eval()
+    cfg, G = load_generator(ckpt, device)
     rec = torch.from_numpy(searcher.embed_recipes(recipes, args.batch_size))  # (R, D)
     if rec.shape[1] != cfg.emb_dim:
         raise InputError(f"{searcher.ckpt_path}: recipe embeddings of size {rec.shape[1]}, G expects {cfg.emb_dim}")
@@ -353,34 +354,6 @@ def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) 
 # --------------------------------------------------------------------------- judge
 
 
-class Judge(NamedTuple):
-    """The judge run's image encoder and its test embeddings, rows in G's test order."""
-
-    encoder: torch.nn.Module
-    rec: torch.Tensor  # (N, D') the judge's recipe embeddings
-    img: torch.Tensor  # (N, D') the judge's real-photo embeddings (test.py's img_embeds)
-    path: Path  # the judge's exported image encoder
-
-
-def load_judge(judge_dir: str, encoder_dir: str, own_encoder: Path, own_file: Path, own_ids: list[str],
-               own_data, data_path: Path, lang: str, device) -> Judge:
-    """``--judge_dir``: check the run (another run, same LMDB, same test recipes) and load it.
-
-    Raises:
-        JudgeError: the judge is G's own run, was trained on another LMDB, or scored other recipes.
-        RunFolderError: the judge lacks test.py's outputs (naming the command).
-    """
-    files = find_encoder_files(judge_dir, lang, partitions=("test",))
-    judge_data = encoder_run_opts(judge_dir, files.ckpt_name).get("data_path")
-    check_judge_run(judge_dir, encoder_dir, files.encoder, own_encoder, judge_data, own_data)
-    emb = load_partition_embeddings(files.embeddings["test"], data_path, "test")
-    check_same_recipes(emb["rec_ids"], own_ids, files.embeddings["test"], own_file)
-    encoder, _ = load_image_encoder(files.encoder, device)
-    rec = torch.from_numpy(np.ascontiguousarray(emb["rec_embeds"], dtype=np.float32))  # (N, D')
-    img = torch.from_numpy(np.ascontiguousarray(emb["img_embeds"], dtype=np.float32))  # (N, D')
-    return Judge(encoder, rec, img, files.encoder)
-
-
 def judge_scores(judge: Judge, fake: torch.Tensor, medr, seed: int) -> dict:
     """The judge's rows: its embeddings of the generated images and of the real photos -> its recipes."""
     out = {"encoder": str(shown(judge.path))}
@@ -404,7 +377,7 @@ def print_judge(metrics: dict) -> None:
           f"real {judge['spread']['real']:.4f}")
 
 
-# --------------------------------------------------------------------------- main
+# --------------------------------------------------------------------------- inputs
 
 
 def encoder_fix(opts: dict) -> str:
@@ -424,13 +397,8 @@ def images_per_recipe(args) -> int:
     return args.num_images
 
 
-def main(argv=None) -> dict:
-    """Generate, save and score; returns the metrics written by ``--metrics_json``."""
-    return run_main(lambda: _main(argv))
-
-
-def _main(argv) -> dict:
-    args = get_parser().parse_args(sys.argv[1:] if argv is None else argv)
+def read_generator(args) -> tuple[Path, dict]:
+    """``--trained_G_model_path`` read, after the cheap flag checks; refuses any other checkpoint."""
     for flag, value, low in (("--batch_size", args.batch_size, 1), ("--workers", args.workers, 0)):
         if value < low:
             raise InputError(f"{flag} {value}: give at least {low}")
@@ -441,42 +409,86 @@ def _main(argv) -> dict:
         raise CheckpointError(f"--trained_G_model_path: {err}") from None
     if ckpt.get("kind") != "gan_G":
         raise InputError(f"{g_path} is not a generator checkpoint of GAN_train.py (kind={ckpt.get('kind')!r})")
-    opts = ckpt.get("opts", {})
-    encoder_dir = args.encoder_dir or opts.get("encoder_dir")
-    if not encoder_dir:
-        raise InputError("--encoder_dir is required (G's checkpoint does not name one)")
-    lang = parse_language(args.language if args.language is not None else opts.get("language", "en"))
-    if args.recipe:
-        return recipe_images(args, ckpt, g_path, Path(encoder_dir), lang)
-    files = find_encoder_files(encoder_dir, lang, partitions=("test",))
-    enc_ckpt = load_checkpoint(files.encoder)  # read once: its lineage now, the encoder below
-    lineage.check_gan_inputs((files.encoder, enc_ckpt.get(lineage.KEY)),
-                             {"test": (files.embeddings["test"], embeddings_lineage(files.embeddings["test"]))},
-                             generator=(g_path, ckpt.get(lineage.KEY)), fix_encoder=encoder_fix(opts),
-                             fix_embeddings=f"make them again with: {vectors_command(encoder_dir, lang)}")
-    trained_with = ckpt.get("encoder", {}).get("ckpt_name")
-    if trained_with and trained_with != files.ckpt_name:
-        print(f"note: G was trained with the encoder of {trained_with}; scoring with {files.ckpt_name}")
-    enc_opts = encoder_run_opts(encoder_dir, files.ckpt_name)
-    data_path = Path(args.data_path or opts.get("data_path") or enc_opts.get("data_path") or DEFAULT_DATA_PATH)
-    img_path = Path(args.img_path or opts.get("img_path") or enc_opts.get("img_path") or DEFAULT_IMG_PATH)
-    r1m_path = args.r1m_path or opts.get("r1m_path")
-    out_dir = Path(args.out_dir) if args.out_dir else g_path.parent / GENERATED_DIR
-    if not args.medr:
-        raise InputError("--medr: give at least one bag size, e.g. 1000")
-    num_images = images_per_recipe(args)
-    shrink = args.frechet_shrinkage
-    try:
-        shrink = float(shrink)
-    except ValueError:
-        pass
+    return g_path, ckpt
 
-    device = resolve_device(args.no_cuda, args.device)
-    ctx = autocast_context(device, args.amp)
+
+def load_generator(ckpt: dict, device) -> tuple[GANConfig, Generator]:
+    """G rebuilt from its checkpoint alone, in eval mode on ``device``."""
     cfg = GANConfig.from_dict(ckpt["gan"])
     G = Generator(cfg)
     G.load_state_dict(ckpt["model"])
     G.to(device).eval()
+    return cfg, G
+
+
+def check_encoder(ckpt: dict, g_path: Path, encoder_dir: str, lang: str) -> tuple[EncoderFiles, dict]:
+    """The encoder run's export and test embeddings, refused unless G was trained on them (:mod:`utils.lineage`).
+
+    Returns:
+        ``(the run's files, the exported encoder's checkpoint)``: read once, for its lineage here
+        and its weights in :func:`load_test_run`.
+    """
+    files = find_encoder_files(encoder_dir, lang, partitions=("test",))
+    enc_ckpt = load_checkpoint(files.encoder)
+    lineage.check_gan_inputs((files.encoder, enc_ckpt.get(lineage.KEY)),
+                             {"test": (files.embeddings["test"], embeddings_lineage(files.embeddings["test"]))},
+                             generator=(g_path, ckpt.get(lineage.KEY)), fix_encoder=encoder_fix(ckpt.get("opts", {})),
+                             fix_embeddings=f"make them again with: {vectors_command(encoder_dir, lang)}")
+    trained_with = ckpt.get("encoder", {}).get("ckpt_name")
+    if trained_with and trained_with != files.ckpt_name:
+        print(f"note: G was trained with the encoder of {trained_with}; scoring with {files.ckpt_name}")
+    return files, enc_ckpt
+
+
+def parse_shrinkage(value: str) -> float | str:
+    """``--frechet_shrinkage``: a number, else the name of a rule (utils/frechet.py checks it)."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+@dataclass
+class TestRun:
+    """What the steps of a test-split run share: G, its encoder, the test embeddings, the folders."""
+
+    g_path: Path
+    files: EncoderFiles
+    lang: str
+    data_path: Path
+    img_path: Path
+    r1m_path: str | None
+    out_dir: Path  # the per-recipe folders
+    num_images: int  # saved per recipe
+    shrink: float | str  # --frechet_shrinkage
+    device: torch.device
+    ctx: AbstractContextManager
+    cfg: GANConfig
+    G: Generator
+    encoder: torch.nn.Module
+    emb: dict  # test.py's arrays of the test split
+    ids: list[str]  # (N,) recipe ids, the rows of rec and img
+    rec: torch.Tensor  # (N, D) recipe embeddings
+    img: torch.Tensor  # (N, D) real-photo embeddings
+    judge: Judge | None  # --judge_dir
+
+
+def load_test_run(args, ckpt: dict, g_path: Path, encoder_dir: str, lang: str) -> TestRun:
+    """Check the inputs (lineage, flags, sizes, the judge), then load G, the encoder and the test embeddings."""
+    opts = ckpt.get("opts", {})
+    files, enc_ckpt = check_encoder(ckpt, g_path, encoder_dir, lang)
+    enc_opts = encoder_run_opts(encoder_dir, files.ckpt_name)
+    data_path = Path(args.data_path or opts.get("data_path") or enc_opts.get("data_path") or DEFAULT_DATA_PATH)
+    img_path = Path(args.img_path or opts.get("img_path") or enc_opts.get("img_path") or DEFAULT_IMG_PATH)
+    out_dir = Path(args.out_dir) if args.out_dir else g_path.parent / GENERATED_DIR
+    if not args.medr:
+        raise InputError("--medr: give at least one bag size, e.g. 1000")
+    num_images = images_per_recipe(args)
+    shrink = parse_shrinkage(args.frechet_shrinkage)
+
+    device = resolve_device(args.no_cuda, args.device)
+    ctx = autocast_context(device, args.amp)
+    cfg, G = load_generator(ckpt, device)
     encoder = image_encoder_from_checkpoint(enc_ckpt, files.encoder, device)
     del enc_ckpt  # its tensors are copied into the encoder
     emb = load_partition_embeddings(files.embeddings["test"], data_path, "test")
@@ -485,96 +497,164 @@ def _main(argv) -> dict:
     img = torch.from_numpy(np.ascontiguousarray(emb["img_embeds"], dtype=np.float32))  # (N, D)
     if rec.shape[1] != cfg.emb_dim:
         raise InputError(f"{files.embeddings['test']}: embeddings of size {rec.shape[1]}, G expects {cfg.emb_dim}")
-    judge = load_judge(args.judge_dir, encoder_dir, files.encoder, files.embeddings["test"], ids,
-                       enc_opts.get("data_path") or data_path, data_path, lang, device) if args.judge_dir else None
+    judge = load_judge(args.judge_dir, "test", encoder_dir, files, enc_opts, data_path, ids, lang, device,
+                       photos=True) if args.judge_dir else None
     print(f"G {shown(g_path)} (epoch {ckpt.get('epoch')}) | encoder {files.encoder.name} | test {len(ids)} recipes "
           f"({lang}) | device {device}" + (f" | judge {shown(judge.path)}" if judge else ""))
+    return TestRun(g_path, files, lang, data_path, img_path, args.r1m_path or opts.get("r1m_path"), out_dir,
+                   num_images, shrink, device, ctx, cfg, G, encoder, emb, ids, rec, img, judge)
 
+
+# --------------------------------------------------------------------------- steps
+
+
+def generate_images(args, run: TestRun) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The scored images (saved as ``generated_0`` when the modes agree) and the other saved ones.
+
+    Returns:
+        ``(fake (N, D): the encoder's embeddings of the scored images, the judge's (b, D') batches of them)``.
+    """
     def saver(k: int):
         def on_batch(start: int, pixels: torch.Tensor) -> None:
             for j in range(pixels.shape[0]):
-                save_png(to_pil(pixels[j]), out_dir / ids[start + j] / f"generated_{k}.png")
+                save_png(to_pil(pixels[j]), run.out_dir / run.ids[start + j] / f"generated_{k}.png")
         return on_batch
 
-    # Scored images (and the first saved image when the modes agree).
     same = args.save_images and args.noise_mode == args.score_noise_mode
     judged: list[torch.Tensor] = []  # the judge's embeddings of the same generated images
 
     def judge_batch(start: int, fake_b: torch.Tensor) -> None:
-        judged.append(encode_generated(judge.encoder, fake_b, cfg.output_space).float().cpu())  # (b, D')
-    fake = generate(G, rec, mode=args.score_noise_mode, seed=args.seed, batch_size=args.batch_size, device=device,
-                    ctx=ctx, encoder=encoder, on_batch=saver(0) if same else None,
-                    on_fake=judge_batch if judge else None, desc="generate")  # (N, D)
+        judged.append(encode_generated(run.judge.encoder, fake_b, run.cfg.output_space).float().cpu())  # (b, D')
+    fake = generate(run.G, run.rec, mode=args.score_noise_mode, seed=args.seed, batch_size=args.batch_size,
+                    device=run.device, ctx=run.ctx, encoder=run.encoder, on_batch=saver(0) if same else None,
+                    on_fake=judge_batch if run.judge else None, desc="generate")  # (N, D)
     if args.save_images:
-        for k in range(1 if same else 0, num_images):
-            generate(G, rec, mode=args.noise_mode, seed=args.seed + k, batch_size=args.batch_size, device=device,
-                     ctx=ctx, on_batch=saver(k), desc=f"images {k}")
+        for k in range(1 if same else 0, run.num_images):
+            generate(run.G, run.rec, mode=args.noise_mode, seed=args.seed + k, batch_size=args.batch_size,
+                     device=run.device, ctx=run.ctx, on_batch=saver(k), desc=f"images {k}")
+    return fake, judged
 
-    # Real images: real.png, and their features on the generated images' path (for the Frechet distance).
-    dataset = GANDataset(data_path, img_path, "test", emb, train=False, seed=args.seed, num_classes=cfg.num_classes,
-                         image_backend=args.image_backend, uint8=True)  # normalised on the device below
+
+def real_images(args, run: TestRun) -> tuple[list[torch.Tensor], dict[int, Image.Image], BadImageTracker]:
+    """The real test images: ``real.png``, and their features on the generated images' path (for the Frechet distance).
+
+    Returns:
+        ``(the encoder's (b, D) batches of features, {row: picture} of the first --synthesis_n rows, the tracker)``.
+    """
+    dataset = GANDataset(run.data_path, run.img_path, "test", run.emb, train=False, seed=args.seed,
+                         num_classes=run.cfg.num_classes, image_backend=args.image_backend,
+                         uint8=True)  # normalised on the device below
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                        collate_fn=collate_gan, pin_memory=device.type == "cuda")
+                        collate_fn=collate_gan, pin_memory=run.device.type == "cuda")
     tracker = BadImageTracker("test", len(dataset), args.max_bad_images)
     real_feats, fig_real = [], {}
     for batch in tqdm(loader, desc="real images", leave=False, dynamic_ncols=True):
         tracker.update(batch.bad)
         if batch.images.shape[0] == 0:
             continue
-        real = normalize_on_device(batch.images.to(device, non_blocking=True))  # (b, 3, 128, 128) float32
+        real = normalize_on_device(batch.images.to(run.device, non_blocking=True))  # (b, 3, 128, 128) float32
         pixels = imagenet_to_pixels(real.cpu())  # (b, 3, 128, 128)
         for j, index in enumerate(batch.indices.tolist()):
             if args.save_images:
-                save_png(to_pil(pixels[j]), out_dir / ids[index] / "real.png")
+                save_png(to_pil(pixels[j]), run.out_dir / run.ids[index] / "real.png")
             if len(fig_real) < args.synthesis_n:
                 fig_real[index] = to_pil(pixels[j])
-        with torch.no_grad(), ctx:
-            real_feats.append(encode_generated(encoder, real, "imagenet").float().cpu())
+        with torch.no_grad(), run.ctx:
+            real_feats.append(encode_generated(run.encoder, real, "imagenet").float().cpu())
+    return real_feats, fig_real, tracker
 
-    texts = recipe_texts(ids, r1m_path, data_path, lang) if args.save_images or args.synthesis_n > 0 else {}
+
+def write_recipe_texts(args, run: TestRun, tracker: BadImageTracker) -> dict[str, tuple]:
+    """Each folder's ``recipe.txt``; returns the texts (also the figure's titles), ``{}`` when neither needs them."""
+    texts = recipe_texts(run.ids, run.r1m_path, run.data_path, run.lang) \
+        if args.save_images or args.synthesis_n > 0 else {}
     if args.save_images:
-        for rid in ids:
-            atomic_write_text(out_dir / rid / "recipe.txt", recipe_text(rid, texts[rid]))
-        print(f"{len(ids)} recipes -> {shown(out_dir)} ({num_images} generated image(s) each; {tracker.summary()})")
+        for rid in run.ids:
+            atomic_write_text(run.out_dir / rid / "recipe.txt", recipe_text(rid, texts[rid]))
+        print(f"{len(run.ids)} recipes -> {shown(run.out_dir)} ({run.num_images} generated image(s) each; "
+              f"{tracker.summary()})")
+    return texts
 
-    metrics: dict = {}
-    metrics["fake2rec"], metrics["rec2fake"] = paired_scores(fake, rec, args.medr, args.seed)
-    metrics["fake2img"], metrics["img2fake"] = paired_scores(fake, img, args.medr, args.seed)
-    metrics["real2rec"], _ = paired_scores(img, rec, args.medr, args.seed)
-    metrics["ratio"] = ratio_rows(metrics["fake2rec"], metrics["real2rec"])
-    metrics["spread"] = {"generated": spread(fake), "real": spread(img)}
-    if judge is not None:
-        metrics["judge"] = judge_scores(judge, torch.cat(judged), args.medr, args.seed)
+
+def frechet_entry(real_feats: list[torch.Tensor], fake: torch.Tensor, shrink) -> dict:
+    """``frechet_distance`` and ``frechet`` of the metrics; a note instead with fewer than 2 real images."""
     if len(real_feats) and sum(f.shape[0] for f in real_feats) >= 2:
         fd = frechet_distance(torch.cat(real_feats), fake, shrinkage=shrink)
-        metrics["frechet_distance"] = fd.distance
-        metrics["frechet"] = fd.to_dict()
-    else:
-        metrics["frechet_distance"] = None
-        metrics["frechet"] = {"note": "fewer than 2 readable real images: no Frechet distance"}
-    metrics.update({"n": len(ids), "score_noise_mode": args.score_noise_mode, "seed": args.seed,
-                    "generator": str(g_path), "encoder": str(files.encoder), "language": lang})
+        return {"frechet_distance": fd.distance, "frechet": fd.to_dict()}
+    return {"frechet_distance": None, "frechet": {"note": "fewer than 2 readable real images: no Frechet distance"}}
+
+
+def score_all(args, run: TestRun, fake: torch.Tensor, judged: list[torch.Tensor],
+                real_feats: list[torch.Tensor]) -> dict:
+    """The metrics of ``--metrics_json``: both directions against recipes and photos, ratios, spread, judge, FD."""
+    metrics: dict = {}
+    metrics["fake2rec"], metrics["rec2fake"] = paired_scores(fake, run.rec, args.medr, args.seed)
+    metrics["fake2img"], metrics["img2fake"] = paired_scores(fake, run.img, args.medr, args.seed)
+    metrics["real2rec"], _ = paired_scores(run.img, run.rec, args.medr, args.seed)
+    metrics["ratio"] = ratio_rows(metrics["fake2rec"], metrics["real2rec"])
+    metrics["spread"] = {"generated": spread(fake), "real": spread(run.img)}
+    if run.judge is not None:
+        metrics["judge"] = judge_scores(run.judge, torch.cat(judged), args.medr, args.seed)
+    metrics.update(frechet_entry(real_feats, fake, run.shrink))
+    metrics.update({"n": len(run.ids), "score_noise_mode": args.score_noise_mode, "seed": args.seed,
+                    "generator": str(run.g_path), "encoder": str(run.files.encoder), "language": run.lang})
+    return metrics
+
+
+def print_scores(metrics: dict) -> None:
+    """The own encoder's table, the judge's beside it, and the Frechet distance."""
     directions = ("fake2rec", "rec2fake", "fake2img", "img2fake")
     print(format_results(results_by_bag({d: metrics[d] for d in directions}), title="generated images, test split"))
-    if judge is not None:
+    if "judge" in metrics:
         print_judge(metrics)
     note = metrics["frechet"].get("note")
     print(f"Frechet distance (FoodSpace image features, real vs generated): {metrics['frechet_distance']}"
           + (f"\nnote: {note}" if note else ""))
 
+
+def write_synthesis(args, run: TestRun, fig_real: dict[int, Image.Image], texts: dict[str, tuple]) -> None:
+    """``synthesis.png`` beside G: the first ``--synthesis_n`` recipes, ``--synthesis_k`` noises each."""
+    sel = sorted(fig_real)[: args.synthesis_n]
+    k = max(1, args.synthesis_k)
+    tiles: dict[str, list[Image.Image]] = {"rec": [], "img": []}
+    for name, source_emb in (("rec", run.rec), ("img", run.img)):
+        rows = source_emb[sel].repeat_interleave(k, dim=0)  # (n k, D): k noises per recipe
+        generate(run.G, rows, mode="BATCH_RANDOM", seed=args.seed, batch_size=args.batch_size, device=run.device,
+                 ctx=run.ctx, on_batch=lambda start, px, out=tiles[name]: out.extend(to_pil(p) for p in px))
+    fig_rows = [(texts[run.ids[i]][0], fig_real[i], tiles["rec"][r * k:(r + 1) * k], tiles["img"][r * k:(r + 1) * k])
+                for r, i in enumerate(sel)]
+    fig_path = run.g_path.parent / SYNTHESIS_FIGURE
+    save_png(synthesis_figure(fig_rows, k), fig_path)
+    print(f"synthesis figure -> {shown(fig_path)}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    """Generate, save and score; returns the metrics written by ``--metrics_json``."""
+    return run_main(lambda: _main(argv))
+
+
+def _main(argv) -> dict:
+    args = get_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    g_path, ckpt = read_generator(args)
+    opts = ckpt.get("opts", {})
+    encoder_dir = args.encoder_dir or opts.get("encoder_dir")
+    if not encoder_dir:
+        raise InputError("--encoder_dir is required (G's checkpoint does not name one)")
+    lang = parse_language(args.language if args.language is not None else opts.get("language", "en"))
+    if args.recipe:
+        return recipe_images(args, ckpt, g_path, Path(encoder_dir), lang)
+
+    run = load_test_run(args, ckpt, g_path, encoder_dir, lang)
+    fake, judged = generate_images(args, run)
+    real_feats, fig_real, tracker = real_images(args, run)
+    texts = write_recipe_texts(args, run, tracker)
+    metrics = score_all(args, run, fake, judged, real_feats)
+    print_scores(metrics)
     if args.synthesis_n > 0 and fig_real:
-        sel = sorted(fig_real)[: args.synthesis_n]
-        k = max(1, args.synthesis_k)
-        tiles: dict[str, list[Image.Image]] = {"rec": [], "img": []}
-        for name, source_emb in (("rec", rec), ("img", img)):
-            rows = source_emb[sel].repeat_interleave(k, dim=0)  # (n k, D): k noises per recipe
-            generate(G, rows, mode="BATCH_RANDOM", seed=args.seed, batch_size=args.batch_size, device=device, ctx=ctx,
-                     on_batch=lambda start, px, out=tiles[name]: out.extend(to_pil(p) for p in px))
-        fig_rows = [(texts[ids[i]][0], fig_real[i], tiles["rec"][r * k:(r + 1) * k], tiles["img"][r * k:(r + 1) * k])
-                    for r, i in enumerate(sel)]
-        fig_path = g_path.parent / SYNTHESIS_FIGURE
-        save_png(synthesis_figure(fig_rows, k), fig_path)
-        print(f"synthesis figure -> {shown(fig_path)}")
+        write_synthesis(args, run, fig_real, texts)
     if args.metrics_json:
         atomic_write_json(args.metrics_json, {"units": METRIC_UNITS, **metrics}, indent=2)
         print(f"metrics -> {shown(args.metrics_json)} (recalls as fractions in [0, 1], medR as a rank; see its \"units\")")

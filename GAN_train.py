@@ -85,6 +85,7 @@ from models.gan_losses import (
     layout_loss,
 )
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
+from pipeline.judge import Judge, load_judge
 from utils import distributed as du
 from utils import lineage
 from utils import training as tr
@@ -107,7 +108,7 @@ from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
 from utils.imagenet import normalize_on_device
 from utils.io import atomic_write, atomic_write_json, atomic_write_text
-from utils.judge import check_judge_run, check_same_recipes, spread
+from utils.judge import spread
 from utils.metrics import evaluate_retrieval, format_results
 from utils.runs import (
     DEFAULT_DATA_PATH,
@@ -493,31 +494,8 @@ def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, wr
     return iteration, images
 
 
-class ValJudge(NamedTuple):
-    """``--judge_dir``: the judge's frozen image encoder and its val recipe embeddings (G's val order)."""
-
-    encoder: torch.nn.Module
-    rec: torch.Tensor  # (Nv, D')
-    path: Path
-
-
-def load_val_judge(judge_dir: str, encoder_dir: str, files, enc_opts: dict, data_path: str, val_ids, lang: str,
-                   device) -> ValJudge:
-    """Check ``--judge_dir`` (not G's run, same LMDB, same val recipes) and load its encoder and val embeddings."""
-    judge_files = find_encoder_files(judge_dir, lang, partitions=("val",))
-    judge_data = encoder_run_opts(judge_dir, judge_files.ckpt_name).get("data_path")
-    check_judge_run(judge_dir, encoder_dir, judge_files.encoder, files.encoder, judge_data,
-                    enc_opts.get("data_path") or data_path)
-    emb = load_partition_embeddings(judge_files.embeddings["val"], data_path, "val")
-    check_same_recipes(emb["rec_ids"], val_ids, judge_files.embeddings["val"], files.embeddings["val"])
-    with torch.random.fork_rng(devices=[]):  # building it draws init weights: leave G's random stream as it was
-        encoder, _ = load_image_encoder(judge_files.encoder, device)
-    rec = torch.from_numpy(np.ascontiguousarray(emb["rec_embeds"], dtype=np.float32))  # (Nv, D')
-    return ValJudge(encoder, rec, judge_files.encoder)
-
-
 def validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, writer, log, sched,
-                   judge: ValJudge | None = None) -> dict[str, float]:
+                   judge: Judge | None = None) -> dict[str, float]:
     """Generated image -> recipe retrieval on the val split (bags of ``--medr``); logs and returns the metrics.
 
     Also logged: the Frechet distance between the generated and the real val image embeddings
@@ -614,8 +592,8 @@ def _main(argv: list[str]) -> Path:
             raise InputError(f"{files.embeddings[p]}: embeddings of size {e['rec_embeds'].shape[1]}, G expects "
                              f"{cfg.emb_dim}")
 
-    judge = load_val_judge(args.judge_dir, args.encoder_dir, files, enc_opts, args.data_path, embs["val"]["rec_ids"],
-                           lang, device) if args.judge_dir else None
+    judge = load_judge(args.judge_dir, "val", args.encoder_dir, files, enc_opts, args.data_path, embs["val"]["rec_ids"],
+                       lang, device) if args.judge_dir else None
     train_set = GANDataset(args.data_path, args.img_path, "train", embs["train"], train=True, seed=args.seed,
                            max_imgs=args.maxImgs, num_classes=cfg.num_classes, image_backend=args.image_backend,
                            uint8=True)  # normalised on the device in the step

@@ -9,7 +9,8 @@ the recipe, not the blind spots of G's encoder. GAN_test.py ``--judge_dir`` and 
 
 This module holds what the scripts share about it: the refusals (:func:`check_judge_run`,
 :func:`check_same_recipes`), the spread of a set of embeddings (:func:`spread`) and the
-own-encoder / judge comparison (:func:`ratio_rows`).
+own-encoder / judge comparison (:func:`ratio_rows`); :mod:`pipeline.judge` loads a judge run
+with these checks.
 """
 
 from __future__ import annotations

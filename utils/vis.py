@@ -90,13 +90,14 @@ def text_block(title: str, ingredients: str, marked: bool) -> Image.Image:
     return block
 
 
-def tile_row(cells: list[Image.Image]) -> Image.Image:
-    width = sum(c.width for c in cells) + 6 * (len(cells) - 1)
-    row = Image.new("RGB", (width, TILE), (235, 235, 235))
+def tile_row(cells: list[Image.Image], gap: int = 6) -> Image.Image:
+    """``cells`` side by side, ``gap`` apart on grey, as high as the highest (``TILE`` for this module's cells)."""
+    width = sum(c.width for c in cells) + gap * (len(cells) - 1)
+    row = Image.new("RGB", (width, max(c.height for c in cells)), (235, 235, 235))
     x = 0
     for cell in cells:
         row.paste(cell, (x, 0))
-        x += cell.width + 6
+        x += cell.width + gap
     return row
 
 
