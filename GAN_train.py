@@ -428,7 +428,7 @@ class GANRun(tr.RunState):
     cfg: GANConfig
     G: Generator  # the weights: validation and checkpoints
     D: Discriminator128
-    nets: Nets  # what a step trains: G and D (in DistributedDataParallel under torchrun), the frozen encoder...
+    nets: Nets  # what a step uses: G and D (in DDP under torchrun), the frozen encoder, optimisers, scalers
     loader: DataLoader
     weight: torch.Tensor  # (numClasses,) class weights
     val_rec: torch.Tensor  # (Nv, D) val recipe embeddings
