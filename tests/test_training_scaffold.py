@@ -50,15 +50,6 @@ def test_runtime_flags_are_the_documented_ones(script, name):
     assert not rows["train.py"] & rows["GAN_train.py"]  # a flag of both scripts belongs to the row "both"
 
 
-@pytest.mark.parametrize("script, doc", [(train, "docs/model.md"), (GAN_train, "docs/synthesis.md")])
-def test_help_opens_with_the_usage_and_one_sentence(script, doc):
-    """``--help`` starts with at most 5 lines (a short usage, one sentence naming the page); the rest is in docs/."""
-    text = script.get_parser().format_help()
-    head = re.split(r"\n(?:options|optional arguments):", text)[0].rstrip("\n").splitlines()
-    assert len(head) <= 5 and head[0].startswith("usage: ") and doc in head[-1], head
-    assert (ROOT / doc).is_file()
-
-
 def test_resume_keeps_fixed_flags_and_takes_given_runtime_ones(capsys):
     parser = train.get_parser()
     stored = vars(parser.parse_args(["--embDim", "64", "--epochs", "3", "--lr", "0.5"]))
