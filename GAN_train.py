@@ -1,49 +1,4 @@
-"""Train the X-MRS recipe-to-image GAN on top of a trained FoodSpace (docs/synthesis.md).
-
-    python GAN_train.py --encoder_dir runs/<run>                # needs test.py's outputs there
-    torchrun --nproc_per_node 4 GAN_train.py --encoder_dir ...   # DistributedDataParallel
-    python GAN_train.py --resume runs/<run>/GAN_runs/GAN_<stamp> # continue exactly where it stopped
-
-From ``--encoder_dir`` (a train.py run folder) it takes the exported image encoder
-``models/model_BEST_REC*_image_encoder.pth.tar`` (frozen) and the embedding files test.py wrote for
-the same checkpoint, ``foodSpace_vectors_*_<ckpt>_<partition>_<lang>.npz`` for train, val and test
-(found by :func:`utils.runs.find_encoder_files`). Each training sample (:mod:`data.gan_dataset`)
-is a recipe of those files: its real image (train: one of the first ``--maxImgs`` images, resize
-256, random crop 224, flip; val: the first image, resize 256, centre crop 224; then resized to 128
-and ImageNet-normalised), its recipe embedding and, as the target of the image-image cycle term,
-the precomputed embedding of its *first* image (test.py's ``img_embeds``), plus its class.
-
-Each step (the reference's order): one G forward; the D update on real and (detached) fake images,
-conditional on the detached ``mu``; then G's loss against the updated D: adversarial + class
-+ 2 KL + 32 (1 - cos) to the real image's embedding + 32 (1 - cos) to the recipe embedding, the
-generated images going through the frozen encoder (eval mode, gradients flow through it) after
-bilinear upsampling to the encoder's input size: 224 for the paper's encoder; an encoder trained on
-other crops (``train.py --image_size``) gets its own size, the scale its targets were computed at.
-
-Validation each epoch: images generated for every val recipe (:mod:`models.gan_sampling`;
-``--val_noise_mode``, default BATCH_RANDOM: random z and random conditioning noise, as the
-reference validates, drawn from a generator seeded with ``--seed`` so every epoch sees the same
-noise) are embedded by the encoder and ranked against the val recipe embeddings (generated image
--> recipe, bags of ``--medr``; docs/evaluation.md). The best epoch (highest R@1 + R@5 +
-R@10) and the last one are kept.
-
-Run folder ``<encoder_dir>/GAN_runs/GAN_<%Y%m%d-%H%M%S>/``: ``G_best``, ``D_best``, ``G_last``,
-``D_last`` ``.pth.tar`` (weights_only loadable; each with its optimiser, the GAN config, the
-epoch, the schedule and the RNG states), ``trace.csv`` (``epoch,lr,medR,R@1,R@5,R@10``, recalls
-as fractions; with ``--judge_dir`` also ``judge_medR,judge_R@1,judge_R@5,judge_R@10``: the same val
-images ranked by an independent judge run's encoder against its recipe embeddings, docs/synthesis.md), ``opts.json``, ``train.txt``, TensorBoard events (each loss term, lr, val
-metrics, the fixed-noise grid) and ``grid_e<epoch>.png`` (top row real val images, bottom row
-images generated from their recipes with a fixed noise).
-
-Learning rate (the reference's flags): without ``--auto_drop_lr``, G's lr is divided by 10 after
-the 0-based epoch ``--drop_G_lr_epoch`` (D's after ``--drop_D_lr_epoch``; 0 or less: never), as
-the reference's ``epoch == drop_G_lr_epoch`` test does; with ``--auto_drop_lr true`` both are
-halved after every epoch that ends more than ``--auto_drop_after_epochs`` epochs after the best
-one, at most ``--auto_drop_times`` times in all. For this rule, as in the reference, an epoch is
-better when any one of R@1, R@5, R@10 beats the stored best recalls (the stored triple is then
-replaced whole; :func:`reference_best`), not by their sum, which only chooses ``G_best``. As in the reference, the count is not reset by a
-drop, so a run that stopped improving halves on consecutive epochs.
-"""
+"""Train the X-MRS recipe-to-image GAN on a trained FoodSpace, in one process or under torchrun; docs/synthesis.md."""
 
 from __future__ import annotations
 
@@ -59,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from data.dataset import BadImageTracker
 from data.gan_dataset import GANDataset, GANSample, collate_gan, load_partition_embeddings
@@ -96,10 +51,8 @@ from utils.cli import (
     IMAGE_BACKENDS,
     WORKERS_HELP,
     HelpFormatter,
-    autocast_context,
     default_workers,
     explicit_flags,
-    resolve_device,
     run_main,
     str2bool,
 )
@@ -107,7 +60,7 @@ from utils.embeddings import embeddings_lineage
 from utils.errors import CheckpointError, InputError
 from utils.frechet import frechet_distance
 from utils.imagenet import normalize_on_device
-from utils.io import atomic_write, atomic_write_json, atomic_write_text
+from utils.io import atomic_write, atomic_write_text
 from utils.judge import spread
 from utils.metrics import evaluate_retrieval, format_results
 from utils.runs import (
@@ -121,14 +74,21 @@ from utils.runs import (
     shown,
     vectors_command,
 )
-from utils.seed import seed_everything
 
 TRACE_HEADER = ["epoch", "lr", "medR", "R@1", "R@5", "R@10"]
 JUDGE_HEADER = ["judge_medR", "judge_R@1", "judge_R@5", "judge_R@10"]  # trace.csv's extra columns with --judge_dir
+USAGE = "%(prog)s (--encoder_dir RUN | --resume GAN_RUN) [options]"
+# The flags a resumed run takes from the command line; every other flag keeps the run's stored value
+# (docs/run_folders.md#resuming-a-run, whose table tests/test_training_scaffold.py checks against this).
+RUNTIME_FLAGS = frozenset({
+    "epochs", "workers", "max_iters", "amp", "log_every", "max_bad_images", "data_path", "img_path", "no_cuda",
+    "device", "grid_n", "r1m_path", "trained_G_model_path",
+})
+
 
 def get_parser() -> argparse.ArgumentParser:
     """The reference's GAN_args.py flags (same names and meanings) plus this project's."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(usage=USAGE, description=__doc__, formatter_class=HelpFormatter)
     g = p.add_argument_group("general (the reference's GAN_args.py)")
     g.add_argument("--seed", type=int, default=1234, help="random seed (each rank adds its rank)")
     g.add_argument("--device", nargs="+", default=None,
@@ -252,7 +212,7 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
     # G against the updated D. D's weight gradients from this pass would only be discarded by the next
     # D step's zero_grad, so D's trained weights are frozen for it: backward computes just the gradient
     # to D's input, G's gradients are the same bit for bit (tests/test_bench_paths.py), and the G
-    # update costs about 7% less (bench/gan_step.py). Under DDP the pass also runs outside D's
+    # update does less work (timed in bench/README.md). Under DDP the pass also runs outside D's
     # gradient sync (no_sync), so no rank waits for D gradients that are not computed.
     trained_D = [q for q in D.parameters() if q.requires_grad]
     for q in trained_D:
@@ -303,7 +263,7 @@ def build_optimizers(G: torch.nn.Module, D: torch.nn.Module, lr: float, weight_d
     """The reference's Adam (betas 0.5, 0.999) for G and for D's trained parameters.
 
     ``foreach=True`` (PyTorch's default on GPUs, the per-tensor loop being its CPU default): the same
-    arithmetic bit for bit, its Adam phase about 5% faster on a CPU (tests/test_bench_paths.py).
+    arithmetic bit for bit (tests/test_bench_paths.py), with one temporary fewer per tensor.
     """
     opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(0.5, 0.999), weight_decay=weight_decay, foreach=True)
     opt_D = torch.optim.Adam([q for q in D.parameters() if q.requires_grad], lr=lr, betas=(0.5, 0.999),
@@ -407,7 +367,7 @@ def resolve_args(parser, argv) -> tuple[argparse.Namespace, dict | None, dict | 
     ckpt_D = load_checkpoint(run / gan_ckpt_name("D", "last"))
     if ckpt_G.get("kind") != "gan_G" or ckpt_D.get("kind") != "gan_D" or ckpt_G["epoch"] != ckpt_D["epoch"]:
         raise CheckpointError(f"--resume {run}: G_last and D_last are not a pair of one epoch")
-    return tr.apply_resume_opts(parser, argv, args, dict(ckpt_G["opts"])), ckpt_G, ckpt_D
+    return tr.apply_resume_opts(parser, argv, args, dict(ckpt_G["opts"]), RUNTIME_FLAGS), ckpt_G, ckpt_D
 
 
 def init_weights(module: torch.nn.Module, path: str, what: str) -> None:
@@ -459,39 +419,177 @@ def fixed_grid(G: Generator, grid_real: torch.Tensor, grid_embs: torch.Tensor, s
     return make_grid(torch.cat([imagenet_to_pixels(grid_real), fakes[0]]), nrow=len(grid_embs), padding=2)
 
 
-def train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, writer, log, dist_info,
-                iteration: int) -> tuple[int, int]:
-    """Train one epoch (at most ``--max_iters`` steps); returns the global iteration and the images used."""
-    steps = tr.epoch_steps(len(loader), args.max_iters)
-    bar = tr.progress(steps, epoch, dist_info)
-    images = 0
-    scalars = tr.StepScalars()  # every term stays on the device until a log step or the epoch's end
-    for it, batch in enumerate(loader):
-        if it >= steps:
-            break
-        tracker.update(batch.bad)
-        bar.update(1)
-        if not tr.every_rank_has_a_batch(batch.images.shape[0], dist_info):
-            continue
-        real = normalize_on_device(batch.images.to(device, non_blocking=True))  # uint8 -> (B, 3, 128, 128) float32
-        terms = gan_step(nets, cfg, real, batch.rec_embs.to(device, non_blocking=True),
-                         batch.img_embs.to(device, non_blocking=True), batch.classes.to(device, non_blocking=True),
-                         weight, w_img_img=args.W_IMG_IMG_COS_LOSS, w_img_rec=args.W_IMG_REC_COS_LOSS, ctx=ctx,
-                         probe=args.probe_every > 0 and it % args.probe_every == 0, as_tensors=True,
-                         cycle_aug=tuple(args.cycle_aug), d_aug=tuple(args.D_aug), d_noise=args.D_noise,
-                         w_layout=args.W_LAYOUT_LOSS, layout_size=args.layout_size)
-        iteration += 1
-        images += batch.images.shape[0]
-        scalars.add(iteration, terms)
-        if it % args.log_every == 0:
-            last = tr.write_steps(scalars.flush(), writer)
-            if writer is not None:
-                bar.set_postfix(D=f"{last['D/loss']:.3f}", G=f"{last['G/loss']:.3f}")
-                log(f"epoch {epoch} iter {it}/{steps} global {iteration} "
-                    + " ".join(f"{k} {v:.4f}" for k, v in last.items()))
-    tr.write_steps(scalars.flush(), writer)
-    bar.close()
-    return iteration, images
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass(kw_only=True)
+class GANRun(tr.RunState):
+    """A GAN_train.py run between setup and shutdown (the shared part: :class:`utils.training.RunState`)."""
+
+    cfg: GANConfig
+    G: Generator  # the weights: validation and checkpoints
+    D: Discriminator128
+    nets: Nets  # what a step uses: G and D (in DDP under torchrun), the frozen encoder, optimisers, scalers
+    loader: DataLoader
+    weight: torch.Tensor  # (numClasses,) class weights
+    val_rec: torch.Tensor  # (Nv, D) val recipe embeddings
+    val_img: torch.Tensor  # (Nv, D) val image embeddings
+    grid: tuple[torch.Tensor, torch.Tensor] | None  # the fixed-noise grid's real images and recipes (main process)
+    judge: Judge | None
+    sched: Schedule
+    best: Best
+    lr_best: LrBest
+    trace: list[list]  # trace.csv's rows (main process)
+    opts: dict
+    encoder_info: dict  # the encoder used, as checkpoints and opts.json record it
+    made_from: dict  # lineage
+
+
+def load_encoder(args, files, ckpt_G: dict | None, device) -> tuple[torch.nn.Module, ArchConfig, dict]:
+    """The frozen image encoder, its architecture and G's lineage, checked before any work.
+
+    The encoder, its embeddings and (resumed) G must come from one checkpoint.
+    """
+    encoder, enc_ckpt = load_image_encoder(files.encoder, device)
+    made_from = lineage.check_gan_inputs(
+        (files.encoder, enc_ckpt.get(lineage.KEY)),
+        {p: (files.embeddings[p], embeddings_lineage(files.embeddings[p])) for p in ("train", "val")},
+        generator=(Path(args.resume) / gan_ckpt_name("G", "last"), ckpt_G.get(lineage.KEY)) if ckpt_G else None,
+        fix_encoder=f"the files of --encoder_dir {args.encoder_dir} changed since this GAN run began; start a new "
+                    f"one: python GAN_train.py --encoder_dir {args.encoder_dir}",
+        fix_embeddings=f"make them again with: {vectors_command(args.encoder_dir, args.language)}")
+    return encoder, ArchConfig.from_dict(enc_ckpt["arch"]), made_from
+
+
+def gan_config(args, given: set[str], arch: ArchConfig, encoder_path: Path, ckpt_G: dict | None) -> GANConfig:
+    """G's and D's configuration: the resumed run's, else the flags with the encoder's sizes."""
+    if "embDim" in given and args.embDim != arch.emb_dim:
+        raise InputError(f"--embDim {args.embDim} differs from the image encoder's embedding size {arch.emb_dim} "
+                         f"({encoder_path})")
+    if "imFeatDim" in given and args.imFeatDim != arch.image_feat_dim:
+        print(f"--imFeatDim {args.imFeatDim}: the encoder's {arch.image_backbone} gives {arch.image_feat_dim}; "
+              f"using the encoder's")
+    if not ckpt_G:
+        args.embDim, args.imFeatDim = arch.emb_dim, arch.image_feat_dim
+    try:
+        return GANConfig.from_dict(ckpt_G["gan"]) if ckpt_G else GANConfig.from_args(args)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+def load_embeddings(args, files, cfg: GANConfig) -> dict[str, dict]:
+    """The train and val embedding files (checked against the LMDB's keys and G's embedding size)."""
+    embs = {p: load_partition_embeddings(files.embeddings[p], args.data_path, p) for p in ("train", "val")}
+    for p, e in embs.items():
+        if e["rec_embeds"].shape[1] != cfg.emb_dim:
+            raise InputError(f"{files.embeddings[p]}: embeddings of size {e['rec_embeds'].shape[1]}, G expects "
+                             f"{cfg.emb_dim}")
+    return embs
+
+
+def build_networks(args, cfg: GANConfig, device, ckpt_G: dict | None) -> tuple[Generator, Discriminator128]:
+    """G and D on ``device``; a new run may take their weights from --resume_G / --resume_D."""
+    G, D = Generator(cfg).to(device), Discriminator128(cfg).to(device)
+    D.logits_class.requires_grad_(False)  # defined but unused (docs/synthesis.md#the-method): no optimiser, no DDP hook
+    if args.resume_G and not ckpt_G:
+        init_weights(G, args.resume_G, "G")
+    if args.resume_D and not ckpt_G:
+        init_weights(D, args.resume_D, "D")
+    return G, D
+
+
+def setup(args, given: set[str], ckpt_G: dict | None, ckpt_D: dict | None) -> GANRun:
+    """Check every input, load the data, build G and D, then open the run folder (resumed: restore its state).
+
+    Args:
+        given: the flags given on the command line of a new run (checked against the encoder).
+    """
+    args.val_noise_mode = parse_noise_mode(args.val_noise_mode)
+    lang = args.language
+    files = find_encoder_files(args.encoder_dir, lang)
+    enc_opts = encoder_run_opts(args.encoder_dir, files.ckpt_name)
+    args.data_path = args.data_path or enc_opts.get("data_path") or DEFAULT_DATA_PATH
+    args.img_path = args.img_path or enc_opts.get("img_path") or DEFAULT_IMG_PATH
+    dist_info, device, ctx = tr.init_process(args.no_cuda, args.device, args.seed, args.amp)
+    encoder, arch, made_from = load_encoder(args, files, ckpt_G, device)
+    cfg = gan_config(args, given, arch, files.encoder, ckpt_G)
+    embs = load_embeddings(args, files, cfg)
+
+    judge = load_judge(args.judge_dir, "val", args.encoder_dir, files, enc_opts, args.data_path, embs["val"]["rec_ids"],
+                       lang, device) if args.judge_dir else None
+    train_set = GANDataset(args.data_path, args.img_path, "train", embs["train"], train=True, seed=args.seed,
+                           max_imgs=args.maxImgs, num_classes=cfg.num_classes, image_backend=args.image_backend,
+                           uint8=True)  # normalised on the device in the step
+    loader = tr.train_loader(train_set, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                             collate_fn=collate_gan, dist_info=dist_info, device=device,
+                             source=files.embeddings["train"])
+    val_set = GANDataset(args.data_path, args.img_path, "val", embs["val"], train=False, seed=args.seed,
+                         num_classes=cfg.num_classes, image_backend=args.image_backend)  # the grid's images
+    G, D = build_networks(args, cfg, device, ckpt_G)
+    # Every input was checked above: only now does the run folder exist (a failed start leaves nothing).
+    run_dir = tr.shared_run_dir(dist_info, args.resume, lambda: new_gan_run_dir(args.encoder_dir))
+    log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
+    opt_G, opt_D = build_optimizers(G, D, lr=args.lr, weight_decay=args.weight_decay)
+    scalers = [torch.amp.GradScaler(device.type, enabled=args.amp == "fp16") for _ in "GD"]
+    sched, best, lr_best = Schedule(lr_G=args.lr, lr_D=args.lr), Best(), LrBest()
+    start_epoch, iteration = 0, 0
+    if ckpt_G:
+        tr.load_states(ckpt_G, model=G, optimizer=opt_G, scaler=scalers[0])
+        tr.load_states(ckpt_D, model=D, optimizer=opt_D, scaler=scalers[1])
+        sched, best = Schedule.from_dict(ckpt_G["schedule"]), Best.from_dict(ckpt_G["best"])
+        lr_best = LrBest.from_dict(ckpt_G["lr_best"]) if "lr_best" in ckpt_G else LrBest(epoch=max(best.epoch, 0))
+        start_epoch, iteration = ckpt_G["epoch"] + 1, ckpt_G["iteration"]
+        tr.restore_rng(ckpt_G["rng"], dist_info.rank)
+    nets = Nets(tr.ddp(G, device, dist_info), tr.ddp(D, device, dist_info), encoder, opt_G, opt_D, *scalers)
+    weight = class_weights(cfg.num_classes, device)
+
+    encoder_info = {"path": str(files.encoder), "ckpt_name": files.ckpt_name, "arch": arch.to_dict(),
+                    "input_size": encoder.input_size, "embeddings": {p: str(f) for p, f in files.embeddings.items()}}
+    opts = to_plain(vars(args))
+    writer = tr.open_run_files(run_dir, dist_info, {**opts, "encoder": encoder_info, "gan": cfg.to_dict(),
+                                                    lineage.KEY: made_from}, iteration if ckpt_G else None)
+    trace, grid = [], None
+    if writer is not None:
+        trace, grid = read_trace(run_dir / "trace.csv", start_epoch - 1), grid_inputs(val_set, args.grid_n)
+        log(f"GAN run {shown(run_dir)} | device {device} | world size {dist_info.world_size} | encoder "
+            f"{files.encoder.name} | train {len(train_set)} recipes, val {len(val_set)} | epochs "
+            f"{start_epoch}..{args.epochs - 1}")
+    tracker = BadImageTracker("train", len(train_set), args.max_bad_images, img_root=args.img_path)
+    return GANRun(
+        args=args, dist_info=dist_info, device=device, ctx=ctx, run_dir=run_dir, log=log, writer=writer,
+        bad_images=tr.BadImages(tracker, log), start_epoch=start_epoch, iteration=iteration, cfg=cfg, G=G, D=D,
+        nets=nets, loader=loader, weight=weight, val_rec=_float32(embs["val"]["rec_embeds"]),
+        val_img=_float32(embs["val"]["img_embeds"]), grid=grid, judge=judge, sched=sched, best=best,
+        lr_best=lr_best, trace=trace, opts=opts, encoder_info=encoder_info, made_from=made_from)
+
+
+def _float32(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def train_epoch(run: GANRun, epoch: int) -> None:
+    """Train one epoch (at most ``--max_iters`` steps) at the schedule's lrs (:func:`gan_step` per batch)."""
+    args, nets = run.args, run.nets
+    for opt, lr in ((nets.opt_G, run.sched.lr_G), (nets.opt_D, run.sched.lr_D)):
+        for group in opt.param_groups:
+            group["lr"] = lr
+    nets.G.train()
+    nets.D.train()
+
+    def step(it: int, batch) -> dict:
+        real = normalize_on_device(batch.images.to(run.device, non_blocking=True))  # uint8 -> (B, 3, 128, 128) float32
+        return gan_step(nets, run.cfg, real, batch.rec_embs.to(run.device, non_blocking=True),
+                        batch.img_embs.to(run.device, non_blocking=True), batch.classes.to(run.device, non_blocking=True),
+                        run.weight, w_img_img=args.W_IMG_IMG_COS_LOSS, w_img_rec=args.W_IMG_REC_COS_LOSS, ctx=run.ctx,
+                        probe=args.probe_every > 0 and it % args.probe_every == 0, as_tensors=True,
+                        cycle_aug=tuple(args.cycle_aug), d_aug=tuple(args.D_aug), d_noise=args.D_noise,
+                        w_layout=args.W_LAYOUT_LOSS, layout_size=args.layout_size)
+
+    tr.run_epoch(run, run.loader, epoch, step,
+                 postfix=lambda last: {"D": f"{last['D/loss']:.3f}", "G": f"{last['G/loss']:.3f}"})
 
 
 def validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, writer, log, sched,
@@ -537,6 +635,59 @@ def validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, write
     return metrics
 
 
+def validate(run: GANRun, epoch: int) -> bool:
+    """On the main process: score G on the val split (:func:`validate_epoch`), write the trace row and the grid,
+    move the best epoch; returns whether ``epoch`` is the new best (False on the other ranks)."""
+    if not run.dist_info.is_main:
+        return False
+    args, writer = run.args, run.writer
+    metrics = validate_epoch(args, epoch, run.G, run.nets.encoder, run.val_rec, run.val_img, run.device, run.ctx,
+                             writer, run.log, run.sched, run.judge)
+    run.trace.append([epoch, run.sched.lr_G, metrics["medR"], metrics["R@1"], metrics["R@5"], metrics["R@10"]]
+                     + ([metrics["judge"][k.removeprefix("judge_")] for k in JUDGE_HEADER] if run.judge else []))
+    write_trace(run.run_dir / "trace.csv", run.trace, TRACE_HEADER + (JUDGE_HEADER if run.judge else []))
+    if run.grid is not None:
+        image = fixed_grid(run.G, run.grid[0], run.grid[1], args.seed, run.device, run.ctx)
+        writer.add_image("val/fixed_noise_grid", image, epoch)
+        save_grid(image, run.run_dir / f"grid_e{epoch:03d}.png")
+    recall_sum = metrics["R@1"] + metrics["R@5"] + metrics["R@10"]
+    improved = recall_sum > run.best.recall_sum
+    if improved:
+        run.best = Best(recall_sum=recall_sum, epoch=epoch, medR=metrics["medR"])
+    run.lr_best = reference_best(run.lr_best, metrics, epoch)
+    return improved
+
+
+def advance_schedule(run: GANRun, epoch: int) -> None:
+    """After ``epoch``, on every rank: rank 0's best epochs, then the lr drops (:func:`end_of_epoch_lr`)."""
+    run.best = Best.from_dict(du.broadcast_object(run.best.to_dict()))  # every rank's lr schedule follows rank 0's
+    run.lr_best = LrBest.from_dict(du.broadcast_object(run.lr_best.to_dict()))
+    for event in end_of_epoch_lr(run.args, run.sched, epoch, run.lr_best.epoch):
+        run.log(f"after epoch {epoch}: {event}")
+
+
+def save(run: GANRun, epoch: int, improved: bool) -> None:
+    """Every epoch ``G_last`` / ``D_last`` (what --resume reads); when ``improved``, ``G_best`` / ``D_best`` too."""
+
+    def write(rngs: list) -> None:
+        nets = run.nets
+        common = {"gan": run.cfg.to_dict(), "epoch": epoch, "iteration": run.iteration, "best": run.best.to_dict(),
+                  "lr_best": run.lr_best.to_dict(), "schedule": run.sched.to_dict(), "rng": rngs, "opts": run.opts,
+                  "encoder": run.encoder_info, lineage.KEY: run.made_from}
+        state_G = checkpoint_state("gan_G", **common, model=run.G.state_dict(), optimizer=nets.opt_G.state_dict(),
+                                   scaler=nets.scaler_G.state_dict())
+        state_D = checkpoint_state("gan_D", **common, model=run.D.state_dict(), optimizer=nets.opt_D.state_dict(),
+                                   scaler=nets.scaler_D.state_dict())
+        save_checkpoint(state_G, run.run_dir / gan_ckpt_name("G", "last"))
+        save_checkpoint(state_D, run.run_dir / gan_ckpt_name("D", "last"))
+        if improved:
+            save_checkpoint(state_G, run.run_dir / gan_ckpt_name("G", "best"))
+            save_checkpoint(state_D, run.run_dir / gan_ckpt_name("D", "best"))
+            run.log(f"epoch {epoch}: new best (R@1+R@5+R@10 {run.best.recall_sum:.4f}) -> G_best, D_best")
+
+    tr.checkpoint_epoch(run, write)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -548,176 +699,17 @@ def main(argv=None) -> Path:
 def _main(argv: list[str]) -> Path:
     parser = get_parser()
     args, ckpt_G, ckpt_D = resolve_args(parser, argv)
-    args.val_noise_mode = parse_noise_mode(args.val_noise_mode)
-    lang = args.language
-    files = find_encoder_files(args.encoder_dir, lang)
-    enc_opts = encoder_run_opts(args.encoder_dir, files.ckpt_name)
-    args.data_path = args.data_path or enc_opts.get("data_path") or DEFAULT_DATA_PATH
-    args.img_path = args.img_path or enc_opts.get("img_path") or DEFAULT_IMG_PATH
-
-    wants_cuda = not args.no_cuda and torch.cuda.is_available() and not (
-        args.device and str(args.device[0]).lower() == "cpu")
-    dist_info = du.init_distributed(use_cuda=wants_cuda)
-    device = resolve_device(args.no_cuda, args.device, dist_info.local_rank if dist_info.distributed else None)
-    seed_everything(args.seed + dist_info.rank)
-    ctx = autocast_context(device, args.amp)
-
-    encoder, enc_ckpt = load_image_encoder(files.encoder, device)
-    # The encoder, its embeddings and (resumed) G must come from one checkpoint; checked before any work.
-    made_from = lineage.check_gan_inputs(
-        (files.encoder, enc_ckpt.get(lineage.KEY)),
-        {p: (files.embeddings[p], embeddings_lineage(files.embeddings[p])) for p in ("train", "val")},
-        generator=(Path(args.resume) / gan_ckpt_name("G", "last"), ckpt_G.get(lineage.KEY)) if ckpt_G else None,
-        fix_encoder=f"the files of --encoder_dir {args.encoder_dir} changed since this GAN run began; start a new "
-                    f"one: python GAN_train.py --encoder_dir {args.encoder_dir}",
-        fix_embeddings=f"make them again with: {vectors_command(args.encoder_dir, lang)}")
-    arch = ArchConfig.from_dict(enc_ckpt["arch"])
-    given = explicit_flags(parser, argv) if not ckpt_G else set()
-    if "embDim" in given and args.embDim != arch.emb_dim:
-        raise InputError(f"--embDim {args.embDim} differs from the image encoder's embedding size {arch.emb_dim} "
-                         f"({files.encoder})")
-    if "imFeatDim" in given and args.imFeatDim != arch.image_feat_dim:
-        print(f"--imFeatDim {args.imFeatDim}: the encoder's {arch.image_backbone} gives {arch.image_feat_dim}; "
-              f"using the encoder's")
-    if not ckpt_G:
-        args.embDim, args.imFeatDim = arch.emb_dim, arch.image_feat_dim
-    try:
-        cfg = GANConfig.from_dict(ckpt_G["gan"]) if ckpt_G else GANConfig.from_args(args)
-    except ValueError as err:
-        raise InputError(str(err)) from None
-
-    embs = {p: load_partition_embeddings(files.embeddings[p], args.data_path, p) for p in ("train", "val")}
-    for p, e in embs.items():
-        if e["rec_embeds"].shape[1] != cfg.emb_dim:
-            raise InputError(f"{files.embeddings[p]}: embeddings of size {e['rec_embeds'].shape[1]}, G expects "
-                             f"{cfg.emb_dim}")
-
-    judge = load_judge(args.judge_dir, "val", args.encoder_dir, files, enc_opts, args.data_path, embs["val"]["rec_ids"],
-                       lang, device) if args.judge_dir else None
-    train_set = GANDataset(args.data_path, args.img_path, "train", embs["train"], train=True, seed=args.seed,
-                           max_imgs=args.maxImgs, num_classes=cfg.num_classes, image_backend=args.image_backend,
-                           uint8=True)  # normalised on the device in the step
-    sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
-                                 seed=args.seed, drop_last=True)
-    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                        collate_fn=collate_gan, drop_last=True, pin_memory=device.type == "cuda",
-                        persistent_workers=args.workers > 0)  # set_epoch reaches them (shared memory)
-    if len(loader) == 0:
-        raise InputError(f"{files.embeddings['train']}: {len(train_set)} train recipes make no full batch of "
-                         f"--batch_size {args.batch_size} x {dist_info.world_size} process(es)")
-    val_set = GANDataset(args.data_path, args.img_path, "val", embs["val"], train=False, seed=args.seed,
-                         num_classes=cfg.num_classes, image_backend=args.image_backend)  # the grid's images
-    val_rec = torch.from_numpy(np.ascontiguousarray(embs["val"]["rec_embeds"], dtype=np.float32))  # (Nv, D)
-    val_img = torch.from_numpy(np.ascontiguousarray(embs["val"]["img_embeds"], dtype=np.float32))  # (Nv, D)
-
-    G, D = Generator(cfg).to(device), Discriminator128(cfg).to(device)
-    D.logits_class.requires_grad_(False)  # defined but unused (docs/synthesis.md#the-method): no optimiser, no DDP hook
-    if args.resume_G and not ckpt_G:
-        init_weights(G, args.resume_G, "G")
-    if args.resume_D and not ckpt_G:
-        init_weights(D, args.resume_D, "D")
-    # Every input was checked above: only now does the run folder exist (a failed start leaves nothing).
-    run_dir = tr.shared_run_dir(dist_info, args.resume, lambda: new_gan_run_dir(args.encoder_dir))
-    log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
-    opt_G, opt_D = build_optimizers(G, D, lr=args.lr, weight_decay=args.weight_decay)
-    scaler_G = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    scaler_D = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    sched, best, lr_best = Schedule(lr_G=args.lr, lr_D=args.lr), Best(), LrBest()
-    start_epoch, iteration = 0, 0
-    local_images = 0  # images this process trained on in this invocation
-    if ckpt_G:
-        tr.load_states(ckpt_G, model=G, optimizer=opt_G, scaler=scaler_G)
-        tr.load_states(ckpt_D, model=D, optimizer=opt_D, scaler=scaler_D)
-        sched, best = Schedule.from_dict(ckpt_G["schedule"]), Best.from_dict(ckpt_G["best"])
-        lr_best = LrBest.from_dict(ckpt_G["lr_best"]) if "lr_best" in ckpt_G else LrBest(epoch=max(best.epoch, 0))
-        start_epoch, iteration = ckpt_G["epoch"] + 1, ckpt_G["iteration"]
-        tr.restore_rng(ckpt_G["rng"], dist_info.rank)
-    train_G, train_D = G, D
-    if dist_info.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        train_G = torch.nn.parallel.DistributedDataParallel(G, device_ids=ids)
-        train_D = torch.nn.parallel.DistributedDataParallel(D, device_ids=ids)
-    nets = Nets(train_G, train_D, encoder, opt_G, opt_D, scaler_G, scaler_D)
-    weight = class_weights(cfg.num_classes, device)
-
-    opts = to_plain(vars(args))
-    encoder_info = {"path": str(files.encoder), "ckpt_name": files.ckpt_name, "arch": arch.to_dict(),
-                    "input_size": encoder.input_size,
-                    "embeddings": {p: str(f) for p, f in files.embeddings.items()}}
-    writer, trace, grid = None, [], None
-    if dist_info.is_main:
-        atomic_write_json(run_dir / "opts.json", {**opts, "encoder": encoder_info, "gan": cfg.to_dict(),
-                                                  lineage.KEY: made_from}, indent=2)
-        trace = read_trace(run_dir / "trace.csv", start_epoch - 1)
-        from torch.utils.tensorboard import SummaryWriter
-
-        # Steps 1..iteration were logged before; purge only what a crashed run wrote after its checkpoint.
-        writer = SummaryWriter(log_dir=str(run_dir), purge_step=iteration + 1 if ckpt_G else None)
-        grid = grid_inputs(val_set, args.grid_n)
-        log(f"GAN run {shown(run_dir)} | device {device} | world size {dist_info.world_size} | encoder {files.encoder.name} "
-            f"| train {len(train_set)} recipes, val {len(val_set)} | epochs {start_epoch}..{args.epochs - 1}")
-    tracker = BadImageTracker("train", len(train_set), args.max_bad_images, img_root=args.img_path)
-
-    for epoch in range(start_epoch, args.epochs):
-        for opt, lr in ((opt_G, sched.lr_G), (opt_D, sched.lr_D)):
-            for group in opt.param_groups:
-                group["lr"] = lr
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        train_G.train()
-        train_D.train()
-        iteration, n_images = train_epoch(args, epoch, nets, cfg, loader, tracker, weight, device, ctx, writer, log,
-                                          dist_info, iteration)
-        local_images += n_images
-
-        improved = False
-        if dist_info.is_main:
-            metrics = validate_epoch(args, epoch, G, encoder, val_rec, val_img, device, ctx, writer, log, sched,
-                                     judge)
-            trace.append([epoch, sched.lr_G, metrics["medR"], metrics["R@1"], metrics["R@5"], metrics["R@10"]]
-                         + ([metrics["judge"][k.removeprefix("judge_")] for k in JUDGE_HEADER] if judge else []))
-            write_trace(run_dir / "trace.csv", trace, TRACE_HEADER + (JUDGE_HEADER if judge else []))
-            if grid is not None:
-                image = fixed_grid(G, grid[0], grid[1], args.seed, device, ctx)
-                writer.add_image("val/fixed_noise_grid", image, epoch)
-                save_grid(image, run_dir / f"grid_e{epoch:03d}.png")
-            recall_sum = metrics["R@1"] + metrics["R@5"] + metrics["R@10"]
-            improved = recall_sum > best.recall_sum
-            if improved:
-                best = Best(recall_sum=recall_sum, epoch=epoch, medR=metrics["medR"])
-            lr_best = reference_best(lr_best, metrics, epoch)
-        best = Best.from_dict(du.broadcast_object(best.to_dict()))  # every rank's lr schedule follows rank 0's best
-        lr_best = LrBest.from_dict(du.broadcast_object(lr_best.to_dict()))
-        for event in end_of_epoch_lr(args, sched, epoch, lr_best.epoch):
-            log(f"after epoch {epoch}: {event}")
-
-        rngs = tr.gather_rng_states()
-        if dist_info.is_main:
-            common = {"gan": cfg.to_dict(), "epoch": epoch, "iteration": iteration, "best": best.to_dict(),
-                      "lr_best": lr_best.to_dict(), "schedule": sched.to_dict(), "rng": rngs, "opts": opts, "encoder": encoder_info,
-                      lineage.KEY: made_from}
-            state_G = checkpoint_state("gan_G", **common, model=G.state_dict(), optimizer=opt_G.state_dict(),
-                                       scaler=scaler_G.state_dict())
-            state_D = checkpoint_state("gan_D", **common, model=D.state_dict(), optimizer=opt_D.state_dict(),
-                                       scaler=scaler_D.state_dict())
-            save_checkpoint(state_G, run_dir / gan_ckpt_name("G", "last"))
-            save_checkpoint(state_D, run_dir / gan_ckpt_name("D", "last"))
-            if improved:
-                save_checkpoint(state_G, run_dir / gan_ckpt_name("G", "best"))
-                save_checkpoint(state_D, run_dir / gan_ckpt_name("D", "best"))
-                log(f"epoch {epoch}: new best (R@1+R@5+R@10 {best.recall_sum:.4f}) -> G_best, D_best")
-            writer.flush()
-        du.barrier()
-
+    run = setup(args, explicit_flags(parser, argv) if not ckpt_G else set(), ckpt_G, ckpt_D)
+    for epoch in range(run.start_epoch, args.epochs):
+        train_epoch(run, epoch)
+        improved = validate(run, epoch)  # False on the other ranks
+        advance_schedule(run, epoch)
+        save(run, epoch, improved)
     # Per rank: DDP keeps the replicas identical, so every rank prints the same checksums.
-    sums = [float(sum(p.detach().double().sum() for p in m.parameters())) for m in (G, D)]
-    print(f"rank {dist_info.rank}/{dist_info.world_size}: trained on {local_images} images; parameter sums "
-          f"G {sums[0]:.10e} D {sums[1]:.10e}", flush=True)
-    if writer is not None:
-        writer.close()
-        log(f"{tracker.summary()}; best epoch {best.epoch} (R@1+R@5+R@10 {best.recall_sum:.4f}); done: {shown(run_dir)}")
-    du.cleanup()
-    return run_dir
+    sums = [float(sum(p.detach().double().sum() for p in m.parameters())) for m in (run.G, run.D)]
+    return tr.shutdown(run, f"; parameter sums G {sums[0]:.10e} D {sums[1]:.10e}",
+                       f"{run.bad_images.tracker.summary()}; best epoch {run.best.epoch} (R@1+R@5+R@10 "
+                       f"{run.best.recall_sum:.4f}); done: {shown(run.run_dir)}")
 
 
 def grid_inputs(val_set: GANDataset, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -36,6 +36,7 @@ from utils.cli import (
     HelpFormatter,
     autocast_context,
     default_workers,
+    pin_memory,
     resolve_device,
     run_main,
 )
@@ -239,7 +240,7 @@ def _main(argv) -> dict:
     trackers: dict = {}  # one per partition: the languages share the recipes and their images
     for (partition, lang), dataset in datasets.items():
         loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                            collate_fn=collate_skip_bad, pin_memory=device.type == "cuda")
+                            collate_fn=collate_skip_bad, pin_memory=pin_memory(device))
         if partition not in trackers:
             trackers[partition] = BadImageTracker(partition, len(dataset), args.max_bad_images, img_root=img_path)
         tracker = trackers[partition]

@@ -1,12 +1,4 @@
-"""Train FoodSpaceNet, the X-MRS retrieval model (docs/model.md).
-
-    python train.py --data_path data/loader_data --img_path data/Recipe1M/images
-    torchrun --nproc_per_node 4 train.py ...          # DistributedDataParallel, global negatives
-    python train.py --resume runs/<timestamp>__train  # continue a run where it stopped
-
-The whole loop is in this file: data, model, optimiser with its four parameter groups, the
-epoch loop, validation with the Recipe1M protocol, checkpoints and logs.
-"""
+"""Train FoodSpaceNet, the X-MRS retrieval model, in one process or under torchrun; docs/model.md."""
 
 from __future__ import annotations
 
@@ -18,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from data.dataset import BadImageTracker, RecipeImageDataset, collate_skip_bad, read_manifest
 from data.langs import parse_language
@@ -41,10 +33,9 @@ from utils.cli import (
     IMAGE_BACKENDS,
     WORKERS_HELP,
     HelpFormatter,
-    autocast_context,
     default_workers,
     int_list,
-    resolve_device,
+    pin_memory,
     run_main,
     str2bool,
 )
@@ -62,15 +53,20 @@ from utils.runs import (
     best_name,
     new_run_dir,
     shown,
-    write_opts,
 )
-from utils.seed import seed_everything
 
 GROUPS = ("heads", "vision", "wordemb", "text")
+USAGE = "%(prog)s [--data_path DATA --img_path IMAGES | --resume RUN] [options]"
+# The flags a resumed run takes from the command line; every other flag keeps the run's stored value
+# (docs/run_folders.md#resuming-a-run, whose table tests/test_training_scaffold.py checks against this).
+RUNTIME_FLAGS = frozenset({
+    "epochs", "workers", "max_iters", "amp", "log_every", "max_bad_images", "data_path", "img_path", "no_cuda",
+    "channels_last", "gpu", "runs_dir", "projector_every", "projector_n", "valfreq",
+})
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(usage=USAGE, description=__doc__, formatter_class=HelpFormatter)
     b = str2bool
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=1234, help="random seed (each rank adds its rank)")
@@ -122,7 +118,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="language augmentation tree ('none' or '': English only; add 'mask' to mask tokens)")
     g.add_argument("--language", default="0",
                    help="unused by training (validation is always English, as in the reference); checked and "
-                        "kept in opts.txt. test.py's --language picks the test language")
+                        "kept in opts.json. test.py's --language picks the test language")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch_size", type=int, default=20, help="batch size per process")
@@ -207,9 +203,8 @@ def build_optimizer(model: FoodSpaceNet, lr: float, weight_decay: float, w2v_tra
     """Adam over the four named groups of ``GROUPS``; ``w2v_train=False`` freezes the word embeddings for good.
 
     ``foreach=True`` (PyTorch's default on GPUs; on the CPU its default is the per-tensor loop): the
-    same arithmetic, bit for bit, with one temporary fewer per tensor; the Adam phase of a step is
-    about 15% faster on a CPU (tests/test_bench_paths.py, ``bench/train_step.py --variants``).
-    ``fused=True`` would be faster still but rounds differently, so it is not used.
+    same arithmetic, bit for bit (tests/test_bench_paths.py), with one temporary fewer per tensor
+    (timed in bench/README.md). ``fused=True`` rounds differently, so it is not used.
     """
     groups = model.param_groups()
     if not w2v_train:
@@ -248,6 +243,24 @@ def set_lrs(optimizer, lrs: dict[str, float]) -> None:
 # --------------------------------------------------------------------------- setup
 
 
+@dataclass(kw_only=True)
+class TrainRun(tr.RunState):
+    """A train.py run between setup and shutdown (the shared part: :class:`utils.training.RunState`)."""
+
+    model: FoodSpaceNet  # the weights: validation and checkpoints
+    train_model: torch.nn.Module  # the model, in DistributedDataParallel under torchrun: the training steps
+    optimizer: torch.optim.Adam
+    scaler: torch.amp.GradScaler
+    sched: Schedule
+    best: Best
+    loader: DataLoader
+    val_loader: DataLoader | None  # the main process validates; None elsewhere
+    val_tracker: BadImageTracker | None
+    val_log: TextLog  # test.txt
+    manifest: dict
+    opts: dict  # every option, as stored (opts.json, checkpoints)
+
+
 def resolve_args(parser, argv) -> tuple[argparse.Namespace, dict | None]:
     """Parse ``argv``; with --resume, start from the run's stored options (docs/run_folders.md)."""
     args = parser.parse_args(argv)
@@ -255,30 +268,27 @@ def resolve_args(parser, argv) -> tuple[argparse.Namespace, dict | None]:
     if not args.resume:
         return args, None
     ckpt = load_checkpoint(Path(args.resume) / MODELS_DIR / LATEST_NAME)
-    return tr.apply_resume_opts(parser, argv, args, dict(ckpt["opts"])), ckpt
+    return tr.apply_resume_opts(parser, argv, args, dict(ckpt["opts"]), RUNTIME_FLAGS), ckpt
 
 
-def make_loader(args, partition: str, train: bool, dist_info) -> tuple[DataLoader, RecipeImageDataset]:
-    """The loader of ``partition``: augmented and shuffled for training, English rows otherwise.
+def make_dataset(args, partition: str, train: bool) -> RecipeImageDataset:
+    """The recipes of ``partition``: augmented for training, English rows otherwise.
 
     Validation reads the English row whatever ``--language`` says, as the reference does (its
     validation loader never receives the language); test.py evaluates other languages.
     """
-    dataset = RecipeImageDataset(
+    return RecipeImageDataset(
         args.data_path, args.img_path, partition, train=train, language="en",
         text_aug=args.textAug, textinputs=args.textinputs, max_imgs=args.maxImgs,
         image_size=args.image_size, seed=args.seed, image_backend=args.image_backend,
         uint8=True)  # (3, S, S) uint8: a quarter of the bytes; the step normalises on its device
-    sampler = None
-    if train:
-        # One sampler for one or many processes: its shuffle depends on (seed, epoch) only.
-        sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                     shuffle=True, seed=args.seed, drop_last=True)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, shuffle=False,
-                        num_workers=args.workers, collate_fn=collate_skip_bad, drop_last=train,
-                        pin_memory=torch.cuda.is_available() and not args.no_cuda,
-                        persistent_workers=args.workers > 0)  # set_epoch reaches them (shared memory)
-    return loader, dataset
+
+
+def make_val_loader(args, dataset: RecipeImageDataset, device: torch.device) -> DataLoader:
+    """The val split in order, every recipe (no partial batch dropped)."""
+    return DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+                      collate_fn=collate_skip_bad, pin_memory=pin_memory(device),
+                      persistent_workers=args.workers > 0)
 
 
 def build_model(args, vocab_size: int, max_len: int, pad_id: int, arch: dict | None = None) -> FoodSpaceNet:
@@ -292,21 +302,105 @@ def build_model(args, vocab_size: int, max_len: int, pad_id: int, arch: dict | N
     return FoodSpaceNet(cfg, image_pretrained=pretrained, text_init=text_init)
 
 
+def check_lineage(args, ckpt: dict | None, init: dict | None, manifest: dict) -> None:
+    """The weights resumed or initialised from must have been trained on token ids that mean the same."""
+    if ckpt:
+        lineage.check_lmdb(Path(args.resume) / MODELS_DIR / LATEST_NAME, lineage.lmdb_of(ckpt.get(lineage.KEY)),
+                           args.data_path, manifest, arch=ckpt["arch"])
+    if init is not None:
+        lineage.check_lmdb(args.model_init_path, lineage.lmdb_of(init.get(lineage.KEY)), args.data_path, manifest,
+                           flag="--data_path (or --model_init_path)")
+
+
+def setup(args, ckpt: dict | None) -> TrainRun:
+    """Check every input, build data and model, then open the run folder (resumed: restore its state)."""
+    dist_info, device, ctx = tr.init_process(args.no_cuda, args.gpu, args.seed, args.amp)
+    manifest = read_manifest(args.data_path)  # DatasetError names create_lmdb.py when it is missing
+    init = load_checkpoint(args.model_init_path) if args.model_init_path and not ckpt else None
+    check_lineage(args, ckpt, init, manifest)
+
+    # Every input is checked before the run folder exists: a failed start leaves nothing behind.
+    train_set = make_dataset(args, "train", True)
+    loader = tr.train_loader(train_set, batch_size=args.batch_size, workers=args.workers, seed=args.seed,
+                             collate_fn=collate_skip_bad, dist_info=dist_info, device=device, source=args.data_path)
+    val_set = make_dataset(args, "val", False) if dist_info.is_main else None
+    model = build_model(args, manifest["vocab_size"], manifest["max_len"], manifest["special_ids"]["pad"],
+                        arch=ckpt["arch"] if ckpt else None)
+    if init is not None:
+        try:
+            model.load_state_dict(init["model"])
+        except RuntimeError:
+            raise InputError(f"--model_init_path {args.model_init_path}: architecture differs: "
+                             f"{state_dict_mismatch(model.state_dict(), init['model'])}") from None
+
+    run_dir = tr.shared_run_dir(dist_info, args.resume, lambda: new_run_dir(args.runs_dir, args.experiment_sufix))
+    log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
+    model.to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, w2v_train=args.w2vTrain)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    sched, best, start_epoch, iteration = initial_schedule(args), Best(), args.start_epoch, 0
+    if ckpt:
+        tr.load_states(ckpt, model=model, optimizer=optimizer, scaler=scaler)
+        sched, best = Schedule.from_dict(ckpt["schedule"]), Best.from_dict(ckpt["best"])
+        start_epoch, iteration = ckpt["epoch"] + 1, ckpt["iteration"]
+        tr.restore_rng(ckpt["rng"], dist_info.rank)
+    train_model = tr.ddp(model, device, dist_info)
+
+    opts = to_plain(vars(args))
+    writer = tr.open_run_files(run_dir, dist_info, opts, iteration if ckpt else None)
+    if writer is not None:
+        log(f"run folder {shown(run_dir)} | device {device} | world size {dist_info.world_size} | "
+            f"train {len(train_set)} recipes, val {len(val_set)} | epochs {start_epoch}..{args.epochs - 1}")
+    train_tracker = BadImageTracker("train", len(train_set), args.max_bad_images, img_root=args.img_path)
+    val_tracker = (BadImageTracker("val", len(val_set), args.max_bad_images, img_root=args.img_path)
+                   if val_set is not None else None)
+    return TrainRun(
+        args=args, dist_info=dist_info, device=device, ctx=ctx, run_dir=run_dir, log=log, writer=writer,
+        bad_images=tr.BadImages(train_tracker, log), start_epoch=start_epoch, iteration=iteration, model=model,
+        train_model=train_model, optimizer=optimizer, scaler=scaler, sched=sched, best=best, loader=loader,
+        val_loader=make_val_loader(args, val_set, device) if val_set is not None else None, val_tracker=val_tracker,
+        val_log=TextLog(run_dir / "test.txt" if dist_info.is_main else None, echo=False), manifest=manifest,
+        opts=opts)
+
+
+# --------------------------------------------------------------------------- one epoch
+
+
+def ohem_in(args, epoch: int) -> bool:
+    """Whether ``epoch`` takes the hardest negative: from random weights it alone collapses the space,
+    so the first ``--ohem_warmup`` epochs average over the negatives."""
+    return args.ohem and epoch >= args.ohem_warmup
+
+
+def train_epoch(run: TrainRun, epoch: int) -> dict[str, float]:
+    """Train one epoch with this epoch's group lrs; returns the sums of loss, d_pos, d_neg and ``steps``."""
+    args = run.args
+    lrs = group_lrs(args, run.sched)
+    set_lrs(run.optimizer, lrs)
+    run.train_model.train()
+    ohem = ohem_in(args, epoch)
+
+    def step(it: int, batch) -> dict:
+        images = batch.images.to(run.device, non_blocking=True)  # (B, 3, S, S) uint8
+        if args.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        images = normalize_on_device(images)  # float32, the values of the float path
+        tokens = batch.tokens.to(run.device, non_blocking=True)  # (B, T), T = longest row in the batch
+        out = train_step(run.train_model, run.optimizer, run.scaler, images, tokens, ctx=run.ctx, alpha=args.alpha,
+                         intra_modal=args.intraModalLoss, ohem=ohem, world_size=run.dist_info.world_size)
+        return {"loss": out.loss, "d_pos": out.d_pos, "d_neg": out.d_neg}
+
+    totals = tr.run_epoch(run, run.loader, epoch, step, postfix=lambda last: {"loss": f"{last['loss']:.4f}"})
+    if run.writer is not None:
+        for name, value in lrs.items():
+            run.writer.add_scalar(f"lr/{name}", value, epoch)
+    return totals
+
+
 CHANCE_FRACTION = 0.8  # a val medR above this fraction of chance's ((n + 1) / 2) is no progress
 COLLAPSE_TOL = 0.02  # relative to alpha: distances "equal" and the loss "at alpha" within this
-
-
-def record_steps(rows: list[tuple[int, dict[str, float]]], totals: dict, writer) -> dict[str, float]:
-    """Add steps read from the device (``StepScalars.flush``) to ``totals`` and TensorBoard (:func:`write_steps`).
-
-    Returns:
-        The last step's values (``{}`` when ``rows`` is empty).
-    """
-    for _, values in rows:
-        for name, value in values.items():
-            totals[name] += value
-        totals["steps"] += 1
-    return tr.write_steps(rows, writer)
 
 
 def val_progress(medr: float, best_medr: float, n: int) -> bool:
@@ -336,16 +430,60 @@ def not_learning(totals: dict, alpha: float, ohem: bool, ohem_warmup: int, progr
             f"{alpha:g}, no val progress): the model is not learning; {remedy}")
 
 
-# --------------------------------------------------------------------------- validation
+def advance_schedule(run: TrainRun, epoch: int, totals: dict, val: Validation | None) -> None:
+    """After ``epoch``: warn when the space collapsed (:func:`not_learning`), then apply --warmup / --decayLR."""
+    args = run.args
+    progress = val.progress if val is not None else None
+    warning = not_learning(totals, args.alpha, ohem_in(args, epoch), args.ohem_warmup, progress) \
+        if run.writer is not None else ""
+    if warning:
+        run.log(f"epoch {epoch}: warning: {warning}")
+    for event in end_of_epoch_schedule(args, run.sched, epoch):
+        run.log(f"after epoch {epoch}: {event}")
 
 
-def validate(args, model, loader, device, ctx, tracker) -> tuple[dict, dict]:
-    """Embed the val split and run the protocol with bags of ``--medr`` (docs/evaluation.md)."""
+# --------------------------------------------------------------------------- validation and checkpoints
+
+
+@dataclass
+class Validation:
+    """One validation's image-to-recipe scores (the first bag) and what they improved: :func:`save` reads it."""
+
+    metrics: dict[str, float]  # medR, R@1, R@5, R@10
+    recall_sum: float  # R@1 + R@5 + R@10
+    improved_val: bool  # medR below every earlier one: a new BEST_VAL
+    improved_rec: bool  # recall_sum above every earlier one: a new BEST_REC
+    progress: bool  # val_progress: better than before and clearly better than chance
+
+
+def validate(run: TrainRun, epoch: int) -> Validation | None:
+    """On the main process when ``epoch % --valfreq == 0``: embed the val split and run the protocol with
+    bags of ``--medr`` (docs/evaluation.md), log it, move the best so far; None otherwise."""
+    args, best, writer = run.args, run.best, run.writer
+    if not (run.dist_info.is_main and epoch % args.valfreq == 0):
+        return None
     thumbs = args.projector_n if args.projector_every else 0
-    emb = extract_embeddings(model, loader, device, ctx, channels_last=args.channels_last,
-                             tracker=tracker, thumbs=thumbs, desc="val")
+    emb = extract_embeddings(run.model, run.val_loader, run.device, run.ctx, channels_last=args.channels_last,
+                             tracker=run.val_tracker, thumbs=thumbs, desc="val")
     results = evaluate_retrieval(emb["img_embeds"], emb["rec_embeds"], medr=[args.medr], seed=args.seed)
-    return results, emb
+    key = next(iter(results))
+    metrics = results[key]["im2rec"]
+    recall_sum = metrics["R@1"] + metrics["R@5"] + metrics["R@10"]
+    for name in ("medR", "R@1", "R@5", "R@10"):
+        writer.add_scalar(f"val/{name}", metrics[name], epoch)
+    best.validations += 1
+    if args.projector_every and (best.validations - 1) % args.projector_every == 0:
+        meta = [str(i) for i in emb["rec_ids"][: args.projector_n]]
+        writer.add_embedding(torch.from_numpy(emb["img_embeds"][: args.projector_n]), metadata=meta,
+                             label_img=emb["thumbs"], global_step=epoch, tag="val_images")
+    run.log(format_results(results, title=f"val epoch {epoch}"))
+    run.val_log(f"epoch {epoch} " + json.dumps(results))
+    val = Validation(metrics, recall_sum, improved_val=metrics["medR"] < best.medR,
+                     improved_rec=recall_sum > best.recall_sum,
+                     progress=val_progress(metrics["medR"], best.medR, results[key]["n"]))
+    best.medR = min(best.medR, metrics["medR"])
+    best.recall_sum = max(best.recall_sum, recall_sum)
+    return val
 
 
 def replace_best(models_dir: Path, kind: str, name: str, state: dict) -> None:
@@ -354,6 +492,29 @@ def replace_best(models_dir: Path, kind: str, name: str, state: dict) -> None:
     for old in models_dir.glob(best_glob(kind)):
         if old.name != name:
             old.unlink()
+
+
+def save(run: TrainRun, epoch: int, val: Validation | None) -> None:
+    """Every epoch ``models/model.pth.tar`` (what --resume reads); after a validation that improved, BEST_*."""
+    args, models_dir = run.args, run.run_dir / MODELS_DIR
+
+    def write(rngs: list) -> None:
+        made_from = lineage.checkpoint_lineage(run.model.state_dict(), run.manifest[lineage.KEY], args.textinputs)
+        state = checkpoint_state("foodspace", arch=run.model.cfg.to_dict(), model=run.model.state_dict(),
+                                 optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(),
+                                 schedule=run.sched.to_dict(), best=run.best.to_dict(), epoch=epoch,
+                                 iteration=run.iteration, rng=rngs, opts=run.opts, lineage=made_from)
+        save_checkpoint(state, models_dir / LATEST_NAME)
+        if val is not None and (val.improved_val or val.improved_rec):
+            # Only model.pth.tar resumes; a BEST checkpoint is the weights, the architecture and the metrics.
+            slim = checkpoint_state("foodspace", arch=state["arch"], model=state["model"], epoch=epoch,
+                                    iteration=run.iteration, best=state["best"], metrics=val.metrics, opts=run.opts,
+                                    lineage=made_from)
+            for kind, improved in (("VAL", val.improved_val), ("REC", val.improved_rec)):
+                if improved:
+                    replace_best(models_dir, kind, best_name(kind, epoch, val.metrics["medR"], val.recall_sum), slim)
+
+    tr.checkpoint_epoch(run, write)
 
 
 # --------------------------------------------------------------------------- main
@@ -365,181 +526,15 @@ def main(argv=None) -> Path:
 
 
 def _main(argv: list[str]) -> Path:
-    parser = get_parser()
-    args, ckpt = resolve_args(parser, argv)
-    dist_info = du.init_distributed(use_cuda=not args.no_cuda and torch.cuda.is_available())
-    device = resolve_device(args.no_cuda, args.gpu, dist_info.local_rank if dist_info.distributed else None)
-    seed_everything(args.seed + dist_info.rank)
-    ctx = autocast_context(device, args.amp)  # the one place deciding precision
-
-    manifest = read_manifest(args.data_path)  # DatasetError names create_lmdb.py when it is missing
-    init = load_checkpoint(args.model_init_path) if args.model_init_path and not ckpt else None
-    # The weights resumed or initialised from must have been trained on token ids that mean the same.
-    if ckpt:
-        lineage.check_lmdb(Path(args.resume) / MODELS_DIR / LATEST_NAME, lineage.lmdb_of(ckpt.get(lineage.KEY)),
-                           args.data_path, manifest, arch=ckpt["arch"])
-    if init is not None:
-        lineage.check_lmdb(args.model_init_path, lineage.lmdb_of(init.get(lineage.KEY)), args.data_path, manifest,
-                           flag="--data_path (or --model_init_path)")
-
-    # Every input is checked before the run folder exists: a failed start leaves nothing behind.
-    train_loader, train_set = make_loader(args, "train", True, dist_info)
-    val_loader, val_set = make_loader(args, "val", False, dist_info) if dist_info.is_main else (None, None)
-    if len(train_loader) == 0:
-        raise InputError(f"{args.data_path}: {len(train_set)} train recipes make no full batch of --batch_size "
-                         f"{args.batch_size} x {dist_info.world_size} process(es)")
-    model = build_model(args, manifest["vocab_size"], manifest["max_len"], manifest["special_ids"]["pad"],
-                        arch=ckpt["arch"] if ckpt else None)
-    if init is not None:
-        try:
-            model.load_state_dict(init["model"])
-        except RuntimeError:
-            raise InputError(f"--model_init_path {args.model_init_path}: architecture differs: "
-                             f"{state_dict_mismatch(model.state_dict(), init['model'])}") from None
-
-    run_dir = tr.shared_run_dir(dist_info, args.resume, lambda: new_run_dir(args.runs_dir, args.experiment_sufix))
-    models_dir = run_dir / MODELS_DIR
-    log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
-    val_log = TextLog(run_dir / "test.txt" if dist_info.is_main else None, echo=False)
-    model.to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, lr=args.lr, weight_decay=args.weight_decay, w2v_train=args.w2vTrain)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    sched = initial_schedule(args)
-    best = Best()
-    start_epoch, iteration = args.start_epoch, 0
-    local_images = 0  # images this process trained on in this invocation
-    if ckpt:
-        tr.load_states(ckpt, model=model, optimizer=optimizer, scaler=scaler)
-        sched, best = Schedule.from_dict(ckpt["schedule"]), Best.from_dict(ckpt["best"])
-        start_epoch, iteration = ckpt["epoch"] + 1, ckpt["iteration"]
-        tr.restore_rng(ckpt["rng"], dist_info.rank)
-    train_model = model
-    if dist_info.distributed:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    opts = to_plain(vars(args))
-    writer = None
-    if dist_info.is_main:
-        write_opts(run_dir / "opts.txt", opts)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(log_dir=str(run_dir), purge_step=iteration + 1 if ckpt else None)
-        log(f"run folder {shown(run_dir)} | device {device} | world size {dist_info.world_size} | "
-            f"train {len(train_set)} recipes, val {len(val_set)} | epochs {start_epoch}..{args.epochs - 1}")
-    train_tracker = BadImageTracker("train", len(train_set), args.max_bad_images, img_root=args.img_path)
-    val_tracker = (BadImageTracker("val", len(val_set), args.max_bad_images, img_root=args.img_path)
-                   if val_set is not None else None)
-
-    for epoch in range(start_epoch, args.epochs):
-        lrs = group_lrs(args, sched)
-        set_lrs(optimizer, lrs)
-        train_set.set_epoch(epoch)
-        train_loader.sampler.set_epoch(epoch)
-        train_model.train()
-        # From random weights the hardest negative alone collapses the space; mean negatives first.
-        ohem = args.ohem and epoch >= args.ohem_warmup
-        steps = tr.epoch_steps(len(train_loader), args.max_iters)
-        bar = tr.progress(steps, epoch, dist_info)
-        totals = {"loss": 0.0, "d_pos": 0.0, "d_neg": 0.0, "steps": 0, "skipped": 0}  # this epoch, for the checks
-        scalars = tr.StepScalars()
-        for it, batch in enumerate(train_loader):
-            if it >= steps:
-                break
-            if batch.bad:
-                seen = set(train_tracker.bad)
-                train_tracker.update(batch.bad)
-                totals["skipped"] += len(batch.bad)
-                for item in batch.bad:
-                    if item.recipe_id not in seen:
-                        log(f"epoch {epoch}: skipping recipe {item.recipe_id}: {item.reason}")
-            if not tr.every_rank_has_a_batch(batch.images.shape[0], dist_info):
-                bar.update(1)
-                continue
-            images = batch.images.to(device, non_blocking=True)  # (B, 3, S, S) uint8
-            if args.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            images = normalize_on_device(images)  # float32, the values of the float path
-            tokens = batch.tokens.to(device, non_blocking=True)  # (B, T), T = longest row in the batch
-            out = train_step(train_model, optimizer, scaler, images, tokens, ctx=ctx, alpha=args.alpha,
-                             intra_modal=args.intraModalLoss, ohem=ohem, world_size=dist_info.world_size)
-            iteration += 1
-            local_images += images.shape[0]
-            bar.update(1)
-            # Kept on the device; read every --log_every steps and at the end of the epoch (no sync per step).
-            scalars.add(iteration, {"loss": out.loss, "d_pos": out.d_pos, "d_neg": out.d_neg})
-            if it % args.log_every == 0:
-                last = record_steps(scalars.flush(), totals, writer)
-                if writer is not None:
-                    bar.set_postfix(loss=f"{last['loss']:.4f}")
-                    log(f"epoch {epoch} iter {it}/{steps} global {iteration} loss {last['loss']:.4f} "
-                        f"d_pos {last['d_pos']:.4f} d_neg {last['d_neg']:.4f}")
-        record_steps(scalars.flush(), totals, writer)
-        bar.close()
-        if writer is not None:
-            for name, value in lrs.items():
-                writer.add_scalar(f"lr/{name}", value, epoch)
-            writer.add_scalar("bad_images/train", totals["skipped"], epoch)
-            if totals["skipped"]:
-                log(f"epoch {epoch}: {totals['skipped']} samples skipped for an unreadable image "
-                    f"({train_tracker.summary()} so far)")
-
-        progress = None  # this epoch's validation: see val_progress
-        if dist_info.is_main and epoch % args.valfreq == 0:
-            results, emb = validate(args, model, val_loader, device, ctx, val_tracker)
-            key = next(iter(results))
-            metrics = results[key]["im2rec"]
-            recall_sum = metrics["R@1"] + metrics["R@5"] + metrics["R@10"]
-            for name in ("medR", "R@1", "R@5", "R@10"):
-                writer.add_scalar(f"val/{name}", metrics[name], epoch)
-            best.validations += 1
-            if args.projector_every and (best.validations - 1) % args.projector_every == 0:
-                meta = [str(i) for i in emb["rec_ids"][: args.projector_n]]
-                writer.add_embedding(torch.from_numpy(emb["img_embeds"][: args.projector_n]), metadata=meta,
-                                     label_img=emb["thumbs"], global_step=epoch, tag="val_images")
-            table = format_results(results, title=f"val epoch {epoch}")
-            log(table)
-            val_log(f"epoch {epoch} " + json.dumps(results))
-            improved_val = metrics["medR"] < best.medR
-            improved_rec = recall_sum > best.recall_sum
-            progress = val_progress(metrics["medR"], best.medR, results[key]["n"])
-            best.medR = min(best.medR, metrics["medR"])
-            best.recall_sum = max(best.recall_sum, recall_sum)
-        warning = not_learning(totals, args.alpha, ohem, args.ohem_warmup, progress) if writer is not None else ""
-        if warning:
-            log(f"epoch {epoch}: warning: {warning}")
-        for event in end_of_epoch_schedule(args, sched, epoch):
-            log(f"after epoch {epoch}: {event}")
-
-        rngs = tr.gather_rng_states()
-        if dist_info.is_main:
-            made_from = lineage.checkpoint_lineage(model.state_dict(), manifest[lineage.KEY], args.textinputs)
-            state = checkpoint_state("foodspace", arch=model.cfg.to_dict(), model=model.state_dict(),
-                                     optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                                     schedule=sched.to_dict(), best=best.to_dict(), epoch=epoch, iteration=iteration,
-                                     rng=rngs, opts=opts, lineage=made_from)
-            save_checkpoint(state, models_dir / LATEST_NAME)
-            if epoch % args.valfreq == 0 and (improved_val or improved_rec):
-                # Only model.pth.tar resumes; a BEST checkpoint is the weights, the architecture and the metrics.
-                slim = checkpoint_state("foodspace", arch=state["arch"], model=state["model"], epoch=epoch,
-                                        iteration=iteration, best=state["best"], metrics=metrics, opts=opts,
-                                        lineage=made_from)
-                if improved_val:
-                    replace_best(models_dir, "VAL", best_name("VAL", epoch, metrics["medR"], recall_sum), slim)
-                if improved_rec:
-                    replace_best(models_dir, "REC", best_name("REC", epoch, metrics["medR"], recall_sum), slim)
-            writer.flush()
-        du.barrier()
-
-    print(f"rank {dist_info.rank}/{dist_info.world_size}: trained on {local_images} images", flush=True)
-    if writer is not None:
-        writer.close()
-        log(f"{train_tracker.summary()}; {val_tracker.summary()}")
-        log(f"done: {shown(run_dir)}")
-    du.cleanup()
-    return run_dir
+    args, ckpt = resolve_args(get_parser(), argv)
+    run = setup(args, ckpt)
+    for epoch in range(run.start_epoch, args.epochs):
+        totals = train_epoch(run, epoch)
+        val = validate(run, epoch)  # None unless the main process validates this epoch
+        advance_schedule(run, epoch, totals, val)
+        save(run, epoch, val)
+    trackers = f"{run.bad_images.tracker.summary()}; {run.val_tracker.summary()}" if run.val_tracker else ""
+    return tr.shutdown(run, "", trackers, f"done: {shown(run.run_dir)}")
 
 
 if __name__ == "__main__":

@@ -371,8 +371,7 @@ def measure_throughput(data: Path, img: Path, workers: Sequence[int], steps: int
 
     import train
     from data.dataset import collate_skip_bad, read_manifest
-    from utils.cli import autocast_context
-    from utils.distributed import DistInfo
+    from utils.cli import autocast_context, pin_memory
     from utils.imagenet import normalize_on_device
 
     manifest = read_manifest(data)
@@ -406,10 +405,10 @@ def measure_throughput(data: Path, img: Path, workers: Sequence[int], steps: int
     rates = {}
     for w in workers:
         args.workers = w
-        _, dataset = train.make_loader(args, "train", True, DistInfo())
+        dataset = train.make_dataset(args, "train", True)
         sampler = RandomSampler(dataset, replacement=True, num_samples=(steps + 2) * batch_size)
         loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=w,
-                            collate_fn=collate_skip_bad, drop_last=True, pin_memory=device.type == "cuda",
+                            collate_fn=collate_skip_bad, drop_last=True, pin_memory=pin_memory(device),
                             persistent_workers=w > 0)
         rates[w] = timed(loader)
     first = next(iter(DataLoader(dataset, batch_size=batch_size, collate_fn=collate_skip_bad,

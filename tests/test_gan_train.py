@@ -684,15 +684,59 @@ def test_judge_refusals(gan_runs, encoder_run, judge_run, indexed_set, tmp_path)
     (other_data / "manifest.json").write_text(json.dumps({**manifest, "vocab_size": manifest["vocab_size"] + 1}))
     other = tmp_path / "other_judge"
     shutil.copytree(judge_run, other)
-    opts = (other / "opts.txt").read_text().replace(json.dumps(str(indexed_set["data"])), json.dumps(str(other_data)))
+    opts = (other / "opts.json").read_text().replace(json.dumps(str(indexed_set["data"])), json.dumps(str(other_data)))
     assert str(other_data) in opts
-    (other / "opts.txt").write_text(opts)
+    (other / "opts.json").write_text(opts)
     for main, args in ((GAN_test.main, common), (GAN_train.main, [*GAN_TINY, "--encoder_dir", str(encoder_run)])):
         with pytest.raises(SystemExit, match=r"^error: --judge_dir .*other_judge: trained on .*other_lmdb, not on"):
             main([*args, "--judge_dir", str(other)])
     # The same LMDB copied elsewhere is the same data: accepted up to the recipes' check.
     (other_data / "manifest.json").write_text(json.dumps(manifest))
     GAN_test.main([*common, "--judge_dir", str(other), "--save_images", "false"])
+
+
+def _as_old_opts_txt(run: Path, **changes) -> None:
+    """Turn a train.py run's opts.json into the opts.txt it wrote before the one options format."""
+    opts = {**json.loads((run / "opts.json").read_text()), **changes}
+    (run / "opts.json").unlink()
+    (run / "opts.txt").write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in sorted(opts.items())))
+
+
+def test_an_older_runs_opts_txt_is_still_read(gan_runs, encoder_run, judge_run, tmp_path):
+    """GAN_train.py and GAN_test.py read an encoder (or judge) run's options from its opts.txt when it has no opts.json."""
+    nowhere = tmp_path / "nowhere"
+    old = tmp_path / "old_encoder_run"
+    shutil.copytree(encoder_run, old, ignore=shutil.ignore_patterns("GAN_runs"))
+    _as_old_opts_txt(old, data_path=str(nowhere))  # GAN_train.py's default --data_path comes from it
+    with pytest.raises(SystemExit, match=r"^error: .*is --data_path .*nowhere the folder create_lmdb.py wrote"):
+        GAN_train.main([*GAN_TINY, "--encoder_dir", str(old)])
+    judge = tmp_path / "old_judge"
+    shutil.copytree(judge_run, judge)
+    _as_old_opts_txt(judge, data_path=str(nowhere))  # the judge's LMDB, compared with G's
+    common = ["--trained_G_model_path", str(gan_runs["full"] / "G_best.pth.tar"), "--no_cuda", "--workers", "0",
+              "--synthesis_n", "0"]
+    for main, args in ((GAN_test.main, common), (GAN_train.main, [*GAN_TINY, "--encoder_dir", str(encoder_run)])):
+        with pytest.raises(SystemExit, match=r"^error: --judge_dir .*old_judge: trained on .*nowhere, not on"):
+            main([*args, "--judge_dir", str(judge)])
+
+
+def test_gan_train_logs_bad_images_as_train_py(encoder_run, indexed_set, tmp_path):
+    """Each unreadable image's recipe is logged once, and each epoch's count (train.txt, TensorBoard bad_images/train)."""
+    from data.lmdb_format import RecordReader, keys_file, lmdb_dir
+    from data.recipe1m import image_path, load_keys
+
+    img = tmp_path / "images"
+    shutil.copytree(indexed_set["img"], img)
+    rid = str(load_embeddings(next(encoder_run.glob("foodSpace_vectors_*_train_en.npz")))["rec_ids"][0])
+    assert rid in load_keys(keys_file(indexed_set["data"], "train"))
+    for image_id in RecordReader(lmdb_dir(indexed_set["data"], "train")).get(rid).images:
+        image_path(img, "train", image_id).unlink()
+    run = GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "1", "--max_iters", "0",
+                          "--img_path", str(img), "--max_bad_images", "0.5"])
+    log = (run / "train.txt").read_text()
+    assert log.count(f"epoch 0: skipping recipe {rid}: ") == 1
+    assert "epoch 0: 1 samples skipped for an unreadable image (1 of " in log
+    assert _events(run)[0]["bad_images/train"] == [(0, 1.0)]
 
 
 def test_gan_train_judge_only_watches(encoder_run, judge_run):

@@ -347,7 +347,8 @@ def test_bad_input_is_one_error_line(run, tmp_path):
     assert proc.stderr.strip().splitlines() == [f"error: missing image file {tmp_path / 'missing.jpg'}"]
 
 
-@pytest.mark.parametrize("script, doc", [(search, "docs/search.md"), (GAN_test, "docs/synthesis.md")])
+@pytest.mark.parametrize("script, doc", [(search, "docs/search.md"), (GAN_test, "docs/synthesis.md"),
+                                         (train, "docs/model.md"), (GAN_train, "docs/synthesis.md")])
 def test_help_opens_with_the_usage_and_one_sentence(script, doc):
     """``--help`` starts with at most 5 lines (a short usage, one sentence naming the page); the rest is in docs/."""
     text = script.get_parser().format_help()

@@ -29,7 +29,7 @@ def test_train_writes_run_folder_events_and_checkpoints(indexed_set, tmp_path):
     run_dir = train.main(_args(indexed_set, tmp_path, "--epochs", "2", "--max_iters", "3",
                                "--experiment_sufix", "_smoke", "--warmup", "1", "--freeVision", "false"))
     assert run_dir.parent == tmp_path and run_dir.name.endswith("__train_smoke")
-    for name in ("opts.txt", "train.txt", "test.txt", "models/model.pth.tar"):
+    for name in ("opts.json", "train.txt", "test.txt", "models/model.pth.tar"):
         assert (run_dir / name).is_file(), name
     best_val = list((run_dir / "models").glob("model_BEST_VAL_e*.pth.tar"))
     best_rec = list((run_dir / "models").glob("model_BEST_REC_e*.pth.tar"))

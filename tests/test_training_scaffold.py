@@ -1,13 +1,15 @@
 """utils.training: the scaffolding train.py and GAN_train.py share."""
 
 import argparse
+import re
 
 import pytest
+from conftest import ROOT
 
 import GAN_train
 import train
 from utils.distributed import DistInfo
-from utils.training import RUNTIME_FLAGS, apply_resume_opts, epoch_steps, every_rank_has_a_batch, flag_kind
+from utils.training import apply_resume_opts, epoch_steps, every_rank_has_a_batch, flag_kind
 
 
 def _dests(parser: argparse.ArgumentParser) -> set[str]:
@@ -17,20 +19,42 @@ def _dests(parser: argparse.ArgumentParser) -> set[str]:
 @pytest.mark.parametrize("script", [train, GAN_train])
 def test_every_runtime_flag_exists_and_the_architecture_is_fixed(script):
     dests = _dests(script.get_parser())
-    assert RUNTIME_FLAGS & dests, "the table tags this script's runtime flags"
+    assert script.RUNTIME_FLAGS & dests, "the table tags this script's runtime flags"
     for arch in ("embDim", "image_backbone", "BERT_layers", "Z_DIM", "GF_DIM", "lr", "batch_size", "seed"):
         if arch in dests:
-            assert flag_kind(arch) == "fixed", arch
-    assert flag_kind("epochs") == "runtime" and flag_kind("workers") == "runtime"
-    # every runtime flag of the table belongs to at least one training script
-    assert RUNTIME_FLAGS <= _dests(train.get_parser()) | _dests(GAN_train.get_parser())
+            assert flag_kind(arch, script.RUNTIME_FLAGS) == "fixed", arch
+    assert flag_kind("epochs", script.RUNTIME_FLAGS) == flag_kind("workers", script.RUNTIME_FLAGS) == "runtime"
+    # every runtime flag of the script's table is one of its flags
+    assert script.RUNTIME_FLAGS <= dests
+
+
+def _documented_runtime_flags() -> dict[str, set[str]]:
+    """docs/run_folders.md's table of run-time flags (``| script | run-time flags |``): ``{script: flags}``."""
+    text = (ROOT / "docs" / "run_folders.md").read_text(encoding="utf-8")
+    lines = text[text.index("| script | run-time flags |"):].splitlines()
+    rows = {}
+    for line in lines[2:]:  # after the header and the |---| line
+        if not line.startswith("|"):
+            break
+        script, flags = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[script] = set(re.findall(r"`(\w+)`", flags))
+    return rows
+
+
+@pytest.mark.parametrize("script, name", [(train, "train.py"), (GAN_train, "GAN_train.py")])
+def test_runtime_flags_are_the_documented_ones(script, name):
+    """Each script's RUNTIME_FLAGS (beside its parser) is docs/run_folders.md's row "both" plus its own row."""
+    rows = _documented_runtime_flags()
+    assert set(rows) == {"both", "train.py", "GAN_train.py"}
+    assert script.RUNTIME_FLAGS == rows["both"] | rows[name]
+    assert not rows["train.py"] & rows["GAN_train.py"]  # a flag of both scripts belongs to the row "both"
 
 
 def test_resume_keeps_fixed_flags_and_takes_given_runtime_ones(capsys):
     parser = train.get_parser()
     stored = vars(parser.parse_args(["--embDim", "64", "--epochs", "3", "--lr", "0.5"]))
     argv = ["--resume", "RUN", "--embDim", "32", "--epochs", "9", "--lr", "0.5"]
-    args = apply_resume_opts(parser, argv, parser.parse_args(argv), dict(stored))
+    args = apply_resume_opts(parser, argv, parser.parse_args(argv), dict(stored), train.RUNTIME_FLAGS)
     assert args.embDim == 64 and args.epochs == 9 and args.lr == 0.5 and args.resume == "RUN"
     # only the fixed flag given with another value is reported
     assert capsys.readouterr().out.strip() == "--resume: keeping the run's settings; ignoring --embDim"
@@ -60,13 +84,17 @@ def test_help_shows_defaults_and_hides_the_reference_only_flags(script, capsys):
 def test_image_backend_is_kept_on_resume(script):
     """--image_backend is stored and fixed; a run stored before the flag existed resumes on 'pil'."""
     parser = script.get_parser()
-    assert flag_kind("image_backend") == "fixed" and parser.get_default("image_backend") == "fast"
+    runtime = script.RUNTIME_FLAGS
+    assert flag_kind("image_backend", runtime) == "fixed" and parser.get_default("image_backend") == "fast"
     argv = ["--resume", "r", "--image_backend", "fast"]
     base = {"workers": 0, "epochs": 2}
-    assert apply_resume_opts(parser, argv, parser.parse_args(argv), {**base, "image_backend": "pil"}).image_backend == "pil"
-    assert apply_resume_opts(parser, ["--resume", "r"], parser.parse_args(["--resume", "r"]), base).image_backend == "pil"
+    assert apply_resume_opts(parser, argv, parser.parse_args(argv), {**base, "image_backend": "pil"},
+                             runtime).image_backend == "pil"
+    assert apply_resume_opts(parser, ["--resume", "r"], parser.parse_args(["--resume", "r"]), base,
+                             runtime).image_backend == "pil"
     stored = {**base, "image_backend": "fast"}
-    assert apply_resume_opts(parser, ["--resume", "r"], parser.parse_args(["--resume", "r"]), stored).image_backend == "fast"
+    assert apply_resume_opts(parser, ["--resume", "r"], parser.parse_args(["--resume", "r"]), stored,
+                             runtime).image_backend == "fast"
 
 
 def test_step_scalars_read_what_float_reads():

@@ -2,6 +2,7 @@
 
 import argparse
 import glob
+import json
 import random
 from pathlib import Path
 
@@ -14,8 +15,11 @@ from utils.cli import explicit_flags, int_list, str2bool
 from utils.errors import CheckpointError, InputError, RunFolderError
 from utils.io import atomic_write, atomic_write_json
 from utils.runs import (
+    OLD_OPTS_NAME,
+    OPTS_NAME,
     best_glob,
     best_name,
+    encoder_run_opts,
     find_encoder_files,
     image_encoder_path,
     is_image_encoder_file,
@@ -102,6 +106,24 @@ def test_run_dir_and_opts(tmp_path):
     assert first.name.endswith("__train_x") and first != second and second.is_dir()
     write_opts(first / "opts.txt", {"lr": 0.1, "warmup": [1, 2], "name": "a: b"})
     assert read_opts(first / "opts.txt") == {"lr": 0.1, "warmup": [1, 2], "name": "a: b"}
+
+
+def test_one_options_format_and_old_runs_still_read(tmp_path):
+    """train.py and GAN_train.py write opts.json; an older train.py run's opts.txt (``key: <JSON>`` lines) still reads."""
+    opts = {"lr": 0.1, "warmup": [1, 2], "name": "a: b", "data_path": "/d/ü", "gan": {"z_dim": 8}, "amp": None}
+    run = tmp_path / "run"
+    run.mkdir()
+    write_opts(run / OPTS_NAME, opts)
+    assert OPTS_NAME == "opts.json" and json.loads((run / OPTS_NAME).read_text(encoding="utf-8")) == opts
+    assert read_opts(run / OPTS_NAME) == opts
+    old = tmp_path / "old_run"
+    old.mkdir()  # the old format exactly as train.py wrote it: sorted keys, ASCII-escaped JSON values
+    (old / OLD_OPTS_NAME).write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in sorted(opts.items())))
+    assert read_opts(old / OLD_OPTS_NAME) == opts
+    assert encoder_run_opts(old, "model_BEST_REC_x") == opts  # what GAN_train.py and GAN_test.py read
+    (old / OPTS_NAME).write_text(json.dumps({**opts, "data_path": "/new"}))  # written when the old run resumed
+    assert encoder_run_opts(old, "model_BEST_REC_x")["data_path"] == "/new"
+    assert encoder_run_opts(tmp_path / "none", "model_BEST_REC_x") == {}
 
 
 def test_image_encoder_names_are_not_checkpoints(tmp_path):

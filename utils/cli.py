@@ -94,6 +94,11 @@ def resolve_device(no_cuda: bool = False, device: str | int | Sequence | None = 
         raise InputError(f"--device {device!r}: give a CUDA index or 'cpu'") from None
 
 
+def pin_memory(device: torch.device) -> bool:
+    """A loader's ``pin_memory``: page-locked batches when they go to a CUDA device (the one rule of the scripts)."""
+    return device.type == "cuda"
+
+
 def autocast_context(device: torch.device, amp: str):
     """The one place deciding precision: ``nullcontext`` for fp32, else ``torch.autocast``."""
     if amp in (None, "", "none"):

@@ -1,9 +1,9 @@
-"""Run folders: every file-naming rule of a run folder, ``opts.txt`` and text logs (docs/run_folders.md).
+"""Run folders: every file-naming rule of a run folder, the options file and text logs (docs/run_folders.md).
 
 A train.py run folder::
 
     <runs_dir>/<%Y%m%d-%H%M%S>__train<suffix>/           new_run_dir, run_dir_glob
-        opts.txt                                          OPTS_NAME
+        opts.json                                         OPTS_NAME (older runs: opts.txt, OLD_OPTS_NAME)
         models/model.pth.tar                              MODELS_DIR, LATEST_NAME
         models/model_BEST_<VAL|REC>_e..._cr-....pth.tar   best_name, best_glob
         models/<ckpt>_image_encoder.pth.tar               ENCODER_SUFFIX, image_encoder_path
@@ -12,6 +12,7 @@ A train.py run folder::
         search_index_<ckpt>_<parts>_<lang>[.faiss-<target>].npz   search_index_name (search.py)
         GAN_runs/GAN_<%Y%m%d-%H%M%S>/                     new_gan_run_dir, gan_run_glob
             {G,D}_{best,last}.pth.tar                     gan_ckpt_name
+            opts.json                                     OPTS_NAME
             generated/, synthesis.png                     GENERATED_DIR, SYNTHESIS_FIGURE (GAN_test.py)
 
 :func:`find_encoder_files` finds, for the synthesis stage, the exported image encoder and the
@@ -33,7 +34,8 @@ from utils.errors import RunFolderError
 from utils.io import atomic_write_text
 
 MODELS_DIR = "models"
-OPTS_NAME = "opts.txt"
+OPTS_NAME = "opts.json"  # every option of a train.py or GAN_train.py run (write_opts)
+OLD_OPTS_NAME = "opts.txt"  # train.py's before: one "key: <JSON value>" line per option (still read)
 LATEST_NAME = "model.pth.tar"
 CKPT_SUFFIX = ".pth.tar"
 ENCODER_SUFFIX = "_image_encoder.pth.tar"
@@ -232,10 +234,11 @@ def find_encoder_files(encoder_dir: str | Path, lang: str, partitions=("train", 
 
 
 def encoder_run_opts(encoder_dir: str | Path, ckpt: str) -> dict:
-    """The encoder run's options (``opts.txt``, else its checkpoint's), or {} when neither exists."""
-    path = Path(encoder_dir) / OPTS_NAME
-    if path.is_file():
-        return read_opts(path)
+    """The encoder run's options (its options file, else its checkpoint's), or {} when neither exists."""
+    for name in (OPTS_NAME, OLD_OPTS_NAME):  # a run resumed since it was made has both: opts.json is newer
+        path = Path(encoder_dir) / name
+        if path.is_file():
+            return read_opts(path)
     ckpt_path = Path(encoder_dir) / MODELS_DIR / f"{ckpt}{CKPT_SUFFIX}"
     return dict(load_checkpoint(ckpt_path).get("opts", {})) if ckpt_path.is_file() else {}
 
@@ -244,15 +247,21 @@ def encoder_run_opts(encoder_dir: str | Path, ckpt: str) -> dict:
 
 
 def write_opts(path: str | Path, opts: dict) -> None:
-    """Write options as ``key: value`` lines (human-readable) followed by nothing else."""
-    lines = [f"{key}: {json.dumps(value)}" for key, value in sorted(opts.items())]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    """Write a run's options as one JSON object, keys sorted (``opts.json``: train.py and GAN_train.py)."""
+    atomic_write_text(path, json.dumps(opts, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def read_opts(path: str | Path) -> dict:
-    """Read an ``opts.txt`` written by :func:`write_opts`."""
+    """Read an options file: the JSON object of :func:`write_opts`, or an older run's ``opts.txt``.
+
+    ``opts.txt`` (train.py before the one format) holds one ``key: <JSON value>`` line per option;
+    a JSON object always starts with ``{``, a line of that format never does.
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    if text.lstrip().startswith("{"):
+        return json.loads(text)
     opts = {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         key, sep, value = line.partition(": ")
