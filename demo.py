@@ -1,15 +1,4 @@
-"""The whole X-MRS pipeline on the synthetic Recipe1M, on a CPU, in one command.
-
-    python demo.py            # writes under runs/demo/, reusing the stages already finished
-    python demo.py --force    # redo every stage
-
-Each stage runs through its real command line (``python create_lmdb.py ...``), so the demo is
-also a check that the scripts chain: synthetic data -> create_lmdb.py -> train.py -> test.py ->
-GAN_train.py -> GAN_test.py. A second retrieval run with another seed (``judge_train``,
-``judge_test``) is the independent judge of the synthesis (GAN_train.py / GAN_test.py
-``--judge_dir``): its encoder never saw G's images, so its scores say whether they show the recipe.
-A stage is finished when its marker file ``.done_<stage>`` exists; the marker is written only after the stage succeeded, so a killed demo redoes just that stage.
-"""
+"""The whole X-MRS pipeline on the synthetic Recipe1M, on a CPU, in one command; docs/pipeline.md."""
 
 from __future__ import annotations
 
@@ -69,7 +58,8 @@ BUDGET_MINUTES = 20.0  # the demo is sized to finish within this on a 2-core AVX
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(usage="%(prog)s [--out DIR] [--seed S] [--force] [options]", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     p.add_argument("--force", action="store_true", help="redo every stage, even those already finished")
     p.add_argument("--recipes", type=int, default=3000, help="recipes in the synthetic data set")

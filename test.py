@@ -1,20 +1,4 @@
-"""Embed every split with a trained FoodSpaceNet and evaluate retrieval (docs/evaluation.md).
-
-    python test.py --model_init_path runs/<run>/models/model_BEST_REC_*.pth.tar
-    python test.py --embeddings runs/<run>/foodSpace_vectors_..._test_en.npz --medr 1000
-
-With a checkpoint it rebuilds the model from the checkpoint's own architecture, writes
-``foodSpace_vectors_<run timestamp>_<ckpt>_<partition>_<lang>.npz`` into the run folder for each
-partition and language, exports ``models/<ckpt>_image_encoder.pth.tar`` (the image branch alone),
-and prints medR and R@1/5/10 in both directions for bags of 1k and 10k, then for each partition
-how many recipes were skipped for want of a readable image.
-
-Every input is checked before the model is built: the checkpoint (missing, cut short, not
-``weights_only``-loadable, not a FoodSpaceNet one), the LMDB folder and each partition (none
-empty), the image root and the flags. Bad input ends with one line ``error: <message>`` naming the
-file and the fix (exit status 1), never a traceback; so does a malformed ``--embeddings`` file and
-a partition with more unreadable images than ``--max_bad_images`` allows.
-"""
+"""Embed every split with a trained FoodSpaceNet and evaluate retrieval; docs/evaluation.md."""
 
 from __future__ import annotations
 
@@ -63,8 +47,11 @@ if TYPE_CHECKING:
 CHECKPOINT_KEYS = {"arch": dict, "model": dict, "opts": dict}
 
 
+USAGE = "%(prog)s (--model_init_path CKPT | --embeddings NPZ) [options]"
+
+
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(usage=USAGE, description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--model_init_path", default="",
                    help="checkpoint written by train.py (a glob matching one checkpoint is accepted)")
     p.add_argument("--embeddings", default="", help="evaluate this saved .npz instead of running a model")
