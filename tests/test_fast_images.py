@@ -220,6 +220,52 @@ def test_decode_other_modes_as_load_image(tmp_path):
     assert _decode_plain_jpeg((tmp_path / "cmyk.jpg").read_bytes()) is None  # CMYK: PIL's conversion
 
 
+def _exif_block(orientation: int, order: str) -> bytes:
+    """A TIFF block with IFD0 = one Orientation SHORT, in byte ``order`` ("II" or "MM")."""
+    end = "little" if order == "II" else "big"
+    magic = (42).to_bytes(2, end)
+    entry = (0x0112).to_bytes(2, end) + (3).to_bytes(2, end) + (1).to_bytes(4, end) + orientation.to_bytes(2, end) + b"\0\0"
+    return b"Exif\0\0" + order.encode() + magic + (8).to_bytes(4, end) + (1).to_bytes(2, end) + entry + b"\0" * 4
+
+
+def _with_app1(jpeg: bytes, payload: bytes) -> bytes:
+    """``jpeg`` with an APP1 segment holding ``payload`` right after the start marker."""
+    return jpeg[:2] + b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]
+
+
+def test_fast_header_reader_agrees_with_pil(tmp_path):
+    """The fast path's own header reader takes a file only when PIL would open it as plain RGB or L."""
+    from data.transforms import _plain_jpeg_header
+
+    img = Image.fromarray(photo(30, 50, seed=6))
+    plain = save(tmp_path / "p.jpg", img, quality=90).read_bytes()
+    cmyk = save(tmp_path / "c.jpg", img.convert("CMYK"), quality=90).read_bytes()
+    xmp = b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta><rdf:Description tiff:Orientation=\"6\"/></x:xmpmeta>"
+    cases = {
+        "plain": plain,
+        "progressive": save(tmp_path / "g.jpg", img, quality=90, progressive=True).read_bytes(),
+        "gray": save(tmp_path / "l.jpg", img.convert("L"), quality=90).read_bytes(),
+        "subsampling 4:4:4": save(tmp_path / "s.jpg", img, quality=90, subsampling=0).read_bytes(),
+        "cmyk": cmyk,
+        **{f"exif {o} {order}": _with_app1(plain, _exif_block(o, order)) for o in (1, 3, 6) for order in ("II", "MM")},
+        "xmp orientation": _with_app1(plain, xmp),
+        "malformed exif": _with_app1(plain, b"Exif\0\0II*\0\xff\xff\xff\x7f"),
+        "two frames' worth of size": plain.replace(b"\xff\xc0\x00\x11\x08\x00\x1e\x00\x32",
+                                                     b"\xff\xc0\x00\x11\x08\xff\xff\xff\xff"),
+    }
+    taken = set()
+    for name, data in cases.items():
+        header = _plain_jpeg_header(data)
+        if header is None:
+            continue
+        taken.add(name)
+        with Image.open(io.BytesIO(data)) as pil:  # what load_image would see
+            assert pil.mode in ("RGB", "L") and header == pil.size, name
+            assert pil.getexif().get(0x0112, 1) in (0, 1), name
+    # The plain cases take the fast path; rotations, XMP, CMYK, bad EXIF and a bomb-sized frame do not.
+    assert taken == {"plain", "progressive", "gray", "subsampling 4:4:4", "exif 1 II", "exif 1 MM"}, taken
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_decode_exif_orientation_as_load_image(tmp_path, orientation):
     img = Image.fromarray(photo(20, 40, seed=4))
