@@ -251,8 +251,8 @@ def decode_image(path: str | Path) -> np.ndarray:
     anything ``decode_jpeg`` refuses, a file that does not end with the JPEG end marker) goes
     through :func:`load_image`, so what it refuses or repairs is refused or repaired the same way.
     The end-marker check keeps truncated files away from decoders that pad them with grey (OpenCV
-    does) or warn instead of failing. PIL reads the header first either way, so its
-    decompression-bomb limit applies to both.
+    does) or warn instead of failing. A frame larger than PIL's ``MAX_IMAGE_PIXELS`` also goes to
+    :func:`load_image`, so PIL's decompression-bomb rule applies to both paths.
 
     Raises:
         ImageLoadError: as :func:`load_image` (missing, truncated, undecodable, too large).
