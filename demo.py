@@ -49,9 +49,9 @@ GAN_FLAGS = ["--embDim", "128", "--Z_DIM", "32", "--GF_DIM", "16", "--DF_DIM", "
 
 # Seconds each stage took at the defaults on the machine this demo was sized on (2 cores, fp32
 # matmul MEASURED_GFLOPS), used to estimate the total on another machine by its matmul speed.
-MEASURED_GFLOPS = 307.0  # python demo.py alone on the project's 2-core machine, 2026-12-07 (README: "Demo")
-MEASURED_SECONDS = {"synthetic": 10, "create_lmdb": 4, "train": 86, "test": 17, "judge_train": 86, "judge_test": 9,
-                    "gan_train": 95, "gan_test": 18}
+MEASURED_GFLOPS = 321.0  # python demo.py alone on the project's 2-core machine, 2026-12-07 (README: "Demo")
+MEASURED_SECONDS = {"synthetic": 8, "create_lmdb": 4, "train": 90, "test": 18, "judge_train": 91, "judge_test": 10,
+                    "gan_train": 100, "gan_test": 17}
 JUDGE_SEED = 4321  # the judge's train.py --seed (the main run keeps train.py's default)
 GAN_BATCH, GAN_LR = 16, "5e-4"
 BUDGET_MINUTES = 20.0  # the demo is sized to finish within this on a 2-core AVX2 host
