@@ -230,8 +230,8 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
                            w_img_img=w_img_img, w_img_rec=w_img_rec)
         layout = layout_loss(fake_in, real, layout_size) if w_layout > 0 else None
         loss_G = g.loss + w_layout * layout if layout is not None else g.loss
-        grads = probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_img_img, w_img_rec) \
-            if probe else {}
+        grads = probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_img_img, w_img_rec,
+                                   layout=w_layout * layout if layout is not None else None) if probe else {}
         nets.opt_G.zero_grad(set_to_none=True)
         nets.scaler_G.scale(loss_G).backward()
         nets.scaler_G.step(nets.opt_G)
@@ -271,7 +271,8 @@ def build_optimizers(G: torch.nn.Module, D: torch.nn.Module, lr: float, weight_d
     return opt_G, opt_D
 
 
-def probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_img_img, w_img_rec) -> dict:
+def probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_img_img, w_img_rec,
+                       layout: torch.Tensor | None = None) -> dict:
     """Norm of each weighted G loss term's gradient at G's output, per image (a diagnostic).
 
     The terms are rebuilt from the same graph (cheap: they are functions of D's outputs and the
@@ -282,6 +283,8 @@ def probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_i
         named["cycle_img_img"] = w_img_img * cycle_cos_loss(gen_emb, img_emb)
     if w_img_rec > 0:
         named["cycle_img_rec"] = w_img_rec * cycle_cos_loss(gen_emb, rec_emb)
+    if layout is not None:  # already weighted (--W_LAYOUT_LOSS)
+        named["layout"] = layout
     grads = {}
     for name, term in named.items():
         (grad,) = torch.autograd.grad(term, fake, retain_graph=True)  # (B, 3, 128, 128)

@@ -315,6 +315,12 @@ def test_probe_measures_each_term_at_the_output_and_leaves_the_step_unchanged():
     grads = {k: v for k, v in probed.items() if k.startswith("G/grad/")}
     assert set(grads) == {"G/grad/adversarial", "G/grad/class", "G/grad/cycle_img_img", "G/grad/cycle_img_rec"}
     assert all(v > 0 and math.isfinite(v) for v in grads.values())
+    # The layout term, when on, is probed like the others.
+    cfg, nets = _tiny_nets()
+    torch.manual_seed(9)
+    terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5), w_img_img=32.0,
+                               w_img_rec=32.0, ctx=nullcontext(), probe=True, w_layout=5.0, layout_size=8)
+    assert terms["G/grad/layout"] > 0 and math.isfinite(terms["G/grad/layout"])
 
 
 def test_gan_step_without_cycle_terms():
