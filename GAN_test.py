@@ -45,6 +45,7 @@ from utils.cli import (
     autocast_context,
     default_workers,
     int_list,
+    pin_memory,
     resolve_device,
     run_main,
     str2bool,
@@ -545,7 +546,7 @@ def real_images(args, run: TestRun) -> tuple[list[torch.Tensor], dict[int, Image
                          num_classes=run.cfg.num_classes, image_backend=args.image_backend,
                          uint8=True)  # normalised on the device below
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-                        collate_fn=collate_gan, pin_memory=run.device.type == "cuda")
+                        collate_fn=collate_gan, pin_memory=pin_memory(run.device))
     tracker = BadImageTracker("test", len(dataset), args.max_bad_images)
     real_feats, fig_real = [], {}
     for batch in tqdm(loader, desc="real images", leave=False, dynamic_ncols=True):
