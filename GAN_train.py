@@ -38,6 +38,8 @@ from models.gan_losses import (
     g_class_loss,
     generator_loss,
     layout_loss,
+    whiten,
+    whitening,
 )
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
 from pipeline.judge import Judge, load_judge
@@ -152,6 +154,11 @@ def get_parser() -> argparse.ArgumentParser:
                    help="weight of a term pulling G's image, shrunk to --layout_size, towards the recipe's photo shrunk "
                         "alike: the plate and ground a judge sees (0: off, the reference)")
     g.add_argument("--layout_size", type=int, default=16, help="side in pixels at which --W_LAYOUT_LOSS compares")
+    g.add_argument("--cycle_both", action="store_true",
+                   help="with --cycle_aug: the cycle terms average over G's image itself and its random view")
+    g.add_argument("--cycle_whiten", type=float, default=0.0,
+                   help="the cycle terms compare embeddings whitened by the train recipe embeddings' covariance, this "
+                        "ridge x its largest eigenvalue added (0: plain cosine, the reference; docs/synthesis.md)")
     g.add_argument("--judge_dir", default="",
                    help="an independent judge (another train.py run on the same LMDB, with test.py's outputs): "
                         "its image encoder also scores the val images each epoch against its recipe embeddings "
@@ -176,7 +183,8 @@ class Nets(NamedTuple):
 def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight, *, w_img_img: float,
              w_img_rec: float, ctx, probe: bool = False, cycle_aug: tuple[str, ...] = (),
              d_aug: tuple[str, ...] = (), d_noise: float = 0.0, w_layout: float = 0.0, layout_size: int = 16,
-             as_tensors: bool = False) -> dict:
+             as_tensors: bool = False, cycle_both: bool = False,
+             cycle_space: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """One step: G forward, D update, G update against the updated D (docs/synthesis.md).
 
     Args:
@@ -189,6 +197,9 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
         d_aug, d_noise: D sees random views of real and generated images, plus Gaussian noise of
             this standard deviation (ImageNet units) ((), 0: the images themselves).
         w_layout, layout_size: weight and side of :func:`layout_loss` against ``real`` (0: off).
+        cycle_both: with ``cycle_aug``, the cycle terms are averaged over G's image and its view.
+        cycle_space: ``(mean, W)`` of :func:`whitening`: the cycle terms' cosines are taken between
+            whitened embeddings (None: as they are, the reference).
 
     Returns:
         Every loss term as a float (``G/cycle_*`` only when its weight is > 0), D's accuracy on real
@@ -223,9 +234,15 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
             out = D(d_view(fake_in, d_aug, d_noise), mu)
             gen_emb = None
             if (w_img_img > 0 or w_img_rec > 0) and cycle_aug:
-                gen_emb = encode_generated(nets.encoder, random_view_imagenet(fake_in, cycle_aug), "imagenet")
+                view = random_view_imagenet(fake_in, cycle_aug)
+                if cycle_both:  # the image and its view in one pass: the mean over 2B is the two terms' mean
+                    view = torch.cat([fake_in, view])  # (2B, 3, 128, 128)
+                    img_emb, rec_emb = img_emb.repeat(2, 1), rec_emb.repeat(2, 1)
+                gen_emb = encode_generated(nets.encoder, view, "imagenet")
             elif w_img_img > 0 or w_img_rec > 0:
                 gen_emb = encode_generated(nets.encoder, fake, cfg.output_space)  # (B, D)
+        if cycle_space is not None and gen_emb is not None:  # compare where recipes differ (--cycle_whiten)
+            gen_emb, img_emb, rec_emb = (whiten(e, cycle_space) for e in (gen_emb, img_emb, rec_emb))
         g = generator_loss(out, labels, weight, mu, logvar, gen_emb=gen_emb, img_emb=img_emb, rec_emb=rec_emb,
                            w_img_img=w_img_img, w_img_rec=w_img_rec)
         layout = layout_loss(fake_in, real, layout_size) if w_layout > 0 else None
@@ -446,6 +463,7 @@ class GANRun(tr.RunState):
     opts: dict
     encoder_info: dict  # the encoder used, as checkpoints and opts.json record it
     made_from: dict  # lineage
+    cycle_space: tuple[torch.Tensor, torch.Tensor] | None = None  # (mean, W) of --cycle_whiten
 
 
 def load_encoder(args, files, ckpt_G: dict | None, device) -> tuple[torch.nn.Module, ArchConfig, dict]:
@@ -508,6 +526,7 @@ def setup(args, given: set[str], ckpt_G: dict | None, ckpt_D: dict | None) -> GA
         given: the flags given on the command line of a new run (checked against the encoder).
     """
     args.val_noise_mode = parse_noise_mode(args.val_noise_mode)
+    check_cycle_flags(args)
     lang = args.language
     files = find_encoder_files(args.encoder_dir, lang)
     enc_opts = encoder_run_opts(args.encoder_dir, files.ckpt_name)
@@ -545,6 +564,9 @@ def setup(args, given: set[str], ckpt_G: dict | None, ckpt_D: dict | None) -> GA
         tr.restore_rng(ckpt_G["rng"], dist_info.rank)
     nets = Nets(tr.ddp(G, device, dist_info), tr.ddp(D, device, dist_info), encoder, opt_G, opt_D, *scalers)
     weight = class_weights(cfg.num_classes, device)
+    cycle_space = None
+    if args.cycle_whiten > 0:  # from the same file on every rank and at every resume: the same numbers
+        cycle_space = tuple(t.to(device) for t in whitening(embs["train"]["rec_embeds"], args.cycle_whiten))
 
     encoder_info = {"path": str(files.encoder), "ckpt_name": files.ckpt_name, "arch": arch.to_dict(),
                     "input_size": encoder.input_size, "embeddings": {p: str(f) for p, f in files.embeddings.items()}}
@@ -563,7 +585,17 @@ def setup(args, given: set[str], ckpt_G: dict | None, ckpt_D: dict | None) -> GA
         bad_images=tr.BadImages(tracker, log), start_epoch=start_epoch, iteration=iteration, cfg=cfg, G=G, D=D,
         nets=nets, loader=loader, weight=weight, val_rec=_float32(embs["val"]["rec_embeds"]),
         val_img=_float32(embs["val"]["img_embeds"]), grid=grid, judge=judge, sched=sched, best=best,
-        lr_best=lr_best, trace=trace, opts=opts, encoder_info=encoder_info, made_from=made_from)
+        lr_best=lr_best, trace=trace, opts=opts, encoder_info=encoder_info, made_from=made_from,
+        cycle_space=cycle_space)
+
+
+def check_cycle_flags(args) -> None:
+    """--cycle_both needs --cycle_aug; --cycle_whiten is a ridge >= 0."""
+    if args.cycle_both and not args.cycle_aug:
+        raise InputError("--cycle_both averages the cycle terms over G's image and its random view: give --cycle_aug "
+                         "too (e.g. --cycle_aug all)")
+    if not args.cycle_whiten >= 0:
+        raise InputError(f"--cycle_whiten {args.cycle_whiten}: give a ridge >= 0 (0: off; the demo uses 1e-4)")
 
 
 def _float32(array: np.ndarray) -> torch.Tensor:
@@ -589,7 +621,8 @@ def train_epoch(run: GANRun, epoch: int) -> None:
                         run.weight, w_img_img=args.W_IMG_IMG_COS_LOSS, w_img_rec=args.W_IMG_REC_COS_LOSS, ctx=run.ctx,
                         probe=args.probe_every > 0 and it % args.probe_every == 0, as_tensors=True,
                         cycle_aug=tuple(args.cycle_aug), d_aug=tuple(args.D_aug), d_noise=args.D_noise,
-                        w_layout=args.W_LAYOUT_LOSS, layout_size=args.layout_size)
+                        w_layout=args.W_LAYOUT_LOSS, layout_size=args.layout_size, cycle_both=args.cycle_both,
+                        cycle_space=run.cycle_space)
 
     tr.run_epoch(run, run.loader, epoch, step,
                  postfix=lambda last: {"D": f"{last['D/loss']:.3f}", "G": f"{last['G/loss']:.3f}"})

@@ -790,7 +790,8 @@ def test_new_step_flags_at_their_neutral_values_change_nothing():
     real = torch.randn(3, 3, 128, 128)
     rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
     runs = []
-    for extra in ({}, {"cycle_aug": parse_aug("none"), "d_aug": parse_aug("none"), "d_noise": 0.0, "w_layout": 0.0}):
+    for extra in ({}, {"cycle_aug": parse_aug("none"), "d_aug": parse_aug("none"), "d_noise": 0.0, "w_layout": 0.0,
+                       "cycle_both": False, "cycle_space": None}):
         cfg, nets = _tiny_nets()
         torch.manual_seed(9)
         terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
@@ -801,7 +802,7 @@ def test_new_step_flags_at_their_neutral_values_change_nothing():
     assert all(torch.equal(ga[k], gb[k]) for k in ga) and all(torch.equal(da[k], db[k]) for k in da)
     args = GAN_train.get_parser().parse_args(["--encoder_dir", "x"])
     assert args.cycle_aug == () and args.D_aug == () and args.D_noise == 0.0 and args.judge_dir == ""
-    assert args.W_LAYOUT_LOSS == 0.0
+    assert args.W_LAYOUT_LOSS == 0.0 and args.cycle_both is False and args.cycle_whiten == 0.0
 
 
 def test_layout_loss_against_brute_force():
@@ -868,3 +869,69 @@ def test_cycle_aug_feeds_the_encoder_a_view_of_gs_images(monkeypatch):
         emb = encode_generated(nets.encoder, fake_in.flip(-1), "imagenet")
     assert terms["G/cycle_img_rec"] == pytest.approx(float((1 - F.cosine_similarity(emb, rec)).mean()), rel=1e-5)
     assert terms["G/cycle_img_img"] == pytest.approx(float((1 - F.cosine_similarity(emb, img)).mean()), rel=1e-5)
+
+
+def test_whitening_against_brute_force():
+    from models.gan_losses import whiten, whitening
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 6)) @ np.diag([3.0, 1.0, 0.5, 0.1, 0.01, 0.001]) @ np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    for ridge in (1e-12, 0.1):
+        mean, w = whitening(x, ridge)
+        c = np.cov(x.T)
+        lam, u = np.linalg.eigh(c)
+        expected = u @ np.diag(1 / np.sqrt(lam + ridge * lam.max())) @ u.T
+        assert np.allclose(w.numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+        assert np.allclose(mean.numpy(), x.mean(0), atol=1e-6)
+    y = whiten(torch.tensor(x, dtype=torch.float32), whitening(x, 1e-12)).double().numpy()
+    assert np.allclose(np.cov(y.T), np.eye(6), atol=2e-3)  # unit variance in every direction, however thin
+    with pytest.raises(ValueError, match="ridge > 0"):
+        whitening(x, 0.0)
+
+
+def test_cycle_both_and_whiten_give_the_cycle_terms_they_name(monkeypatch):
+    """--cycle_both: the mean of the terms on G's image and on its view; --cycle_whiten: cosines of whitened vectors."""
+    from contextlib import nullcontext
+
+    from models.gan_losses import whiten, whitening
+
+    real = torch.randn(3, 3, 128, 128)
+    rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
+    space = whitening(F.normalize(torch.randn(50, 32), dim=1), 1e-3)
+    seen = []
+
+    def mirror(images, ops, generator=None):  # a deterministic stand-in for the random view
+        if not ops:  # D's view (no --D_aug): the images themselves
+            return images
+        seen.append(images.detach().clone())
+        return images.flip(-1)
+
+    monkeypatch.setattr(GAN_train, "random_view_imagenet", mirror)
+    for space_or_none in (None, space):
+        seen.clear()
+        cfg, nets = _tiny_nets()
+        torch.manual_seed(9)
+        terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
+                                   w_img_img=32.0, w_img_rec=32.0, ctx=nullcontext(), cycle_aug=("flip",),
+                                   cycle_both=True, cycle_space=space_or_none)
+        (fake_in,) = seen  # G's image in D's space, before the G update
+        with torch.no_grad():
+            embs = [encode_generated(nets.encoder, x, "imagenet") for x in (fake_in, fake_in.flip(-1))]
+        for name, target in (("G/cycle_img_rec", rec), ("G/cycle_img_img", img)):
+            expected = []
+            for emb in embs:
+                a, b = (emb, target) if space_or_none is None else (whiten(emb, space), whiten(target, space))
+                expected.append(float((1 - F.cosine_similarity(a, b)).mean()))
+            assert terms[name] == pytest.approx(sum(expected) / 2, rel=1e-5), name
+
+
+def test_cycle_flags_are_checked_before_any_work():
+    from utils.errors import InputError
+
+    parser = GAN_train.get_parser()
+    with pytest.raises(InputError, match="--cycle_aug"):
+        GAN_train.check_cycle_flags(parser.parse_args(["--encoder_dir", "x", "--cycle_both"]))
+    with pytest.raises(InputError, match="ridge >= 0"):
+        GAN_train.check_cycle_flags(parser.parse_args(["--encoder_dir", "x", "--cycle_whiten", "-1"]))
+    GAN_train.check_cycle_flags(parser.parse_args(["--encoder_dir", "x", "--cycle_both", "--cycle_aug", "all",
+                                                   "--cycle_whiten", "1e-4"]))
