@@ -11,7 +11,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the demo prints paths under the current folder relative to it
     out = tmp_path / "demo"
     argv = ["--out", str(out), "--recipes", "70", "--epochs", "1", "--train_iters", "2", "--gan_epochs", "1",
-            "--gan_iters", "1", "--workers", "0"]
+            "--gan_iters", "1", "--judge_iters", "3", "--workers", "0"]
     summary = demo.main(argv)
     for stage in ("synthetic", "create_lmdb", "train", "test", "judge_train", "judge_test", "gan_train", "gan_test"):
         assert (out / f".done_{stage}").is_file(), stage
@@ -25,6 +25,8 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, capsys, monkeypatch):
     assert "chance R@1" in printed and "TensorBoard" in printed and "host: fp32 matmul" in printed
     assert str(tmp_path) not in printed and "[demo] train: python train.py " in printed
     assert "TensorBoard: tensorboard --logdir demo/runs/" in printed
+    judge_cmd = next(line for line in printed.splitlines() if line.startswith("[demo] judge_train: python train.py"))
+    assert "--seed 4321" in judge_cmd and "--max_iters 2 " in judge_cmd  # capped by --train_iters 2 (< 3)
     # generated -> recipe is printed beside real image -> recipe, from the same bag, in the one table format
     bag = next(iter(retrieval["test"]["en"]))
     fake = synthesis["fake2rec"][bag]
@@ -53,4 +55,9 @@ def test_time_estimate_scales_with_the_hosts_matmul_speed():
     same = demo.estimate(demo.MEASURED_GFLOPS)
     assert f"expect about {minutes:.0f} min here" in same and "more than" not in same
     slow = demo.estimate(demo.MEASURED_GFLOPS / 4)  # 4x slower: 4x the time, past the budget
-    assert f"expect about {4 * minutes:.0f} min here" in slow and "more than the 20 min" in slow
+    assert f"expect about {4 * minutes:.0f} min here" in slow and "more than the 12 min" in slow
+
+
+def test_the_judge_trains_at_most_as_long_as_the_main_run():
+    assert demo.judge_cap(0, 40) == 40 and demo.judge_cap(2, 40) == 2 and demo.judge_cap(50, 40) == 40
+    assert demo.judge_cap(0, 0) == 0 and demo.judge_cap(7, 0) == 7
