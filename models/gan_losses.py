@@ -123,7 +123,8 @@ def whitening(embs, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"expected (N >= 2, D) embeddings, got {tuple(x.shape)}")
     chunks = torch.split(x, 16384)  # float64 a chunk at a time: Recipe1M's train split is 280k x 1024
     mean = sum(c.double().sum(0) for c in chunks) / x.shape[0]
-    cov = sum((c.double() - mean).T @ (c.double() - mean) for c in chunks) / (x.shape[0] - 1)  # (D, D)
+    centred = (c.double() - mean for c in chunks)  # each chunk converted and centred once
+    cov = sum(d.T @ d for d in centred) / (x.shape[0] - 1)  # (D, D)
     lam, u = torch.linalg.eigh(cov)  # ascending eigenvalues
     lam = lam.clamp_min(0)
     w = u @ torch.diag((lam + ridge * lam.max()).rsqrt()) @ u.T  # (D, D), symmetric
