@@ -31,6 +31,7 @@ from models.gan import (
 from models.gan_augment import AUG_OPS, instance_noise, parse_aug, random_view_imagenet
 from models.gan_losses import (
     class_weights,
+    class_whitening,
     cycle_cos_loss,
     discriminator_loss,
     encode_generated,
@@ -548,6 +549,8 @@ def setup(args, given: set[str], ckpt_G: dict | None, ckpt_D: dict | None) -> GA
     val_set = GANDataset(args.data_path, args.img_path, "val", embs["val"], train=False, seed=args.seed,
                          num_classes=cfg.num_classes, image_backend=args.image_backend)  # the grid's images
     G, D = build_networks(args, cfg, device, ckpt_G)
+    if cfg.input_whiten > 0 and not ckpt_G:  # a resumed G carries its own (in its state dict)
+        set_input_whitening(G, embs["train"]["rec_embeds"], train_set, cfg.input_whiten)
     # Every input was checked above: only now does the run folder exist (a failed start leaves nothing).
     run_dir = tr.shared_run_dir(dist_info, args.resume, lambda: new_gan_run_dir(args.encoder_dir))
     log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
@@ -587,6 +590,15 @@ def setup(args, given: set[str], ckpt_G: dict | None, ckpt_D: dict | None) -> GA
         val_img=_float32(embs["val"]["img_embeds"]), grid=grid, judge=judge, sched=sched, best=best,
         lr_best=lr_best, trace=trace, opts=opts, encoder_info=encoder_info, made_from=made_from,
         cycle_space=cycle_space)
+
+
+def set_input_whitening(G: Generator, rec_embeds: np.ndarray, train_set: GANDataset, ridge: float) -> None:
+    """--G_whiten: G's input whitening from the train recipe embeddings and their LMDB classes."""
+    try:
+        mean, w = class_whitening(rec_embeds, train_set.classes(), ridge)
+    except ValueError as err:
+        raise InputError(f"--G_whiten: {train_set.lmdb_path}: {err}") from None
+    G.set_input_whitening(mean.to(G.in_mean.device), w.to(G.in_w.device))
 
 
 def check_cycle_flags(args) -> None:

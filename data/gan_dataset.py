@@ -192,13 +192,21 @@ class GANDataset(Dataset):
     def record(self, index: int) -> Record:
         return read_record(self._records, self.ids[index])
 
+    def _class(self, index: int, record: Record) -> int:
+        cls = int(record.cls) - 1  # the LMDB stores class + 1
+        if not 0 <= cls < self.num_classes:
+            raise GANDataError(f"{self.lmdb_path}: record {self.ids[index]}: class {cls} outside [0, --numClasses "
+                               f"{self.num_classes})")
+        return cls
+
+    def classes(self) -> np.ndarray:
+        """``(N,)`` every recipe's class, in order (from the LMDB records; no image is read)."""
+        return np.array([self._class(i, self.record(i)) for i in range(len(self))], dtype=np.int64)
+
     def __getitem__(self, index: int) -> GANSample | BadSample:
         rid = self.ids[index]
         record = self.record(index)
-        cls = int(record.cls) - 1  # the LMDB stores class + 1
-        if not 0 <= cls < self.num_classes:
-            raise GANDataError(f"{self.lmdb_path}: record {rid}: class {cls} outside [0, --numClasses "
-                               f"{self.num_classes})")
+        cls = self._class(index, record)
         rng = np.random.default_rng([self.seed, int(self._epoch.item()), index]) if self.train else None
         images = record.images[: self.max_imgs]
         if not images:

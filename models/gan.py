@@ -74,7 +74,7 @@ class GANConfig(PlainConfig):
     Field <- command-line flag (:func:`add_gan_arch_args`): ``z_dim`` <- ``--Z_DIM``, ``gf_dim`` <-
     ``--GF_DIM``, ``df_dim`` <- ``--DF_DIM``, ``ef_dim`` <- ``--EMBEDDING_DIM``, ``r_num`` <-
     ``--R_NUM``, ``emb_dim`` <- ``--embDim``, ``num_classes`` <- ``--numClasses``, ``output_space``
-    <- ``--G_output_space``, ``emb_scale`` <- ``--G_emb_scale``.
+    <- ``--G_output_space``, ``emb_scale`` <- ``--G_emb_scale``, ``input_whiten`` <- ``--G_whiten``.
     """
 
     z_dim: int = 100
@@ -86,6 +86,7 @@ class GANConfig(PlainConfig):
     num_classes: int = 1048
     output_space: str = "imagenet"
     emb_scale: float = 1.0
+    input_whiten: float = 0.0  # ridge of G's input whitening (0: none, the reference)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -96,6 +97,9 @@ class GANConfig(PlainConfig):
             elif field.name == "emb_scale":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                     raise ValueError(f"GANConfig.emb_scale must be a positive number, got {value!r}")
+            elif field.name == "input_whiten":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                    raise ValueError(f"GANConfig.input_whiten (--G_whiten) must be a number >= 0, got {value!r}")
             elif not isinstance(value, int) or isinstance(value, bool) or value < (0 if field.name == "r_num" else 1):
                 raise ValueError(f"GANConfig.{field.name} must be a positive integer, got {value!r}")
         if self.gf_dim % 2:
@@ -121,7 +125,7 @@ class GANConfig(PlainConfig):
         return cls(z_dim=args.Z_DIM, gf_dim=args.GF_DIM, df_dim=args.DF_DIM, ef_dim=args.EMBEDDING_DIM,
                    r_num=args.R_NUM, emb_dim=args.embDim, num_classes=args.numClasses,
                    output_space=args.G_output_space,
-                   emb_scale=emb_scale_value(args.G_emb_scale, args.embDim))
+                   emb_scale=emb_scale_value(args.G_emb_scale, args.embDim), input_whiten=args.G_whiten)
 
 
 def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -143,6 +147,10 @@ def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--G_emb_scale", default="1",
                    help="multiply G's input embeddings by this: a number, 'sqrt' (sqrt(embDim): unit-variance "
                         "components) or 'K*sqrt'; 1 is the reference (docs/synthesis.md)")
+    g.add_argument("--G_whiten", type=float, default=d.input_whiten, metavar="RIDGE",
+                   help="G's input embeddings are whitened by the train recipe embeddings' within-class "
+                        "covariance (classes from the LMDB, background left out), this ridge x its largest "
+                        "eigenvalue added; stored in G (0: off, the reference; docs/synthesis.md)")
     return parser
 
 
@@ -344,6 +352,19 @@ class Generator(nn.Module):
         self.h_net1 = InitStageG(cfg.gf_dim * 16, cfg.z_dim + cfg.ef_dim)
         self.h_net2 = NextStageG(cfg.gf_dim, cfg.ef_dim, cfg.r_num)
         self.img_net2 = GetImageG(cfg.gf_dim // 2)
+        if cfg.input_whiten > 0:  # (x - mean) @ W, set by set_input_whitening; saved with the weights
+            self.register_buffer("in_mean", torch.zeros(cfg.emb_dim))
+            self.register_buffer("in_w", torch.eye(cfg.emb_dim))
+
+    def set_input_whitening(self, mean: torch.Tensor, w: torch.Tensor) -> None:
+        """Set the input whitening ``(mean (embDim,), W (embDim, embDim))`` of a G built with ``input_whiten``."""
+        if self.cfg.input_whiten <= 0:
+            raise ValueError("this generator has no input whitening (GANConfig.input_whiten is 0)")
+        d = self.cfg.emb_dim
+        if tuple(mean.shape) != (d,) or tuple(w.shape) != (d, d):
+            raise ValueError(f"expected whitening of shapes ({d},), ({d}, {d}), got {tuple(mean.shape)}, {tuple(w.shape)}")
+        self.in_mean.copy_(mean)
+        self.in_w.copy_(w)
 
     def forward(self, emb: torch.Tensor, z: torch.Tensor, *, eps: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -365,6 +386,8 @@ class Generator(nn.Module):
             raise ValueError(f"expected noise ({emb.shape[0]}, {self.cfg.z_dim}), got {tuple(z.shape)}")
         # The embeddings are L2-normalised, so each of their D components is ~1/sqrt(D): far below
         # the unit scale the CA layer's init assumes, which leaves mu ~0 beside eps ~1 (emb_scale).
+        if self.cfg.input_whiten > 0:  # the directions that tell dishes apart made the large ones (--G_whiten)
+            emb = (emb - self.in_mean.to(emb.dtype)) @ self.in_w.to(emb.dtype)  # (B, D)
         mu, logvar = self.ca_net(emb * self.cfg.emb_scale)  # (B, E) each; x 1.0 is exact
         c = conditioning_sample(mu, logvar, eps=eps, generator=generator)  # (B, E)
         h1 = self.h_net1(z.to(c.dtype), c)  # (B, gf, 64, 64)

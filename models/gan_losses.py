@@ -125,10 +125,41 @@ def whitening(embs, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     mean = sum(c.double().sum(0) for c in chunks) / x.shape[0]
     centred = (c.double() - mean for c in chunks)  # each chunk converted and centred once
     cov = sum(d.T @ d for d in centred) / (x.shape[0] - 1)  # (D, D)
+    return mean.float(), _inverse_sqrt(cov, ridge)
+
+
+def _inverse_sqrt(cov: torch.Tensor, ridge: float) -> torch.Tensor:
+    """``U diag(1 / sqrt(lambda + ridge * lambda_max)) U^T`` of a float64 covariance, as float32."""
     lam, u = torch.linalg.eigh(cov)  # ascending eigenvalues
     lam = lam.clamp_min(0)
-    w = u @ torch.diag((lam + ridge * lam.max()).rsqrt()) @ u.T  # (D, D), symmetric
-    return mean.float(), w.float()
+    return (u @ torch.diag((lam + ridge * lam.max()).rsqrt()) @ u.T).float()  # (D, D), symmetric
+
+
+def class_whitening(embs, classes, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean (D,), W (D, D))`` whitening by the within-class covariance: ``(x - mean) @ W``.
+
+    ``mean`` is the mean of all ``embs`` (N, D); ``W`` whitens the pooled covariance of the labelled
+    embeddings around their class means (``classes`` (N,), 0 = background, left out), with ``ridge``
+    as :func:`whitening`'s. Why (``GAN_train.py --G_whiten``): in a briefly trained FoodSpace the
+    directions that tell one dish from another hold a tiny share of the variance, too small for G to
+    pick up in a few hundred steps; after this they are the large ones (Fisher's discriminant).
+    """
+    if not ridge > 0:
+        raise ValueError(f"whitening needs a ridge > 0, got {ridge}")
+    x = torch.as_tensor(embs).double()
+    y = torch.as_tensor(classes).long()
+    if x.dim() != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"expected (N, D) embeddings and (N,) classes, got {tuple(x.shape)} and {tuple(y.shape)}")
+    keep = y > 0
+    labels, inverse, counts = torch.unique(y[keep], return_inverse=True, return_counts=True)
+    dof = int(keep.sum()) - len(labels)
+    if len(labels) < 2 or dof < 1:
+        raise ValueError(f"the within-class covariance needs two classes other than background and more "
+                         f"labelled embeddings than classes; got {int(keep.sum())} in {len(labels)} classes")
+    xk = x[keep]
+    means = torch.zeros(len(labels), x.shape[1], dtype=x.dtype).index_add_(0, inverse, xk) / counts[:, None]
+    r = xk - means[inverse]  # (n, D) residuals around the class means
+    return x.mean(0).float(), _inverse_sqrt(r.T @ r / dof, ridge)
 
 
 def whiten(embs: torch.Tensor, space: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

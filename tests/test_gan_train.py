@@ -935,3 +935,65 @@ def test_cycle_flags_are_checked_before_any_work():
         GAN_train.check_cycle_flags(parser.parse_args(["--encoder_dir", "x", "--cycle_whiten", "-1"]))
     GAN_train.check_cycle_flags(parser.parse_args(["--encoder_dir", "x", "--cycle_both", "--cycle_aug", "all",
                                                    "--cycle_whiten", "1e-4"]))
+
+
+def test_class_whitening_against_brute_force():
+    from models.gan_losses import class_whitening
+
+    rng = np.random.default_rng(1)
+    classes = rng.integers(0, 4, size=300)  # 0: background, left out of the covariance
+    centres = rng.normal(size=(4, 5)) * np.array([5.0, 0.1, 0.1, 0.1, 0.1])
+    x = centres[classes] + rng.normal(size=(300, 5)) * np.array([3.0, 0.05, 0.02, 1.0, 0.01])
+    mean, w = class_whitening(x, classes, 1e-12)
+    keep = classes > 0
+    r = np.concatenate([x[classes == k] - x[classes == k].mean(0) for k in (1, 2, 3)])
+    sw = r.T @ r / (keep.sum() - 3)
+    lam, u = np.linalg.eigh(sw)
+    expected = u @ np.diag(1 / np.sqrt(lam + 1e-12 * lam.max())) @ u.T
+    assert np.allclose(w.numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert np.allclose(mean.numpy(), x.mean(0), atol=1e-6)
+    wd = w.double().numpy()
+    assert np.allclose(wd.T @ sw @ wd, np.eye(5), atol=1e-3)  # within-class spread: 1 in every direction
+    with pytest.raises(ValueError, match="two classes"):
+        class_whitening(x, np.where(classes > 1, 2, 0), 1e-4)  # one class besides background
+    with pytest.raises(ValueError, match="ridge > 0"):
+        class_whitening(x, classes, 0.0)
+
+
+def test_g_whiten_feeds_g_the_whitened_embeddings():
+    cfg = GANConfig(z_dim=8, gf_dim=4, df_dim=4, ef_dim=6, r_num=1, emb_dim=32, num_classes=5, emb_scale=2.0)
+    assert not any(k.startswith("in_") for k in Generator(cfg).state_dict())  # off: the reference's G
+    torch.manual_seed(0)
+    plain = Generator(cfg).eval()
+    white = Generator(GANConfig(**{**cfg.to_dict(), "input_whiten": 1e-4})).eval()
+    white.load_state_dict({**plain.state_dict(), "in_mean": white.in_mean, "in_w": white.in_w})
+    mean, w = torch.randn(32), torch.randn(32, 32) / 6
+    white.set_input_whitening(mean, w)
+    emb, z, eps = torch.randn(4, 32), torch.randn(4, 8), torch.randn(4, 6)
+    with torch.no_grad():
+        assert torch.allclose(white(emb, z, eps=eps)[0], plain((emb - mean) @ w, z, eps=eps)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="input whitening"):
+        plain.set_input_whitening(mean, w)
+    with pytest.raises(ValueError, match="G_whiten"):
+        GANConfig(input_whiten=-1.0)
+
+
+def test_g_whiten_run_stores_the_train_statistics_and_gan_test_uses_them(encoder_run, indexed_set, tmp_path):
+    from data.gan_dataset import GANDataset, load_partition_embeddings
+    from models.gan_losses import class_whitening
+    from utils.checkpoint import load_checkpoint
+    from utils.runs import find_encoder_files
+
+    run = GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "1", "--G_whiten", "1e-3"])
+    ckpt = load_checkpoint(run / "G_last.pth.tar")
+    assert ckpt["gan"]["input_whiten"] == 1e-3
+    files = find_encoder_files(encoder_run, "en")
+    emb = load_partition_embeddings(files.embeddings["train"], indexed_set["data"], "train")
+    classes = GANDataset(indexed_set["data"], indexed_set["img"], "train", emb, train=True).classes()
+    assert (classes > 0).any() and len(set(classes.tolist())) > 2
+    mean, w = class_whitening(emb["rec_embeds"], classes, 1e-3)
+    assert torch.equal(ckpt["model"]["in_mean"], mean) and torch.equal(ckpt["model"]["in_w"], w)
+    out = tmp_path / "m.json"
+    GAN_test.main(["--trained_G_model_path", str(run / "G_last.pth.tar"), "--no_cuda", "--workers", "0",
+                   "--r1m_path", str(indexed_set["r1m"]), "--synthesis_n", "2", "--metrics_json", str(out)])
+    assert json.loads(out.read_text())["fake2rec"]  # G loaded with its whitening (a strict state dict)
