@@ -30,6 +30,7 @@ from models.gan import (
 )
 from models.gan_augment import AUG_OPS, instance_noise, parse_aug, random_view_imagenet
 from models.gan_losses import (
+    KL_WEIGHT,
     class_weights,
     class_whitening,
     cycle_cos_loss,
@@ -116,6 +117,8 @@ def get_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("losses and optimisation (the reference's GAN_args.py)")
     g.add_argument("--W_IMG_IMG_COS_LOSS", type=float, default=32.0, help="weight of the image-image cycle term (0: off)")
     g.add_argument("--W_IMG_REC_COS_LOSS", type=float, default=32.0, help="weight of the image-recipe cycle term (0: off)")
+    g.add_argument("--W_KL_LOSS", type=float, default=KL_WEIGHT,
+                   help="weight of G's conditioning-augmentation KL term (2: the reference; this project's flag)")
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate of G and D (betas 0.5, 0.999)")
     g.add_argument("--weight_decay", type=float, default=0.0, help="Adam weight decay of G and D")
     g.add_argument("--epochs", type=int, default=300, help="number of epochs")
@@ -185,7 +188,7 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
              w_img_rec: float, ctx, probe: bool = False, cycle_aug: tuple[str, ...] = (),
              d_aug: tuple[str, ...] = (), d_noise: float = 0.0, w_layout: float = 0.0, layout_size: int = 16,
              as_tensors: bool = False, cycle_both: bool = False,
-             cycle_space: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+             cycle_space: tuple[torch.Tensor, torch.Tensor] | None = None, w_kl: float = KL_WEIGHT) -> dict:
     """One step: G forward, D update, G update against the updated D (docs/synthesis.md).
 
     Args:
@@ -201,6 +204,7 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
         cycle_both: with ``cycle_aug``, the cycle terms are averaged over G's image and its view.
         cycle_space: ``(mean, W)`` of :func:`whitening`: the cycle terms' cosines are taken between
             whitened embeddings (None: as they are, the reference).
+        w_kl: weight of G's KL term (``KL_WEIGHT``, 2: the reference).
 
     Returns:
         Every loss term as a float (``G/cycle_*`` only when its weight is > 0), D's accuracy on real
@@ -245,7 +249,7 @@ def gan_step(nets: Nets, cfg: GANConfig, real, rec_emb, img_emb, labels, weight,
         if cycle_space is not None and gen_emb is not None:  # compare where recipes differ (--cycle_whiten)
             gen_emb, img_emb, rec_emb = (whiten(e, cycle_space) for e in (gen_emb, img_emb, rec_emb))
         g = generator_loss(out, labels, weight, mu, logvar, gen_emb=gen_emb, img_emb=img_emb, rec_emb=rec_emb,
-                           w_img_img=w_img_img, w_img_rec=w_img_rec)
+                           w_img_img=w_img_img, w_img_rec=w_img_rec, w_kl=w_kl)
         layout = layout_loss(fake_in, real, layout_size) if w_layout > 0 else None
         loss_G = g.loss + w_layout * layout if layout is not None else g.loss
         grads = probe_output_grads(fake, out, labels, weight, gen_emb, img_emb, rec_emb, w_img_img, w_img_rec,
@@ -602,12 +606,14 @@ def set_input_whitening(G: Generator, rec_embeds: np.ndarray, train_set: GANData
 
 
 def check_cycle_flags(args) -> None:
-    """--cycle_both needs --cycle_aug; --cycle_whiten is a ridge >= 0."""
+    """--cycle_both needs --cycle_aug; --cycle_whiten is a ridge >= 0, --W_KL_LOSS a weight >= 0."""
     if args.cycle_both and not args.cycle_aug:
         raise InputError("--cycle_both averages the cycle terms over G's image and its random view: give --cycle_aug "
                          "too (e.g. --cycle_aug all)")
     if not args.cycle_whiten >= 0:
         raise InputError(f"--cycle_whiten {args.cycle_whiten}: give a ridge >= 0 (0: off; the demo uses 1e-4)")
+    if not args.W_KL_LOSS >= 0:
+        raise InputError(f"--W_KL_LOSS {args.W_KL_LOSS}: give a weight >= 0 (2: the reference)")
 
 
 def _float32(array: np.ndarray) -> torch.Tensor:
@@ -634,7 +640,7 @@ def train_epoch(run: GANRun, epoch: int) -> None:
                         probe=args.probe_every > 0 and it % args.probe_every == 0, as_tensors=True,
                         cycle_aug=tuple(args.cycle_aug), d_aug=tuple(args.D_aug), d_noise=args.D_noise,
                         w_layout=args.W_LAYOUT_LOSS, layout_size=args.layout_size, cycle_both=args.cycle_both,
-                        cycle_space=run.cycle_space)
+                        cycle_space=run.cycle_space, w_kl=args.W_KL_LOSS)
 
     tr.run_epoch(run, run.loader, epoch, step,
                  postfix=lambda last: {"D": f"{last['D/loss']:.3f}", "G": f"{last['G/loss']:.3f}"})

@@ -266,8 +266,8 @@ def discriminator_loss(real_out: tuple[torch.Tensor, torch.Tensor], fake_out: tu
 def generator_loss(fake_out: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, weight: torch.Tensor,
                    mu: torch.Tensor, logvar: torch.Tensor, *, gen_emb: torch.Tensor | None = None,
                    img_emb: torch.Tensor | None = None, rec_emb: torch.Tensor | None = None,
-                   w_img_img: float = 32.0, w_img_rec: float = 32.0) -> GLoss:
-    """G's loss: adversarial + class + ``KL_WEIGHT`` x KL + the weighted cycle terms.
+                   w_img_img: float = 32.0, w_img_rec: float = 32.0, w_kl: float = KL_WEIGHT) -> GLoss:
+    """G's loss: adversarial + class + ``w_kl`` x KL (the reference's ``KL_WEIGHT``) + the weighted cycle terms.
 
     Args:
         fake_out: D's ``(cond_logit, class_logits)`` on the generated images (not detached).
@@ -281,7 +281,7 @@ def generator_loss(fake_out: tuple[torch.Tensor, torch.Tensor], labels: torch.Te
     adv = g_adversarial_loss(fake_out[0])
     cl = g_class_loss(fake_out[1], labels, weight)
     kl = kl_loss(mu, logvar)
-    loss = adv + cl + KL_WEIGHT * kl
+    loss = adv + cl + w_kl * kl
     terms: dict[str, torch.Tensor | None] = {"img_img": None, "img_rec": None}
     for name, w, target in (("img_img", w_img_img, img_emb), ("img_rec", w_img_rec, rec_emb)):
         if w > 0:

@@ -27,7 +27,7 @@ from data.gan_dataset import gan_image
 from models.foodspace import ArchConfig, ImageEmbedder
 from models.gan import Discriminator128, GANConfig, Generator
 from models.gan_augment import parse_aug
-from models.gan_losses import class_weights, encode_generated, freeze_encoder
+from models.gan_losses import KL_WEIGHT, class_weights, encode_generated, freeze_encoder
 from models.gan_sampling import draw_noise, generate, parse_noise_mode
 from utils.embeddings import load_embeddings
 from utils.frechet import frechet_distance, frechet_from_stats, ledoit_wolf
@@ -791,7 +791,7 @@ def test_new_step_flags_at_their_neutral_values_change_nothing():
     rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
     runs = []
     for extra in ({}, {"cycle_aug": parse_aug("none"), "d_aug": parse_aug("none"), "d_noise": 0.0, "w_layout": 0.0,
-                       "cycle_both": False, "cycle_space": None}):
+                       "cycle_both": False, "cycle_space": None, "w_kl": KL_WEIGHT}):
         cfg, nets = _tiny_nets()
         torch.manual_seed(9)
         terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
@@ -803,6 +803,7 @@ def test_new_step_flags_at_their_neutral_values_change_nothing():
     args = GAN_train.get_parser().parse_args(["--encoder_dir", "x"])
     assert args.cycle_aug == () and args.D_aug == () and args.D_noise == 0.0 and args.judge_dir == ""
     assert args.W_LAYOUT_LOSS == 0.0 and args.cycle_both is False and args.cycle_whiten == 0.0
+    assert args.W_KL_LOSS == KL_WEIGHT == 2.0 and args.G_whiten == 0.0
 
 
 def test_layout_loss_against_brute_force():
@@ -933,6 +934,8 @@ def test_cycle_flags_are_checked_before_any_work():
         GAN_train.check_cycle_flags(parser.parse_args(["--encoder_dir", "x", "--cycle_both"]))
     with pytest.raises(InputError, match="ridge >= 0"):
         GAN_train.check_cycle_flags(parser.parse_args(["--encoder_dir", "x", "--cycle_whiten", "-1"]))
+    with pytest.raises(InputError, match="W_KL_LOSS"):
+        GAN_train.check_cycle_flags(parser.parse_args(["--encoder_dir", "x", "--W_KL_LOSS", "-1"]))
     GAN_train.check_cycle_flags(parser.parse_args(["--encoder_dir", "x", "--cycle_both", "--cycle_aug", "all",
                                                    "--cycle_whiten", "1e-4"]))
 
@@ -997,3 +1000,20 @@ def test_g_whiten_run_stores_the_train_statistics_and_gan_test_uses_them(encoder
     GAN_test.main(["--trained_G_model_path", str(run / "G_last.pth.tar"), "--no_cuda", "--workers", "0",
                    "--r1m_path", str(indexed_set["r1m"]), "--synthesis_n", "2", "--metrics_json", str(out)])
     assert json.loads(out.read_text())["fake2rec"]  # G loaded with its whitening (a strict state dict)
+
+
+def test_kl_weight_scales_only_the_kl_term():
+    from contextlib import nullcontext
+
+    real = torch.randn(3, 3, 128, 128)
+    rec, img = F.normalize(torch.randn(3, 32), dim=1), F.normalize(torch.randn(3, 32), dim=1)
+    out = {}
+    for w in (0.0, KL_WEIGHT, 5.0):
+        cfg, nets = _tiny_nets()
+        torch.manual_seed(9)
+        out[w] = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
+                                    w_img_img=32.0, w_img_rec=32.0, ctx=nullcontext(), w_kl=w)
+    kl = out[0.0]["G/kl"]
+    assert kl > 0 and out[5.0]["G/kl"] == out[KL_WEIGHT]["G/kl"] == kl  # the same G forward
+    for w in (KL_WEIGHT, 5.0):
+        assert out[w]["G/loss"] - out[0.0]["G/loss"] == pytest.approx(w * kl, abs=1e-5 * out[0.0]["G/loss"])
