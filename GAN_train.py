@@ -554,7 +554,7 @@ def setup(args, given: set[str], ckpt_G: dict | None, ckpt_D: dict | None) -> GA
                          num_classes=cfg.num_classes, image_backend=args.image_backend)  # the grid's images
     G, D = build_networks(args, cfg, device, ckpt_G)
     if cfg.input_whiten > 0 and not ckpt_G:  # a resumed G carries its own (in its state dict)
-        set_input_whitening(G, embs["train"]["rec_embeds"], train_set, cfg.input_whiten)
+        set_input_whitening(G, embs["train"], train_set, cfg.input_whiten)
     # Every input was checked above: only now does the run folder exist (a failed start leaves nothing).
     run_dir = tr.shared_run_dir(dist_info, args.resume, lambda: new_gan_run_dir(args.encoder_dir))
     log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
@@ -596,10 +596,16 @@ def setup(args, given: set[str], ckpt_G: dict | None, ckpt_D: dict | None) -> GA
         cycle_space=cycle_space)
 
 
-def set_input_whitening(G: Generator, rec_embeds: np.ndarray, train_set: GANDataset, ridge: float) -> None:
-    """--G_whiten: G's input whitening from the train recipe embeddings and their LMDB classes."""
+def set_input_whitening(G: Generator, train: dict, train_set: GANDataset, ridge: float) -> None:
+    """--G_whiten: G's input whitening from the train recipe and image embeddings and their LMDB classes.
+
+    Both modalities, because G draws from either (GAN_test.py's "from image"): a direction in which a
+    recipe and its photos differ counts as within-class spread, so it is not blown up.
+    """
+    classes = train_set.classes()
     try:
-        mean, w = class_whitening(rec_embeds, train_set.classes(), ridge)
+        mean, w = class_whitening(np.concatenate([train["rec_embeds"], train["img_embeds"]]),
+                                  np.concatenate([classes, classes]), ridge)
     except ValueError as err:
         raise InputError(f"--G_whiten: {train_set.lmdb_path}: {err}") from None
     G.set_input_whitening(mean.to(G.in_mean.device), w.to(G.in_w.device))

@@ -981,7 +981,7 @@ def test_g_whiten_feeds_g_the_whitened_embeddings():
         GANConfig(input_whiten=-1.0)
 
 
-def test_g_whiten_run_stores_the_train_statistics_and_gan_test_uses_them(encoder_run, indexed_set, tmp_path):
+def test_g_whiten_run_stores_the_train_statistics_of_both_modalities_and_gan_test_uses_them(encoder_run, indexed_set, tmp_path):
     from data.gan_dataset import GANDataset, load_partition_embeddings
     from models.gan_losses import class_whitening
     from utils.checkpoint import load_checkpoint
@@ -994,7 +994,8 @@ def test_g_whiten_run_stores_the_train_statistics_and_gan_test_uses_them(encoder
     emb = load_partition_embeddings(files.embeddings["train"], indexed_set["data"], "train")
     classes = GANDataset(indexed_set["data"], indexed_set["img"], "train", emb, train=True).classes()
     assert (classes > 0).any() and len(set(classes.tolist())) > 2
-    mean, w = class_whitening(emb["rec_embeds"], classes, 1e-3)
+    both = np.concatenate([emb["rec_embeds"], emb["img_embeds"]])  # G draws from either modality
+    mean, w = class_whitening(both, np.concatenate([classes, classes]), 1e-3)
     assert torch.equal(ckpt["model"]["in_mean"], mean) and torch.equal(ckpt["model"]["in_w"], w)
     out = tmp_path / "m.json"
     GAN_test.main(["--trained_G_model_path", str(run / "G_last.pth.tar"), "--no_cuda", "--workers", "0",
