@@ -32,29 +32,32 @@ ROOT = Path(__file__).resolve().parent
 # Sizes that fit a 2-core CPU in minutes while leaving retrieval learnable (README: "Demo"). From
 # random weights the paper's hardest-negative loss alone collapses the space, so the demo averages
 # over negatives for its first epochs (--ohem_warmup), then takes the hardest at a tenth of the lr.
-CURRICULUM = 2  # epochs of mean negatives before the hardest ones (and the lr decay)
+# Three epochs of mean negatives and two of the hardest: val medR 37.5-42 where two and one gave
+# 50 (docs/synthesis.md, "The demo's FoodSpace").
+CURRICULUM = 3  # epochs of mean negatives before the hardest ones (and the lr decay)
 MODEL_FLAGS = ["--image_backbone", "resnet18", "--image_pretrained", "none", "--text_init", "none",
                "--image_size", "64", "--BERT_hidden", "128", "--BERT_layers", "2", "--BERT_heads", "2",
                "--BERT_intermediate", "256", "--embDim", "128"]
 # The generator at CPU scale (docs/synthesis.md): a small G and D, and the departures from the
-# paper's settings that let it learn in a few hundred steps: G's input scaled up from its
-# L2-normalised ~1/sqrt(D) components (--G_emb_scale 2*sqrt: components of standard deviation 2),
-# so the recipe is not drowned by the conditioning noise; outputs read as pixels; the cycle terms'
-# encoder sees a random view of G's images (--cycle_aug all), so that G draws what an encoder it never
-# saw recognises rather than what only its own encoder reads, and on the image itself (--cycle_both);
-# the cycle terms compare whitened embeddings (--cycle_whiten), because the demo's short FoodSpace is
-# nearly collapsed and plain cosines barely tell one dish from another; D sees views of both images
-# (--D_aug all); and G's image, shrunk to 16 px, is pulled towards the recipe's photo shrunk alike
-# (--W_LAYOUT_LOSS 100): the ground and plate colours any encoder sees. Measured in docs/synthesis.md.
+# paper's settings that let it learn in a few hundred steps: G's input whitened by the train recipe
+# embeddings' within-class covariance (--G_whiten), because in the demo's short FoodSpace the
+# directions that tell one dish from another hold a tiny share of the variance, too small for G to
+# pick up, so the recipe would be drowned by the conditioning noise; outputs read as pixels; the
+# cycle terms' encoder sees a random view of G's images (--cycle_aug all), so that G draws what an
+# encoder it never saw recognises rather than what only its own encoder reads, and on the image
+# itself (--cycle_both); the cycle terms compare whitened embeddings (--cycle_whiten), because the
+# space is nearly collapsed and plain cosines barely tell one dish from another; D sees views of
+# both images (--D_aug all); and G's image, shrunk to 16 px, is pulled towards the recipe's photo
+# shrunk alike (--W_LAYOUT_LOSS 100): the ground and plate colours any encoder sees.
 GAN_FLAGS = ["--embDim", "128", "--Z_DIM", "32", "--GF_DIM", "16", "--DF_DIM", "16", "--EMBEDDING_DIM", "64",
-             "--R_NUM", "1", "--G_emb_scale", "2*sqrt", "--G_output_space", "pixel", "--cycle_aug", "all",
+             "--R_NUM", "1", "--G_whiten", "1e-4", "--G_output_space", "pixel", "--cycle_aug", "all",
              "--cycle_both", "--cycle_whiten", "1e-4", "--D_aug", "all", "--W_LAYOUT_LOSS", "100"]
 
 # Seconds each stage took at the defaults on the machine this demo was sized on (2 cores, fp32
 # matmul MEASURED_GFLOPS), used to estimate the total on another machine by its matmul speed.
-MEASURED_GFLOPS = 253.0  # python demo.py alone on the project's 2-core machine, 2026-12-07 (README: "Demo")
-MEASURED_SECONDS = {"synthetic": 11, "create_lmdb": 6, "train": 111, "test": 21, "judge_train": 130, "judge_test": 14,
-                    "gan_train": 148, "gan_test": 24}
+MEASURED_GFLOPS = 265.0  # python demo.py --seed 1 alone on the project's 2-core machine, 2026-12-07 (README: "Demo")
+MEASURED_SECONDS = {"synthetic": 13, "create_lmdb": 6, "train": 204, "test": 19, "judge_train": 183, "judge_test": 15,
+                    "gan_train": 148, "gan_test": 25}
 JUDGE_SEED = 4321  # the judge's train.py --seed (the main run keeps train.py's default)
 GAN_BATCH, GAN_LR = 16, "5e-4"
 DRAW_PROCESSES = min(os.cpu_count() or 1, 8)  # drawing the synthetic images; the files are the same for any number
@@ -67,7 +70,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
     p.add_argument("--force", action="store_true", help="redo every stage, even those already finished")
     p.add_argument("--recipes", type=int, default=3000, help="recipes in the synthetic data set")
-    p.add_argument("--epochs", type=int, default=3, help="retrieval training epochs")
+    p.add_argument("--epochs", type=int, default=5, help="retrieval training epochs")
     p.add_argument("--gan_epochs", type=int, default=2, help="synthesis training epochs")
     p.add_argument("--train_iters", type=int, default=0, help="cap on retrieval iterations per epoch (0: no cap)")
     p.add_argument("--gan_iters", type=int, default=86, help="cap on GAN iterations per epoch (0: no cap)")
