@@ -32,15 +32,15 @@ ROOT = Path(__file__).resolve().parent
 # Sizes that fit a 2-core CPU in minutes while leaving retrieval learnable (README: "Demo"). From
 # random weights the paper's hardest-negative loss alone collapses the space, so the demo averages
 # over negatives for its first epochs (--ohem_warmup), then takes the hardest at a tenth of the lr.
-# Three epochs of mean negatives and two of the hardest: val medR 37.5-42 where two and one gave
-# 50 (docs/synthesis.md, "The demo's FoodSpace").
+# Three epochs of mean negatives and two of the hardest: val medR 37.5 and 42 on data seeds 1 and 2
+# (one thread), where two and one gave 50 on seed 1 (docs/synthesis.md, "a five-epoch FoodSpace").
 CURRICULUM = 3  # epochs of mean negatives before the hardest ones (and the lr decay)
 MODEL_FLAGS = ["--image_backbone", "resnet18", "--image_pretrained", "none", "--text_init", "none",
                "--image_size", "64", "--BERT_hidden", "128", "--BERT_layers", "2", "--BERT_heads", "2",
                "--BERT_intermediate", "256", "--embDim", "128"]
 # The generator at CPU scale (docs/synthesis.md): a small G and D, and the departures from the
-# paper's settings that let it learn in a few hundred steps: G's input whitened by the train recipe
-# embeddings' within-class covariance (--G_whiten), because in the demo's short FoodSpace the
+# paper's settings that let it learn in a few hundred steps: G's input whitened by the train recipe and
+# image embeddings' within-class covariance (--G_whiten), because in the demo's short FoodSpace the
 # directions that tell one dish from another hold a tiny share of the variance, too small for G to
 # pick up, so the recipe would be drowned by the conditioning noise; outputs read as pixels; the
 # cycle terms' encoder sees a random view of G's images (--cycle_aug all), so that G draws what an

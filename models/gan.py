@@ -148,9 +148,9 @@ def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="multiply G's input embeddings by this: a number, 'sqrt' (sqrt(embDim): unit-variance "
                         "components) or 'K*sqrt'; 1 is the reference (docs/synthesis.md)")
     g.add_argument("--G_whiten", type=float, default=d.input_whiten, metavar="RIDGE",
-                   help="G's input embeddings are whitened by the train recipe embeddings' within-class "
-                        "covariance (classes from the LMDB, background left out), this ridge x its largest "
-                        "eigenvalue added; stored in G (0: off, the reference; docs/synthesis.md)")
+                   help="G's input embeddings are whitened by the within-class covariance of the train recipe and "
+                        "image embeddings (classes from the LMDB, background left out), this ridge x its "
+                        "largest eigenvalue added; stored in G (0: off, the reference; docs/synthesis.md)")
     return parser
 
 
