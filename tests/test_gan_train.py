@@ -957,6 +957,14 @@ def test_class_whitening_against_brute_force():
     assert np.allclose(mean.numpy(), x.mean(0), atol=1e-6)
     wd = w.double().numpy()
     assert np.allclose(wd.T @ sw @ wd, np.eye(5), atol=1e-3)  # within-class spread: 1 in every direction
+    big_classes = rng.integers(0, 4, size=40000)  # more rows than one float64 chunk (16384)
+    big = centres[big_classes] + rng.normal(size=(40000, 5)) * np.array([3.0, 0.05, 0.02, 1.0, 0.01])
+    r = np.concatenate([big[big_classes == k] - big[big_classes == k].mean(0) for k in (1, 2, 3)])
+    lam, u = np.linalg.eigh(r.T @ r / ((big_classes > 0).sum() - 3))
+    mean, w = class_whitening(big.astype(np.float32), big_classes, 1e-12)
+    expected = u @ np.diag(1 / np.sqrt(lam + 1e-12 * lam.max())) @ u.T
+    assert np.allclose(w.numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert np.allclose(mean.numpy(), big.mean(0), atol=1e-5)
     with pytest.raises(ValueError, match="two classes"):
         class_whitening(x, np.where(classes > 1, 2, 0), 1e-4)  # one class besides background
     with pytest.raises(ValueError, match="ridge > 0"):
