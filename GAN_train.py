@@ -403,10 +403,15 @@ def init_weights(module: torch.nn.Module, path: str, what: str) -> None:
         raise CheckpointError(f"--resume_{what}: {err}") from None
     state = state.get("model", state)
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    if getattr(getattr(module, "cfg", None), "input_whiten", 0) > 0:
+        # --G_whiten from a G without it (the reference's): its whitening is set from this run's data next
+        state = {**{k: v for k, v in module.state_dict().items() if k in ("in_mean", "in_w")}, **state}
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
-        raise InputError(f"--resume_{what} {path}: architecture differs: {err}") from None
+        detail = " ".join(str(err).split())  # one line: PyTorch lists the keys on several
+        raise InputError(f"--resume_{what} {path}: architecture differs: {detail} (give the architecture flags, "
+                         "--G_whiten included, of the run that saved it)") from None
 
 
 def write_trace(path: Path, rows: list[list], header: list[str] = TRACE_HEADER) -> None:

@@ -1011,6 +1011,27 @@ def test_g_whiten_run_stores_the_train_statistics_of_both_modalities_and_gan_tes
     assert json.loads(out.read_text())["fake2rec"]  # G loaded with its whitening (a strict state dict)
 
 
+def test_resume_g_loads_a_reference_state_dict_also_into_a_whitened_g(tmp_path):
+    from utils.checkpoint import save_checkpoint
+    from utils.errors import InputError
+
+    cfg = GANConfig(z_dim=8, gf_dim=4, df_dim=4, ef_dim=6, r_num=1, emb_dim=32, num_classes=5)
+    torch.manual_seed(3)
+    ref = Generator(cfg)
+    path = tmp_path / "netG_reference.pth"  # the reference saves DataParallel's state dict
+    save_checkpoint({f"module.{k}": v for k, v in ref.state_dict().items()}, path)
+    for whiten in (0.0, 1e-4):
+        G = Generator(GANConfig(**{**cfg.to_dict(), "input_whiten": whiten}))
+        GAN_train.init_weights(G, str(path), "G")
+        state = G.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in ref.state_dict().items())
+        assert set(state) - set(ref.state_dict()) == ({"in_mean", "in_w"} if whiten else set())
+    whitened = tmp_path / "G_whitened.pth"  # a whitened G into a plain one: refused, its input would differ
+    save_checkpoint({"model": G.state_dict()}, whitened)
+    with pytest.raises(InputError, match=r"^--resume_G .*G_whitened\.pth: architecture differs: [^\n]*in_mean[^\n]*$"):
+        GAN_train.init_weights(Generator(cfg), str(whitened), "G")
+
+
 def test_kl_weight_scales_only_the_kl_term():
     from contextlib import nullcontext
 
