@@ -22,6 +22,7 @@ from PIL import Image
 
 import GAN_test
 import GAN_train
+import models.gan_step
 import train
 from data.gan_dataset import gan_image
 from models.foodspace import ArchConfig, ImageEmbedder
@@ -860,7 +861,7 @@ def test_cycle_aug_feeds_the_encoder_a_view_of_gs_images(monkeypatch):
         seen.setdefault(ops, []).append(images.detach().clone())
         return images.flip(-1)
 
-    monkeypatch.setattr(GAN_train, "random_view_imagenet", mirror)
+    monkeypatch.setattr(models.gan_step, "random_view_imagenet", mirror)
     cfg, nets = _tiny_nets()
     torch.manual_seed(9)
     terms = GAN_train.gan_step(nets, cfg, real, rec, img, torch.tensor([0, 2, 4]), class_weights(5),
@@ -907,7 +908,7 @@ def test_cycle_both_and_whiten_give_the_cycle_terms_they_name(monkeypatch):
         seen.append(images.detach().clone())
         return images.flip(-1)
 
-    monkeypatch.setattr(GAN_train, "random_view_imagenet", mirror)
+    monkeypatch.setattr(models.gan_step, "random_view_imagenet", mirror)
     for space_or_none in (None, space):
         seen.clear()
         cfg, nets = _tiny_nets()
