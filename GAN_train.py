@@ -457,8 +457,7 @@ def set_input_whitening(G: Generator, train: dict, train_set: GANDataset, ridge:
     """
     classes = train_set.classes()
     try:
-        mean, w = class_whitening(np.concatenate([train["rec_embeds"], train["img_embeds"]]),
-                                  np.concatenate([classes, classes]), ridge)
+        mean, w = class_whitening([train["rec_embeds"], train["img_embeds"]], [classes, classes], ridge)
     except ValueError as err:
         raise InputError(f"--G_whiten: {train_set.lmdb_path}: {err}") from None
     G.set_input_whitening(mean.to(G.in_mean.device), w.to(G.in_w.device))

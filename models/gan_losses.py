@@ -143,13 +143,19 @@ def class_whitening(embs, classes, ridge: float) -> tuple[torch.Tensor, torch.Te
     as :func:`whitening`'s. Why (``GAN_train.py --G_whiten``): in a briefly trained FoodSpace the
     directions that tell one dish from another hold a tiny share of the variance, too small for G to
     pick up in a few hundred steps; after this they are the large ones (Fisher's discriminant).
+
+    ``embs`` and ``classes`` may also be lists of such arrays, taken as their concatenation without
+    building it (Recipe1M's two train files, recipes and images, are 2.3 GB in float32).
     """
     if not ridge > 0:
         raise ValueError(f"whitening needs a ridge > 0, got {ridge}")
-    x = torch.as_tensor(embs)
-    y = torch.as_tensor(classes).long()
-    if x.dim() != 2 or y.shape != (x.shape[0],):
-        raise ValueError(f"expected (N, D) embeddings and (N,) classes, got {tuple(x.shape)} and {tuple(y.shape)}")
+    xs = [torch.as_tensor(e) for e in (embs if isinstance(embs, (list, tuple)) else [embs])]
+    ys = [torch.as_tensor(c).long() for c in (classes if isinstance(classes, (list, tuple)) else [classes])]
+    if len(xs) != len(ys) or any(x.dim() != 2 or x.shape[1] != xs[0].shape[1] or y.shape != (x.shape[0],)
+                                 for x, y in zip(xs, ys)):
+        raise ValueError(f"expected (N, D) embeddings and (N,) classes, got {[tuple(x.shape) for x in xs]} and "
+                         f"{[tuple(y.shape) for y in ys]}")
+    y = torch.cat(ys)
     keep = y > 0
     labels, inverse, counts = torch.unique(y[keep], return_inverse=True, return_counts=True)
     dof = int(keep.sum()) - len(labels)
@@ -157,21 +163,23 @@ def class_whitening(embs, classes, ridge: float) -> tuple[torch.Tensor, torch.Te
         raise ValueError(f"the within-class covariance needs two classes other than background and more "
                          f"labelled embeddings than classes; got {int(keep.sum())} in {len(labels)} classes")
     # float64 a chunk at a time, as whitening(): Recipe1M's two train files are 560k x 1024
-    index = torch.full((x.shape[0],), -1, dtype=torch.long)
+    index = torch.full((len(y),), -1, dtype=torch.long)
     index[keep] = inverse  # row -> its class's row in `means` (-1: background)
-    parts = list(zip(torch.split(x, 16384), torch.split(index, 16384)))
-    total = torch.zeros(x.shape[1], dtype=torch.float64)
-    means = torch.zeros(len(labels), x.shape[1], dtype=torch.float64)
+    parts = [part for x, i in zip(xs, torch.split(index, [len(x) for x in xs]))
+             for part in zip(torch.split(x, 16384), torch.split(i, 16384))]
+    dim = xs[0].shape[1]
+    total = torch.zeros(dim, dtype=torch.float64)
+    means = torch.zeros(len(labels), dim, dtype=torch.float64)
     for c, i in parts:  # pass 1: the overall and the class means
         c = c.double()
         total += c.sum(0)
         means.index_add_(0, i[i >= 0], c[i >= 0])
     means /= counts[:, None]
-    scatter = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+    scatter = torch.zeros(dim, dim, dtype=torch.float64)
     for c, i in parts:  # pass 2: residuals around the class means
         r = c[i >= 0].double() - means[i[i >= 0]]  # (n, D)
         scatter += r.T @ r
-    return (total / x.shape[0]).float(), _inverse_sqrt(scatter / dof, ridge)
+    return (total / len(y)).float(), _inverse_sqrt(scatter / dof, ridge)
 
 
 def whiten(embs: torch.Tensor, space: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

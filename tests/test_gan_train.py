@@ -966,6 +966,14 @@ def test_class_whitening_against_brute_force():
     expected = u @ np.diag(1 / np.sqrt(lam + 1e-12 * lam.max())) @ u.T
     assert np.allclose(w.numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     assert np.allclose(mean.numpy(), big.mean(0), atol=1e-5)
+    # a list of arrays is their concatenation (cut where no chunk boundary falls)
+    cuts = [0, 7000, 30000, 40000]
+    mean_l, w_l = class_whitening([big[a:b].astype(np.float32) for a, b in zip(cuts, cuts[1:])],
+                                  [big_classes[a:b] for a, b in zip(cuts, cuts[1:])], 1e-12)
+    assert np.allclose(w_l.numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    assert np.allclose(mean_l.numpy(), big.mean(0), atol=1e-5)
+    with pytest.raises(ValueError, match="expected"):
+        class_whitening([x, x], [classes], 1e-4)  # two arrays, one class vector
     with pytest.raises(ValueError, match="two classes"):
         class_whitening(x, np.where(classes > 1, 2, 0), 1e-4)  # one class besides background
     with pytest.raises(ValueError, match="ridge > 0"):
@@ -1003,8 +1011,11 @@ def test_g_whiten_run_stores_the_train_statistics_of_both_modalities_and_gan_tes
     emb = load_partition_embeddings(files.embeddings["train"], indexed_set["data"], "train")
     classes = GANDataset(indexed_set["data"], indexed_set["img"], "train", emb, train=True).classes()
     assert (classes > 0).any() and len(set(classes.tolist())) > 2
-    both = np.concatenate([emb["rec_embeds"], emb["img_embeds"]])  # G draws from either modality
-    mean, w = class_whitening(both, np.concatenate([classes, classes]), 1e-3)
+    # G draws from either modality: the statistics of both, given as a list (not concatenated)
+    mean, w = class_whitening([emb["rec_embeds"], emb["img_embeds"]], [classes, classes], 1e-3)
+    both = np.concatenate([emb["rec_embeds"], emb["img_embeds"]])
+    mean_cat, w_cat = class_whitening(both, np.concatenate([classes, classes]), 1e-3)
+    assert torch.allclose(mean, mean_cat, atol=1e-6) and torch.allclose(w, w_cat, rtol=1e-4, atol=1e-4 * w.abs().max())
     assert torch.equal(ckpt["model"]["in_mean"], mean) and torch.equal(ckpt["model"]["in_w"], w)
     out = tmp_path / "m.json"
     GAN_test.main(["--trained_G_model_path", str(run / "G_last.pth.tar"), "--no_cuda", "--workers", "0",
