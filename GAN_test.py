@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import textwrap
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -78,11 +77,8 @@ from utils.runs import (
     shown,
     vectors_command,
 )
-from utils.vis import figure_font, tile_row
+from utils.vis import recipes_figure, synthesis_figure
 
-TILE = 128  # side of an image in the figures (G's output size)
-GAP = 4  # between the figures' cells and rows
-HEADER_H = 20  # height of the figures' row of column names
 USAGE = "%(prog)s --trained_G_model_path G.pth.tar [--encoder_dir RUN] [--recipe JSON] [options]"
 
 
@@ -208,41 +204,6 @@ def paired_scores(queries: torch.Tensor, candidates: torch.Tensor, medr, seed: i
     return fwd, bwd
 
 
-# --------------------------------------------------------------------------- figure
-
-
-def _label(text: str, width: int, height: int, lines: int = 6) -> Image.Image:
-    """``text`` wrapped in a white ``width`` x ``height`` cell, at most ``lines`` lines."""
-    cell = Image.new("RGB", (width, height), (255, 255, 255))
-    draw, font = ImageDraw.Draw(cell), figure_font()
-    for k, line in enumerate(textwrap.wrap(text, max(8, width // 7))[:lines]):
-        draw.text((4, 4 + 13 * k), line, fill=(0, 0, 0), font=font)
-    return cell
-
-
-def _sheet(header: list[tuple[str, int]], rows: list[list[Image.Image]], width: int) -> Image.Image:
-    """A grey sheet ``width`` wide: a row of column names (``(name, width)``), then the rows of cells.
-
-    A row is a text cell and ``TILE`` x ``TILE`` images, ``GAP`` apart (utils/vis.py's
-    :func:`tile_row`), so its cells fall under the columns the header names; rows start
-    ``HEADER_H`` down, one ``TILE + GAP`` apart.
-    """
-    sheet = Image.new("RGB", (width, HEADER_H + len(rows) * (TILE + GAP)), (235, 235, 235))
-    sheet.paste(tile_row([_label(name, w, HEADER_H - 2, 1) for name, w in header], gap=GAP), (0, 0))
-    for r, cells in enumerate(rows):
-        sheet.paste(tile_row(cells, gap=GAP), (0, HEADER_H + r * (TILE + GAP)))
-    return sheet
-
-
-def synthesis_figure(rows: list[tuple[str, Image.Image, list[Image.Image], list[Image.Image]]], k: int) -> Image.Image:
-    """Header, then per recipe: title, real image, k images from the recipe, k from the image embedding."""
-    text_w = 150
-    header = [("recipe", text_w), ("real", TILE)] + [(f"from recipe {j + 1}", TILE) for j in range(k)]
-    header += [(f"from image {j + 1}", TILE) for j in range(k)]
-    cells = [[_label(title, text_w, TILE, 9), real, *from_rec, *from_img] for title, real, from_rec, from_img in rows]
-    return _sheet(header, cells, text_w + (1 + 2 * k) * (TILE + GAP))
-
-
 # --------------------------------------------------------------------------- --recipe
 
 
@@ -257,26 +218,6 @@ def folder_names(ids: list[str]) -> list[str]:
             name = f"{base}_{n}"
         names.append(name)
     return names
-
-
-def _scored(photo: Image.Image, score: float) -> Image.Image:
-    """``photo`` as a ``TILE`` tile with its cosine in the lower left corner."""
-    tile = photo.resize((TILE, TILE))
-    draw = ImageDraw.Draw(tile)
-    draw.rectangle([0, TILE - 15, 50, TILE - 1], fill=(0, 0, 0))
-    draw.text((3, TILE - 13), f"{score:.3f}", fill=(255, 255, 255))
-    return tile
-
-
-def recipes_figure(rows: list[tuple[str, list[Image.Image], list[tuple[Image.Image, float]]]], n: int,
-                   k: int) -> Image.Image:
-    """Header, then per recipe: its text, ``n`` generated images, ``k`` nearest real photos with their cosine."""
-    text_w = 200
-    header = [("recipe", text_w)] + [(f"generated {j + 1}", TILE) for j in range(n)]
-    header += [(f"nearest photo {j + 1}", TILE) for j in range(k)]
-    cells = [[_label(text, text_w, TILE, 9), *generated, *(_scored(photo, score) for photo, score in nearest)]
-             for text, generated, nearest in rows]
-    return _sheet(header, cells, sum(w + GAP for _, w in header))
 
 
 def recipe_images(args, ckpt: dict, g_path: Path, encoder_dir: Path, lang: str) -> dict:

@@ -208,3 +208,32 @@ def test_a_write_killed_midway_leaves_a_temp_file_the_next_write_removes(tmp_pat
         handle.write(b"whole")
     assert target.read_bytes() == b"whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, other.name])
+
+
+def test_synthesis_and_recipes_sheets_put_each_image_under_its_column():
+    from PIL import Image
+
+    from utils.vis import GAP, HEADER_H, SHEET_TILE, recipes_figure, synthesis_figure
+
+    def solid(v: int) -> Image.Image:
+        return Image.new("RGB", (SHEET_TILE, SHEET_TILE), (v, 255 - v, 7))
+
+    rows = [(f"recipe {r}", solid(10 * r), [solid(10 * r + 1), solid(10 * r + 2)], [solid(10 * r + 3), solid(10 * r + 4)])
+            for r in range(3)]
+    sheet = synthesis_figure(rows, 2)
+    text_w = 150  # the title column
+    assert sheet.size == (text_w + 5 * (SHEET_TILE + GAP), HEADER_H + 3 * (SHEET_TILE + GAP))
+    for r in range(3):
+        for c in range(5):  # real, 2 from the recipe, 2 from the image
+            x = text_w + GAP + c * (SHEET_TILE + GAP) + SHEET_TILE // 2
+            y = HEADER_H + r * (SHEET_TILE + GAP) + SHEET_TILE // 2
+            assert sheet.getpixel((x, y)) == (10 * r + c, 255 - 10 * r - c, 7)
+    # --recipe: generated images, then the nearest photos, each marked with its cosine in a corner
+    sheet = recipes_figure([("text", [solid(1), solid(2)], [(solid(3), 0.5)])], 2, 1)
+    text_w = 200
+    assert sheet.size == (text_w + 3 * (SHEET_TILE + GAP) + GAP, HEADER_H + SHEET_TILE + GAP)
+    centres = [sheet.getpixel((text_w + GAP + c * (SHEET_TILE + GAP) + SHEET_TILE // 2, HEADER_H + SHEET_TILE // 2))
+               for c in range(3)]
+    assert centres == [(1, 254, 7), (2, 253, 7), (3, 252, 7)]
+    corner = sheet.getpixel((text_w + GAP + 2 * (SHEET_TILE + GAP) + 2, HEADER_H + SHEET_TILE - 2))
+    assert corner == (0, 0, 0)  # the score's black box

@@ -1,4 +1,5 @@
-"""Retrieval figures like the paper's: queries followed by their top-3 matches (PNG, drawn with PIL).
+"""Figures drawn with PIL: retrieval figures like the paper's (queries followed by their top-3
+matches) and GAN_test.py's sheets of generated images (``synthesis_figure``, ``recipes_figure``).
 
 Pure drawing: the caller says what a recipe looks like (:class:`RecipeView`: title, ingredient
 line, image path or picture), e.g. decoded from the LMDB by test.py; nearest neighbours come from
@@ -24,6 +25,9 @@ from utils.metrics import topk_chunked
 TILE = 160  # image side in the figure
 TEXT_W = 220  # width of a recipe's text block
 FONT_SIZE = 11  # pixels; a line of text_block is 13-14 px high
+GAP = 4  # between the cells and rows of GAN_test.py's sheets
+HEADER_H = 20  # height of their row of column names
+SHEET_TILE = 128  # image side in GAN_test.py's sheets (G's output size)
 FONT_PACKAGE, FONT_FILE = "matplotlib", "mpl-data/fonts/ttf/DejaVuSans.ttf"  # Latin, Greek and Cyrillic
 
 
@@ -152,3 +156,58 @@ def retrieval_figures(emb: dict, recipe: Callable[[str], RecipeView], out_dir, p
             stack_rows(rows).save(handle, format="PNG")
         written.append(path)
     return written
+
+
+# --------------------------------------------------------------------------- GAN_test.py's sheets
+
+
+def _label(text: str, width: int, height: int, lines: int = 6) -> Image.Image:
+    """``text`` wrapped in a white ``width`` x ``height`` cell, at most ``lines`` lines."""
+    cell = Image.new("RGB", (width, height), (255, 255, 255))
+    draw, font = ImageDraw.Draw(cell), figure_font()
+    for k, line in enumerate(textwrap.wrap(text, max(8, width // 7))[:lines]):
+        draw.text((4, 4 + 13 * k), line, fill=(0, 0, 0), font=font)
+    return cell
+
+
+def _sheet(header: list[tuple[str, int]], rows: list[list[Image.Image]], width: int) -> Image.Image:
+    """A grey sheet ``width`` wide: a row of column names (``(name, width)``), then the rows of cells.
+
+    A row is a text cell and ``SHEET_TILE`` x ``SHEET_TILE`` images, ``GAP`` apart
+    (:func:`tile_row`), so its cells fall under the columns the header names; rows start
+    ``HEADER_H`` down, one ``SHEET_TILE + GAP`` apart.
+    """
+    sheet = Image.new("RGB", (width, HEADER_H + len(rows) * (SHEET_TILE + GAP)), (235, 235, 235))
+    sheet.paste(tile_row([_label(name, w, HEADER_H - 2, 1) for name, w in header], gap=GAP), (0, 0))
+    for r, cells in enumerate(rows):
+        sheet.paste(tile_row(cells, gap=GAP), (0, HEADER_H + r * (SHEET_TILE + GAP)))
+    return sheet
+
+
+def synthesis_figure(rows: list[tuple[str, Image.Image, list[Image.Image], list[Image.Image]]], k: int) -> Image.Image:
+    """Header, then per recipe: title, real image, k images from the recipe, k from the image embedding."""
+    text_w = 150
+    header = [("recipe", text_w), ("real", SHEET_TILE)] + [(f"from recipe {j + 1}", SHEET_TILE) for j in range(k)]
+    header += [(f"from image {j + 1}", SHEET_TILE) for j in range(k)]
+    cells = [[_label(title, text_w, SHEET_TILE, 9), real, *from_rec, *from_img] for title, real, from_rec, from_img in rows]
+    return _sheet(header, cells, text_w + (1 + 2 * k) * (SHEET_TILE + GAP))
+
+
+def _scored(photo: Image.Image, score: float) -> Image.Image:
+    """``photo`` as a ``SHEET_TILE`` tile with its cosine in the lower left corner."""
+    tile = photo.resize((SHEET_TILE, SHEET_TILE))
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle([0, SHEET_TILE - 15, 50, SHEET_TILE - 1], fill=(0, 0, 0))
+    draw.text((3, SHEET_TILE - 13), f"{score:.3f}", fill=(255, 255, 255))
+    return tile
+
+
+def recipes_figure(rows: list[tuple[str, list[Image.Image], list[tuple[Image.Image, float]]]], n: int,
+                   k: int) -> Image.Image:
+    """Header, then per recipe: its text, ``n`` generated images, ``k`` nearest real photos with their cosine."""
+    text_w = 200
+    header = [("recipe", text_w)] + [(f"generated {j + 1}", SHEET_TILE) for j in range(n)]
+    header += [(f"nearest photo {j + 1}", SHEET_TILE) for j in range(k)]
+    cells = [[_label(text, text_w, SHEET_TILE, 9), *generated, *(_scored(photo, score) for photo, score in nearest)]
+             for text, generated, nearest in rows]
+    return _sheet(header, cells, sum(w + GAP for _, w in header))
