@@ -251,7 +251,7 @@ def init_weights(module: torch.nn.Module, path: str, what: str) -> None:
         raise CheckpointError(f"--resume_{what}: {err}") from None
     state = state.get("model", state)
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    if getattr(getattr(module, "cfg", None), "input_whiten", 0) > 0:
+    if what == "G" and module.cfg.input_whiten > 0:
         # --G_whiten from a G without it (the reference's): its whitening is set from this run's data next
         state = {**{k: v for k, v in module.state_dict().items() if k in ("in_mean", "in_w")}, **state}
     try:
