@@ -407,7 +407,7 @@ def setup(args, given: set[str], ckpt_G: dict | None, ckpt_D: dict | None) -> GA
                          num_classes=cfg.num_classes, image_backend=args.image_backend)  # the grid's images
     G, D = build_networks(args, cfg, device, ckpt_G)
     if cfg.input_whiten > 0 and not ckpt_G:  # a resumed G carries its own (in its state dict)
-        set_input_whitening(G, embs["train"], train_set, cfg.input_whiten)
+        set_input_whitening(G, embs["train"], train_set)
     # Every input was checked above: only now does the run folder exist (a failed start leaves nothing).
     run_dir = tr.shared_run_dir(dist_info, args.resume, lambda: new_gan_run_dir(args.encoder_dir))
     log = TextLog(run_dir / "train.txt" if dist_info.is_main else None)
@@ -449,7 +449,7 @@ def setup(args, given: set[str], ckpt_G: dict | None, ckpt_D: dict | None) -> GA
         cycle_space=cycle_space)
 
 
-def set_input_whitening(G: Generator, train: dict, train_set: GANDataset, ridge: float) -> None:
+def set_input_whitening(G: Generator, train: dict, train_set: GANDataset) -> None:
     """--G_whiten: G's input whitening from the train recipe and image embeddings and their LMDB classes.
 
     Both modalities, because G draws from either (GAN_test.py's "from image"): a direction in which a
@@ -457,7 +457,7 @@ def set_input_whitening(G: Generator, train: dict, train_set: GANDataset, ridge:
     """
     classes = train_set.classes()
     try:
-        mean, w = class_whitening([train["rec_embeds"], train["img_embeds"]], [classes, classes], ridge)
+        mean, w = class_whitening([train["rec_embeds"], train["img_embeds"]], [classes, classes], G.cfg.input_whiten)
     except ValueError as err:
         raise InputError(f"--G_whiten: {train_set.lmdb_path}: {err}") from None
     G.set_input_whitening(mean.to(G.in_mean.device), w.to(G.in_w.device))

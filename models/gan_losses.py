@@ -105,6 +105,9 @@ def cycle_cos_loss(gen_emb: torch.Tensor, target_emb: torch.Tensor) -> torch.Ten
     return (1.0 - cos).mean()
 
 
+CHUNK_ROWS = 16384  # rows converted to float64 at a time by whitening() and class_whitening()
+
+
 def whitening(embs, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(mean (D,), W (D, D))`` whitening FoodSpace embeddings ``embs`` (N, D): ``(x - mean) @ W``.
 
@@ -121,7 +124,7 @@ def whitening(embs, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.as_tensor(embs)
     if x.dim() != 2 or x.shape[0] < 2:
         raise ValueError(f"expected (N >= 2, D) embeddings, got {tuple(x.shape)}")
-    chunks = torch.split(x, 16384)  # float64 a chunk at a time: Recipe1M's train split is 280k x 1024
+    chunks = torch.split(x, CHUNK_ROWS)  # float64 a chunk at a time: Recipe1M's train split is 280k x 1024
     mean = sum(c.double().sum(0) for c in chunks) / x.shape[0]
     centred = (c.double() - mean for c in chunks)  # each chunk converted and centred once
     cov = sum(d.T @ d for d in centred) / (x.shape[0] - 1)  # (D, D)
@@ -166,7 +169,7 @@ def class_whitening(embs, classes, ridge: float) -> tuple[torch.Tensor, torch.Te
     index = torch.full((len(y),), -1, dtype=torch.long)
     index[keep] = inverse  # row -> its class's row in `means` (-1: background)
     parts = [part for x, i in zip(xs, torch.split(index, [len(x) for x in xs]))
-             for part in zip(torch.split(x, 16384), torch.split(i, 16384))]
+             for part in zip(torch.split(x, CHUNK_ROWS), torch.split(i, CHUNK_ROWS))]
     dim = xs[0].shape[1]
     total = torch.zeros(dim, dtype=torch.float64)
     means = torch.zeros(len(labels), dim, dtype=torch.float64)

@@ -942,7 +942,7 @@ def test_cycle_flags_are_checked_before_any_work():
 
 
 def test_class_whitening_against_brute_force():
-    from models.gan_losses import class_whitening
+    from models.gan_losses import CHUNK_ROWS, class_whitening
 
     rng = np.random.default_rng(1)
     classes = rng.integers(0, 4, size=300)  # 0: background, left out of the covariance
@@ -958,7 +958,8 @@ def test_class_whitening_against_brute_force():
     assert np.allclose(mean.numpy(), x.mean(0), atol=1e-6)
     wd = w.double().numpy()
     assert np.allclose(wd.T @ sw @ wd, np.eye(5), atol=1e-3)  # within-class spread: 1 in every direction
-    big_classes = rng.integers(0, 4, size=40000)  # more rows than one float64 chunk (16384)
+    assert 40000 > 2 * CHUNK_ROWS  # more rows than two float64 chunks
+    big_classes = rng.integers(0, 4, size=40000)
     big = centres[big_classes] + rng.normal(size=(40000, 5)) * np.array([3.0, 0.05, 0.02, 1.0, 0.01])
     r = np.concatenate([big[big_classes == k] - big[big_classes == k].mean(0) for k in (1, 2, 3)])
     lam, u = np.linalg.eigh(r.T @ r / ((big_classes > 0).sum() - 3))
