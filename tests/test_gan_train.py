@@ -967,7 +967,7 @@ def test_class_whitening_against_brute_force():
     expected = u @ np.diag(1 / np.sqrt(lam + 1e-12 * lam.max())) @ u.T
     assert np.allclose(w.numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     assert np.allclose(mean.numpy(), big.mean(0), atol=1e-5)
-    # a list of arrays is their concatenation (cut where no chunk boundary falls)
+    # a list of arrays is their concatenation (cut off the chunk boundaries)
     cuts = [0, 7000, 30000, 40000]
     mean_l, w_l = class_whitening([big[a:b].astype(np.float32) for a, b in zip(cuts, cuts[1:])],
                                   [big_classes[a:b] for a, b in zip(cuts, cuts[1:])], 1e-12)
