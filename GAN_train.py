@@ -31,6 +31,7 @@ from models.gan_losses import (
     class_weights,
     class_whitening,
     encode_generated,
+    whitened_class_means,
     whitening,
 )
 from models.gan_sampling import generate, noise_mode_help, parse_noise_mode
@@ -73,6 +74,7 @@ from utils.runs import (
 TRACE_HEADER = ["epoch", "lr", "medR", "R@1", "R@5", "R@10"]
 JUDGE_HEADER = ["judge_medR", "judge_R@1", "judge_R@5", "judge_R@10"]  # trace.csv's extra columns with --judge_dir
 USAGE = "%(prog)s (--encoder_dir RUN | --resume GAN_RUN) [options]"
+INPUT_BUFFERS = ("in_mean", "in_w", "cls_means", "cls_mask", "cls_codes")  # G's, set from the run's data
 # The flags a resumed run takes from the command line; every other flag keeps the run's stored value
 # (docs/run_folders.md#resuming-a-run, whose table tests/test_training_scaffold.py checks against this).
 RUNTIME_FLAGS = frozenset({
@@ -252,8 +254,8 @@ def init_weights(module: torch.nn.Module, path: str, what: str) -> None:
     state = state.get("model", state)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if what == "G" and module.cfg.input_whiten > 0:
-        # --G_whiten from a G without it (the reference's): its whitening is set from this run's data next
-        state = {**{k: v for k, v in module.state_dict().items() if k in ("in_mean", "in_w")}, **state}
+        # --G_whiten (--G_class_posterior) from a G without it (the reference's): set from this run's data next
+        state = {**{k: v for k, v in module.state_dict().items() if k in INPUT_BUFFERS}, **state}
     try:
         module.load_state_dict(state)
     except RuntimeError as err:
@@ -450,17 +452,23 @@ def setup(args, given: set[str], ckpt_G: dict | None, ckpt_D: dict | None) -> GA
 
 
 def set_input_whitening(G: Generator, train: dict, train_set: GANDataset) -> None:
-    """--G_whiten: G's input whitening from the train recipe and image embeddings and their LMDB classes.
+    """--G_whiten: G's input whitening from the train recipe and image embeddings and their LMDB classes
+    (and with --G_class_posterior the whitened class means).
 
     Both modalities, because G draws from either (GAN_test.py's "from image"): a direction in which a
     recipe and its photos differ counts as within-class spread, so it is not blown up.
     """
     classes = train_set.classes()
+    embs = [train["rec_embeds"], train["img_embeds"]]
     try:
-        mean, w = class_whitening([train["rec_embeds"], train["img_embeds"]], [classes, classes], G.cfg.input_whiten)
+        mean, w = class_whitening(embs, [classes, classes], G.cfg.input_whiten)
+        if G.cfg.class_posterior:  # --G_class_posterior: each class's mean recipe and image, whitened
+            means, mask = whitened_class_means(embs, [classes, classes], mean, w, G.cfg.num_classes)
     except ValueError as err:
         raise InputError(f"--G_whiten: {train_set.lmdb_path}: {err}") from None
     G.set_input_whitening(mean.to(G.in_mean.device), w.to(G.in_w.device))
+    if G.cfg.class_posterior:
+        G.set_class_means(means.to(G.cls_means.device), mask.to(G.cls_mask.device))
 
 
 def check_cycle_flags(args) -> None:

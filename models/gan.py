@@ -65,6 +65,7 @@ from utils.checkpoint import PlainConfig
 from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 OUTPUT_SPACES = ("imagenet", "pixel")
+CLASS_CODE_SEED = 7  # seeds the fixed code of each class (--G_class_posterior); saved in G anyway
 
 
 @dataclass
@@ -74,7 +75,8 @@ class GANConfig(PlainConfig):
     Field <- command-line flag (:func:`add_gan_arch_args`): ``z_dim`` <- ``--Z_DIM``, ``gf_dim`` <-
     ``--GF_DIM``, ``df_dim`` <- ``--DF_DIM``, ``ef_dim`` <- ``--EMBEDDING_DIM``, ``r_num`` <-
     ``--R_NUM``, ``emb_dim`` <- ``--embDim``, ``num_classes`` <- ``--numClasses``, ``output_space``
-    <- ``--G_output_space``, ``emb_scale`` <- ``--G_emb_scale``, ``input_whiten`` <- ``--G_whiten``.
+    <- ``--G_output_space``, ``emb_scale`` <- ``--G_emb_scale``, ``input_whiten`` <- ``--G_whiten``,
+    ``class_posterior`` <- ``--G_class_posterior``, ``class_residual`` <- ``--G_class_residual``.
     """
 
     z_dim: int = 100
@@ -87,6 +89,8 @@ class GANConfig(PlainConfig):
     output_space: str = "imagenet"
     emb_scale: float = 1.0
     input_whiten: float = 0.0  # ridge of G's input whitening (0: none, the reference)
+    class_posterior: bool = False  # G reads the class posterior of its whitened input (needs input_whiten)
+    class_residual: float = 0.0  # ... plus this times the whitened input itself
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -100,8 +104,20 @@ class GANConfig(PlainConfig):
             elif field.name == "input_whiten":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                     raise ValueError(f"GANConfig.input_whiten (--G_whiten) must be a number >= 0, got {value!r}")
+            elif field.name == "class_posterior":
+                if not isinstance(value, bool):
+                    raise ValueError(f"GANConfig.class_posterior must be True or False, got {value!r}")
+            elif field.name == "class_residual":
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                    raise ValueError(f"GANConfig.class_residual (--G_class_residual) must be a number >= 0, got {value!r}")
             elif not isinstance(value, int) or isinstance(value, bool) or value < (0 if field.name == "r_num" else 1):
                 raise ValueError(f"GANConfig.{field.name} must be a positive integer, got {value!r}")
+        if self.class_posterior and not self.input_whiten > 0:
+            raise ValueError("--G_class_posterior reads the class means in G's whitened input space: give --G_whiten "
+                             "too (e.g. --G_whiten 1e-4)")
+        if self.class_residual and not self.class_posterior:
+            raise ValueError("--G_class_residual weighs the whitened input beside the class posterior: give "
+                             "--G_class_posterior too")
         if self.gf_dim % 2:
             raise ValueError(f"GANConfig.gf_dim (GF_DIM) must be even (stage 2 halves it), got {self.gf_dim}")
 
@@ -125,7 +141,8 @@ class GANConfig(PlainConfig):
         return cls(z_dim=args.Z_DIM, gf_dim=args.GF_DIM, df_dim=args.DF_DIM, ef_dim=args.EMBEDDING_DIM,
                    r_num=args.R_NUM, emb_dim=args.embDim, num_classes=args.numClasses,
                    output_space=args.G_output_space,
-                   emb_scale=emb_scale_value(args.G_emb_scale, args.embDim), input_whiten=args.G_whiten)
+                   emb_scale=emb_scale_value(args.G_emb_scale, args.embDim), input_whiten=args.G_whiten,
+                   class_posterior=args.G_class_posterior, class_residual=args.G_class_residual)
 
 
 def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -151,6 +168,12 @@ def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="G's input embeddings are whitened by the within-class covariance of the train recipe and "
                         "image embeddings (classes from the LMDB, background left out), this ridge x its "
                         "largest eigenvalue added; stored in G (0: off, the reference; docs/synthesis.md)")
+    g.add_argument("--G_class_posterior", action="store_true",
+                   help="G reads the posterior over the classes of its whitened input (Gaussian, one mean per "
+                        "class and modality from the train embeddings) as a fixed code per class; needs "
+                        "--G_whiten (off: the reference; docs/synthesis.md)")
+    g.add_argument("--G_class_residual", type=float, default=d.class_residual, metavar="W",
+                   help="with --G_class_posterior: add W x the whitened input to the class code (0: the code alone)")
     return parser
 
 
@@ -355,6 +378,12 @@ class Generator(nn.Module):
         if cfg.input_whiten > 0:  # (x - mean) @ W, set by set_input_whitening; saved with the weights
             self.register_buffer("in_mean", torch.zeros(cfg.emb_dim))
             self.register_buffer("in_w", torch.eye(cfg.emb_dim))
+        if cfg.class_posterior:  # rows c and C + c: class c's mean recipe and image; set by set_class_means
+            n = 2 * cfg.num_classes
+            self.register_buffer("cls_means", torch.zeros(n, cfg.emb_dim))
+            self.register_buffer("cls_mask", torch.zeros(n, dtype=torch.bool))  # which means are set
+            codes = torch.randn(cfg.num_classes, cfg.emb_dim, generator=torch.Generator().manual_seed(CLASS_CODE_SEED))
+            self.register_buffer("cls_codes", F.normalize(codes, dim=1))  # (C, D): a fixed unit vector per class
 
     def set_input_whitening(self, mean: torch.Tensor, w: torch.Tensor) -> None:
         """Set the input whitening ``(mean (embDim,), W (embDim, embDim))`` of a G built with ``input_whiten``."""
@@ -365,6 +394,30 @@ class Generator(nn.Module):
             raise ValueError(f"expected whitening of shapes ({d},), ({d}, {d}), got {tuple(mean.shape)}, {tuple(w.shape)}")
         self.in_mean.copy_(mean)
         self.in_w.copy_(w)
+
+    def set_class_means(self, means: torch.Tensor, mask: torch.Tensor) -> None:
+        """Set the whitened class means ``(2 numClasses, embDim)`` (recipes, then images) and which are known."""
+        if not self.cfg.class_posterior:
+            raise ValueError("this generator reads no class posterior (GANConfig.class_posterior is False)")
+        if tuple(means.shape) != tuple(self.cls_means.shape) or tuple(mask.shape) != tuple(self.cls_mask.shape):
+            raise ValueError(f"expected class means {tuple(self.cls_means.shape)} and mask {tuple(self.cls_mask.shape)}, "
+                             f"got {tuple(means.shape)} and {tuple(mask.shape)}")
+        if not mask.any():
+            raise ValueError("no class mean is known (the train set has no labelled embedding)")
+        self.cls_means.copy_(means)
+        self.cls_mask.copy_(mask)
+
+    def class_code(self, x: torch.Tensor) -> torch.Tensor:
+        """``--G_class_posterior``: whitened ``x (B, D)`` -> the posterior-weighted class codes (+ residual).
+
+        The within-class covariance is the identity after --G_whiten, so ``-|x - m|^2 / 2`` is the
+        log-likelihood under each class mean ``m`` (equal priors); a class's recipe and image means
+        are two components of one class, so G reads recipes and photos alike.
+        """
+        logits = -0.5 * torch.cdist(x.float(), self.cls_means) ** 2  # (B, 2C)
+        p = logits.masked_fill(~self.cls_mask, float("-inf")).softmax(dim=1)
+        p = p[:, :self.cfg.num_classes] + p[:, self.cfg.num_classes:]  # (B, C)
+        return (p @ self.cls_codes).to(x.dtype) + self.cfg.class_residual * x  # (B, D)
 
     def forward(self, emb: torch.Tensor, z: torch.Tensor, *, eps: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -388,6 +441,8 @@ class Generator(nn.Module):
         # the unit scale the CA layer's init assumes, which leaves mu ~0 beside eps ~1 (emb_scale).
         if self.cfg.input_whiten > 0:  # the directions that tell dishes apart made the large ones (--G_whiten)
             emb = (emb - self.in_mean.to(emb.dtype)) @ self.in_w.to(emb.dtype)  # (B, D)
+        if self.cfg.class_posterior:  # which dish, read once for G (--G_class_posterior)
+            emb = self.class_code(emb)  # (B, D)
         mu, logvar = self.ca_net(emb * self.cfg.emb_scale)  # (B, E) each; x 1.0 is exact
         c = conditioning_sample(mu, logvar, eps=eps, generator=generator)  # (B, E)
         h1 = self.h_net1(z.to(c.dtype), c)  # (B, gf, 64, 64)

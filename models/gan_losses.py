@@ -185,6 +185,30 @@ def class_whitening(embs, classes, ridge: float) -> tuple[torch.Tensor, torch.Te
     return (total / len(y)).float(), _inverse_sqrt(scatter / dof, ridge)
 
 
+def whitened_class_means(embs, classes, mean: torch.Tensor, w: torch.Tensor,
+                         num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means of ``(x - mean) @ w``, one block of ``num_classes`` rows per array of ``embs``.
+
+    ``embs``: a list of (N_i, D) arrays (e.g. recipes, then images) with their (N_i,) ``classes``.
+    Returns ``(means (len(embs) * num_classes, D), mask)``, the mask True where a class has an
+    embedding (background, class 0, is left out). A chunk at a time, as :func:`class_whitening`.
+    """
+    blocks, masks = [], []
+    for x, y in zip(embs, classes, strict=True):
+        x, y = torch.as_tensor(x), torch.as_tensor(y).long()
+        if y.shape != (x.shape[0],) or (y.numel() and (y.min() < 0 or y.max() >= num_classes)):
+            raise ValueError(f"expected (N,) classes in [0, {num_classes}) for (N, D) embeddings, got {tuple(y.shape)} "
+                             f"for {tuple(x.shape)}")
+        sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
+        for c, i in zip(torch.split(x, CHUNK_ROWS), torch.split(y, CHUNK_ROWS)):
+            sums.index_add_(0, i, (c.double() - mean.double()) @ w.double())
+        counts = torch.bincount(y, minlength=num_classes)
+        counts[0] = 0  # background: no class to draw
+        blocks.append((sums / counts.clamp(min=1)[:, None]).float())
+        masks.append(counts > 0)
+    return torch.cat(blocks), torch.cat(masks)
+
+
 def whiten(embs: torch.Tensor, space: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """``(embs - mean) @ W`` for ``space = (mean, W)`` of :func:`whitening`, on ``embs``'s device and dtype."""
     mean, w = space

@@ -1033,17 +1033,101 @@ def test_resume_g_loads_a_reference_state_dict_also_into_a_whitened_g(tmp_path):
     ref = Generator(cfg)
     path = tmp_path / "netG_reference.pth"  # the reference saves DataParallel's state dict
     save_checkpoint({f"module.{k}": v for k, v in ref.state_dict().items()}, path)
-    for whiten in (0.0, 1e-4):
-        G = Generator(GANConfig(**{**cfg.to_dict(), "input_whiten": whiten}))
+    for whiten, post in ((0.0, False), (1e-4, False), (1e-4, True)):
+        G = Generator(GANConfig(**{**cfg.to_dict(), "input_whiten": whiten, "class_posterior": post}))
         GAN_train.init_weights(G, str(path), "G")
         state = G.state_dict()
         assert all(torch.equal(state[k], v) for k, v in ref.state_dict().items())
-        assert set(state) - set(ref.state_dict()) == ({"in_mean", "in_w"} if whiten else set())
+        added = ({"in_mean", "in_w"} if whiten else set()) | ({"cls_means", "cls_mask", "cls_codes"} if post else set())
+        assert set(state) - set(ref.state_dict()) == added
     whitened = tmp_path / "G_whitened.pth"  # a whitened G into a plain one: refused, its input would differ
-    save_checkpoint({"model": G.state_dict()}, whitened)
+    save_checkpoint({"model": {k: v for k, v in G.state_dict().items() if not k.startswith("cls_")}}, whitened)
     with pytest.raises(InputError, match=r"^--resume_G .*G_whitened\.pth: architecture differs: [^\n]*in_mean[^\n]*$"):
         GAN_train.init_weights(Generator(cfg), str(whitened), "G")
 
+
+
+def test_class_posterior_feeds_g_the_posterior_weighted_class_codes():
+    cfg = GANConfig(z_dim=8, gf_dim=4, df_dim=4, ef_dim=6, r_num=1, emb_dim=16, num_classes=4, input_whiten=1e-4)
+    assert not any(k.startswith("cls_") for k in Generator(cfg).state_dict())  # off: no class code
+    torch.manual_seed(0)
+    white = Generator(cfg).eval()
+    post_cfg = GANConfig(**{**cfg.to_dict(), "class_posterior": True, "class_residual": 0.1})
+    post = Generator(post_cfg).eval()
+    post.load_state_dict({**white.state_dict(), **{k: v for k, v in post.state_dict().items() if k.startswith("cls_")}})
+    mean, w = torch.randn(16), torch.randn(16, 16) / 4
+    white.set_input_whitening(mean, w)
+    post.set_input_whitening(mean, w)
+    means = torch.randn(8, 16) * 3
+    mask = torch.tensor([False, True, True, False, False, True, True, True])  # class 3 has images only
+    post.set_class_means(means, mask)
+    emb, z, eps = torch.randn(5, 16), torch.randn(5, 8), torch.randn(5, 6)
+    x = (emb - mean) @ w  # brute force: a Gaussian per known mean, a class's two components summed
+    lik = torch.stack([torch.exp(-0.5 * ((x - m) ** 2).sum(1)) if k else torch.zeros(5)
+                       for m, k in zip(means.double(), mask)], 1)  # (5, 8)
+    p = lik / lik.sum(1, keepdim=True)
+    p = p[:, :4] + p[:, 4:]  # (5, 4)
+    expect = (p.float() @ post.cls_codes) + 0.1 * x
+    assert torch.allclose(post.class_code(x), expect, atol=1e-5)
+    assert torch.allclose(post.cls_codes.norm(dim=1), torch.ones(4))
+    with torch.no_grad():
+        assert torch.allclose(post(emb, z, eps=eps)[0], white(expect @ torch.linalg.inv(w) + mean, z, eps=eps)[0],
+                              atol=1e-4)
+    near = (means[5] @ torch.linalg.inv(w) + mean)[None]  # at class 1's image mean: its code alone, nearly
+    assert torch.allclose(post.class_code((near - mean) @ w) - 0.1 * means[5], post.cls_codes[1], atol=1e-3)
+    with pytest.raises(ValueError, match="no class mean"):
+        post.set_class_means(means, torch.zeros(8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="class posterior"):
+        white.set_class_means(means, mask)
+    with pytest.raises(ValueError, match="--G_whiten"):
+        GANConfig(class_posterior=True)
+    with pytest.raises(ValueError, match="--G_class_posterior"):
+        GANConfig(input_whiten=1e-4, class_residual=0.1)
+
+
+def test_whitened_class_means_against_brute_force():
+    from models.gan_losses import CHUNK_ROWS, whitened_class_means
+
+    rng = np.random.default_rng(0)
+    n = 2 * CHUNK_ROWS + 5  # past two chunks
+    rec, img = rng.normal(size=(n, 6)).astype(np.float32), rng.normal(size=(300, 6)).astype(np.float32)
+    y_rec, y_img = rng.integers(0, 4, n), rng.integers(0, 3, 300)  # no image of class 3
+    mean, w = torch.randn(6), torch.randn(6, 6)
+    means, mask = whitened_class_means([rec, img], [y_rec, y_img], mean, w, 5)
+    assert means.shape == (10, 6) and mask.tolist() == [False, True, True, True, False, False, True, True, False, False]
+    for block, (x, y) in enumerate(((rec, y_rec), (img, y_img))):
+        xw = (torch.from_numpy(x).double() - mean.double()) @ w.double()
+        for c in range(1, 5):
+            if (y == c).any():
+                assert torch.allclose(means[5 * block + c].double(), xw[torch.from_numpy(y == c)].mean(0), atol=1e-5)
+    with pytest.raises(ValueError, match="classes in"):
+        whitened_class_means([rec], [y_rec + 3], mean, w, 5)
+
+
+def test_class_posterior_run_stores_the_class_means_and_gan_test_uses_them(encoder_run, indexed_set, tmp_path):
+    from data.gan_dataset import GANDataset, load_partition_embeddings
+    from models.gan_losses import class_whitening, whitened_class_means
+    from utils.checkpoint import load_checkpoint
+    from utils.runs import find_encoder_files
+
+    run = GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "1", "--G_whiten", "1e-3",
+                          "--G_class_posterior", "--G_class_residual", "0.1"])
+    ckpt = load_checkpoint(run / "G_last.pth.tar")
+    assert ckpt["gan"]["class_posterior"] is True and ckpt["gan"]["class_residual"] == 0.1
+    files = find_encoder_files(encoder_run, "en")
+    emb = load_partition_embeddings(files.embeddings["train"], indexed_set["data"], "train")
+    classes = GANDataset(indexed_set["data"], indexed_set["img"], "train", emb, train=True).classes()
+    embs = [emb["rec_embeds"], emb["img_embeds"]]
+    mean, w = class_whitening(embs, [classes, classes], 1e-3)
+    means, mask = whitened_class_means(embs, [classes, classes], mean, w, ckpt["gan"]["num_classes"])
+    assert torch.equal(ckpt["model"]["cls_means"], means) and torch.equal(ckpt["model"]["cls_mask"], mask)
+    assert int(mask.sum()) == 2 * len(set(classes.tolist()) - {0})
+    out = tmp_path / "m.json"
+    GAN_test.main(["--trained_G_model_path", str(run / "G_last.pth.tar"), "--no_cuda", "--workers", "0",
+                   "--r1m_path", str(indexed_set["r1m"]), "--synthesis_n", "2", "--metrics_json", str(out)])
+    assert json.loads(out.read_text())["fake2rec"]  # G loaded with its class means (a strict state dict)
+    with pytest.raises(SystemExit):  # a class posterior needs the whitened space: refused before any work
+        GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "1", "--G_class_posterior"])
 
 def test_kl_weight_scales_only_the_kl_term():
     from contextlib import nullcontext
