@@ -47,11 +47,17 @@ MODEL_FLAGS = ["--image_backbone", "resnet18", "--image_pretrained", "none", "--
 # encoder it never saw recognises rather than what only its own encoder reads, and on the image
 # itself (--cycle_both); the cycle terms compare whitened embeddings (--cycle_whiten), because the
 # space is nearly collapsed and plain cosines barely tell one dish from another; D sees views of
-# both images (--D_aug all); and G's image, shrunk to 16 px, is pulled towards the recipe's photo
-# shrunk alike (--W_LAYOUT_LOSS 100): the ground and plate colours any encoder sees.
+# both images (--D_aug all); G's image, shrunk to 16 px, is pulled towards the recipe's photo
+# shrunk alike (--W_LAYOUT_LOSS 1000): the plate and ground any encoder sees; and G reads which dish
+# its input is, as one code per class weighted by the posterior in the whitened space, plus a tenth
+# of the whitened input for the recipe's own details (--G_class_posterior --G_class_residual 0.1,
+# unit codes scaled by --G_emb_scale 2*sqrt), because in a few hundred steps G cannot learn to read
+# the dish out of the embedding itself, and the dish sets the plate and the ground.
 GAN_FLAGS = ["--embDim", "128", "--Z_DIM", "32", "--GF_DIM", "16", "--DF_DIM", "16", "--EMBEDDING_DIM", "64",
-             "--R_NUM", "1", "--G_whiten", "1e-4", "--G_output_space", "pixel", "--cycle_aug", "all",
-             "--cycle_both", "--cycle_whiten", "1e-4", "--D_aug", "all", "--W_LAYOUT_LOSS", "100"]
+             "--R_NUM", "1", "--G_whiten", "1e-4", "--G_class_posterior", "--G_class_residual", "0.1",
+             "--G_emb_scale", "2*sqrt", "--G_output_space", "pixel", "--cycle_aug", "all",
+             "--cycle_both", "--cycle_whiten", "1e-4", "--D_aug", "all", "--W_LAYOUT_LOSS", "1000",
+             "--W_IMG_IMG_COS_LOSS", "64", "--W_IMG_REC_COS_LOSS", "64"]
 
 # Seconds each stage took at the defaults on the machine this demo was sized on (2 cores, fp32
 # matmul MEASURED_GFLOPS), used to estimate the total on another machine by its matmul speed.
