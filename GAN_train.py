@@ -19,6 +19,7 @@ from data.gan_dataset import GANDataset, GANSample, collate_gan, load_partition_
 from data.langs import parse_language
 from models.foodspace import ArchConfig, load_image_encoder
 from models.gan import (
+    INPUT_BUFFERS,
     Discriminator128,
     GANConfig,
     Generator,
@@ -74,7 +75,6 @@ from utils.runs import (
 TRACE_HEADER = ["epoch", "lr", "medR", "R@1", "R@5", "R@10"]
 JUDGE_HEADER = ["judge_medR", "judge_R@1", "judge_R@5", "judge_R@10"]  # trace.csv's extra columns with --judge_dir
 USAGE = "%(prog)s (--encoder_dir RUN | --resume GAN_RUN) [options]"
-INPUT_BUFFERS = ("in_mean", "in_w", "cls_means", "cls_mask", "cls_codes")  # G's, set from the run's data
 # The flags a resumed run takes from the command line; every other flag keeps the run's stored value
 # (docs/run_folders.md#resuming-a-run, whose table tests/test_training_scaffold.py checks against this).
 RUNTIME_FLAGS = frozenset({

@@ -66,6 +66,7 @@ from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 OUTPUT_SPACES = ("imagenet", "pixel")
 CLASS_CODE_SEED = 7  # seeds the fixed code of each class (--G_class_posterior); saved in G anyway
+INPUT_BUFFERS = ("in_mean", "in_w", "cls_means", "cls_mask", "cls_codes")  # G's, computed from a run's data
 
 
 @dataclass

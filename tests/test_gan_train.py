@@ -1046,7 +1046,6 @@ def test_resume_g_loads_a_reference_state_dict_also_into_a_whitened_g(tmp_path):
         GAN_train.init_weights(Generator(cfg), str(whitened), "G")
 
 
-
 def test_class_posterior_feeds_g_the_posterior_weighted_class_codes():
     cfg = GANConfig(z_dim=8, gf_dim=4, df_dim=4, ef_dim=6, r_num=1, emb_dim=16, num_classes=4, input_whiten=1e-4)
     assert not any(k.startswith("cls_") for k in Generator(cfg).state_dict())  # off: no class code
@@ -1126,8 +1125,11 @@ def test_class_posterior_run_stores_the_class_means_and_gan_test_uses_them(encod
     GAN_test.main(["--trained_G_model_path", str(run / "G_last.pth.tar"), "--no_cuda", "--workers", "0",
                    "--r1m_path", str(indexed_set["r1m"]), "--synthesis_n", "2", "--metrics_json", str(out)])
     assert json.loads(out.read_text())["fake2rec"]  # G loaded with its class means (a strict state dict)
+    runs = sorted(run.parent.iterdir())
     with pytest.raises(SystemExit):  # a class posterior needs the whitened space: refused before any work
         GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "1", "--G_class_posterior"])
+    assert sorted(run.parent.iterdir()) == runs  # no run folder made
+
 
 def test_kl_weight_scales_only_the_kl_term():
     from contextlib import nullcontext
