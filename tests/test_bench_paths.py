@@ -59,13 +59,16 @@ def test_train_step_with_foreach_adam_is_the_loop_bit_for_bit(weight_decay, w2v_
     torch.manual_seed(0)
     base = FoodSpaceNet(TINY_ARCH).to(memory_format=torch.channels_last)  # train.py's default layout
     runs = {}
-    for kind in ("script", "loop"):
+    # The first steps of the suite's first test once summed in another order (the loss at step 0, before
+    # any optimiser step, differed in its 6th digit in one CI run): a discarded warm-up run first, so
+    # that the two compared paths both run in the process's steady state.
+    for kind in ("warm-up", "script", "loop"):
         model = copy.deepcopy(base).train()
         opt = train.build_optimizer(model, lr=1e-3, weight_decay=weight_decay, w2v_train=w2v_train)
-        if kind == "script":
-            assert all(g["foreach"] for g in opt.param_groups)
-        else:
+        if kind == "loop":
             opt = loop_adam_like(opt)
+        else:
+            assert all(g["foreach"] for g in opt.param_groups)
         scaler = torch.amp.GradScaler("cpu", enabled=False)
         gen = torch.Generator().manual_seed(1)
         losses, step_grads = [], []
