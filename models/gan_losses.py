@@ -191,7 +191,8 @@ def whitened_class_means(embs, classes, mean: torch.Tensor, w: torch.Tensor,
 
     ``embs``: a list of (N_i, D) arrays (e.g. recipes, then images) with their (N_i,) ``classes``.
     Returns ``(means (len(embs) * num_classes, D), mask)``, the mask True where a class has an
-    embedding (background, class 0, is left out). A chunk at a time, as :func:`class_whitening`.
+    embedding (background, class 0, is left out). The map is affine, so the raw class means are
+    summed (float64, a chunk at a time, as :func:`class_whitening`) and only they are whitened.
     """
     blocks, masks = [], []
     for x, y in zip(embs, classes, strict=True):
@@ -201,11 +202,13 @@ def whitened_class_means(embs, classes, mean: torch.Tensor, w: torch.Tensor,
                              f"for {tuple(x.shape)}")
         sums = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
         for c, i in zip(torch.split(x, CHUNK_ROWS), torch.split(y, CHUNK_ROWS)):
-            sums.index_add_(0, i, (c.double() - mean.double()) @ w.double())
+            sums.index_add_(0, i, c.double())
         counts = torch.bincount(y, minlength=num_classes)
         counts[0] = 0  # background: no class to draw
-        blocks.append((sums / counts.clamp(min=1)[:, None]).float())
-        masks.append(counts > 0)
+        known = counts > 0
+        raw = sums / counts.clamp(min=1)[:, None]  # (C, D)
+        blocks.append(((raw - mean.double()) @ w.double()).masked_fill(~known[:, None], 0.0).float())  # unknown: 0
+        masks.append(known)
     return torch.cat(blocks), torch.cat(masks)
 
 
