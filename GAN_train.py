@@ -19,6 +19,7 @@ from data.gan_dataset import GANDataset, GANSample, collate_gan, load_partition_
 from data.langs import parse_language
 from models.foodspace import ArchConfig, load_image_encoder
 from models.gan import (
+    COARSE_PARAMS,
     INPUT_BUFFERS,
     Discriminator128,
     GANConfig,
@@ -253,9 +254,10 @@ def init_weights(module: torch.nn.Module, path: str, what: str) -> None:
         raise CheckpointError(f"--resume_{what}: {err}") from None
     state = state.get("model", state)
     state = {k.removeprefix("module."): v for k, v in state.items()}
-    if what == "G" and module.cfg.input_whiten > 0:
-        # --G_whiten (--G_class_posterior) from a G without it (the reference's): set from this run's data next
-        state = {**{k: v for k, v in module.state_dict().items() if k in INPUT_BUFFERS}, **state}
+    if what == "G":
+        # --G_whiten (--G_class_posterior) from a G without it (the reference's): set from this run's data next;
+        # --G_coarse_rgb from a G without it: its zeros, so G draws as the one loaded
+        state = {**{k: v for k, v in module.state_dict().items() if k in INPUT_BUFFERS + COARSE_PARAMS}, **state}
     try:
         module.load_state_dict(state)
     except RuntimeError as err:

@@ -5,7 +5,7 @@
     emb (B, embDim) -> CondAugment -> mu, logvar (B, ef); c = mu + exp(logvar / 2) * eps
     [c, z] -> InitStageG: fc + BN + GLU -> (16 gf, 4, 4) -> 4 x upBlock -> (gf, 64, 64)
     [c tiled, h] -> NextStageG: joint 3x3 block, R_NUM ResBlocks, upBlock -> (gf / 2, 128, 128)
-    -> 3x3 conv to RGB + tanh -> fake (B, 3, 128, 128)
+    -> 3x3 conv to RGB (+ --G_coarse_rgb's linear image of mu, upsampled) + tanh -> fake (B, 3, 128, 128)
 
     image (B, 3, 128, 128) -> 4 stride-2 convs -> down block -> 3x3 block -> code (8 df, 4, 4)
     [mu tiled, code] -> 3x3 block -> conv4x4/4 -> conditional real/fake logit (B,)
@@ -65,8 +65,13 @@ from utils.checkpoint import PlainConfig
 from utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 OUTPUT_SPACES = ("imagenet", "pixel")
+# --G_coarse_rgb's image is its weights' output x this (StyleGAN's equalised learning rate): Adam moves
+# each weight about lr per step whatever its scale, so the image moves this much faster than a plain
+# linear layer's (docs/synthesis.md: 1, 10, 30 measured; 10 adopted)
+COARSE_GAIN = 10.0
 CLASS_CODE_SEED = 7  # seeds the fixed code of each class (--G_class_posterior); saved in G anyway
 INPUT_BUFFERS = ("in_mean", "in_w", "cls_means", "cls_mask", "cls_codes")  # G's, computed from a run's data
+COARSE_PARAMS = ("coarse_w", "coarse_b")  # --G_coarse_rgb's weights; zeros: G as without them
 
 
 @dataclass
@@ -77,7 +82,8 @@ class GANConfig(PlainConfig):
     ``--GF_DIM``, ``df_dim`` <- ``--DF_DIM``, ``ef_dim`` <- ``--EMBEDDING_DIM``, ``r_num`` <-
     ``--R_NUM``, ``emb_dim`` <- ``--embDim``, ``num_classes`` <- ``--numClasses``, ``output_space``
     <- ``--G_output_space``, ``emb_scale`` <- ``--G_emb_scale``, ``input_whiten`` <- ``--G_whiten``,
-    ``class_posterior`` <- ``--G_class_posterior``, ``class_residual`` <- ``--G_class_residual``.
+    ``class_posterior`` <- ``--G_class_posterior``, ``class_residual`` <- ``--G_class_residual``,
+    ``coarse_rgb`` <- ``--G_coarse_rgb``.
     """
 
     z_dim: int = 100
@@ -92,6 +98,7 @@ class GANConfig(PlainConfig):
     input_whiten: float = 0.0  # ridge of G's input whitening (0: none, the reference)
     class_posterior: bool = False  # G reads the class posterior of its whitened input (needs input_whiten)
     class_residual: float = 0.0  # ... plus this times the whitened input itself
+    coarse_rgb: int = 0  # side of a linear mu -> RGB image added before G's tanh (0: none, the reference)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -111,7 +118,7 @@ class GANConfig(PlainConfig):
             elif field.name == "class_residual":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                     raise ValueError(f"GANConfig.class_residual (--G_class_residual) must be a number >= 0, got {value!r}")
-            elif not isinstance(value, int) or isinstance(value, bool) or value < (0 if field.name == "r_num" else 1):
+            elif not isinstance(value, int) or isinstance(value, bool) or value < (0 if field.name in ("r_num", "coarse_rgb") else 1):
                 raise ValueError(f"GANConfig.{field.name} must be a positive integer, got {value!r}")
         if self.class_posterior and not self.input_whiten > 0:
             raise ValueError("--G_class_posterior reads the class means in G's whitened input space: give --G_whiten "
@@ -143,7 +150,8 @@ class GANConfig(PlainConfig):
                    r_num=args.R_NUM, emb_dim=args.embDim, num_classes=args.numClasses,
                    output_space=args.G_output_space,
                    emb_scale=emb_scale_value(args.G_emb_scale, args.embDim), input_whiten=args.G_whiten,
-                   class_posterior=args.G_class_posterior, class_residual=args.G_class_residual)
+                   class_posterior=args.G_class_posterior, class_residual=args.G_class_residual,
+                   coarse_rgb=args.G_coarse_rgb)
 
 
 def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -175,6 +183,9 @@ def add_gan_arch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         "--G_whiten (off: the reference; docs/synthesis.md)")
     g.add_argument("--G_class_residual", type=float, default=d.class_residual, metavar="W",
                    help="with --G_class_posterior: add W x the whitened input to the class code (0: the code alone)")
+    g.add_argument("--G_coarse_rgb", type=int, default=d.coarse_rgb, metavar="SIDE",
+                   help="add a linear map of G's conditioning mean mu to a SIDE x SIDE RGB image, upsampled, to G's "
+                        "last layer before its tanh; starts at zero (0: none, the reference; docs/synthesis.md)")
     return parser
 
 
@@ -379,6 +390,10 @@ class Generator(nn.Module):
         if cfg.input_whiten > 0:  # (x - mean) @ W, set by set_input_whitening; saved with the weights
             self.register_buffer("in_mean", torch.zeros(cfg.emb_dim))
             self.register_buffer("in_w", torch.eye(cfg.emb_dim))
+        if cfg.coarse_rgb:  # zeros, and no draw from the global RNG: G starts as without it (--G_coarse_rgb)
+            n = 3 * cfg.coarse_rgb ** 2
+            self.coarse_w = nn.Parameter(torch.zeros(n, cfg.ef_dim))
+            self.coarse_b = nn.Parameter(torch.zeros(n))
         if cfg.class_posterior:  # rows c and C + c: class c's mean recipe and image; set by set_class_means
             n = 2 * cfg.num_classes
             self.register_buffer("cls_means", torch.zeros(n, cfg.emb_dim))
@@ -448,8 +463,21 @@ class Generator(nn.Module):
         c = conditioning_sample(mu, logvar, eps=eps, generator=generator)  # (B, E)
         h1 = self.h_net1(z.to(c.dtype), c)  # (B, gf, 64, 64)
         h2 = self.h_net2(h1, c)  # (B, gf/2, 128, 128)
-        fake = self.img_net2(h2)  # (B, 3, 128, 128)
-        return fake, mu, logvar
+        if not self.cfg.coarse_rgb:
+            return self.img_net2(h2), mu, logvar  # (B, 3, 128, 128)
+        pre = self.img_net2.img[0](h2) + self.coarse_image(mu, h2.shape[-1])  # (B, 3, 128, 128), before the tanh
+        return self.img_net2.img[1](pre), mu, logvar
+
+    def coarse_image(self, mu: torch.Tensor, size: int) -> torch.Tensor:
+        """``--G_coarse_rgb``: ``mu (B, E)`` -> a linear RGB image ``(B, 3, size, size)``, pre-tanh.
+
+        The dish's plate and ground from its conditioning mean in one linear step, which the layout
+        term (--W_LAYOUT_LOSS) reaches directly; from ``mu``, not the noisy ``c``, so every noise
+        draw of one recipe shares it and the noise varies only what the convolutions draw on top.
+        """
+        s = self.cfg.coarse_rgb
+        img = F.linear(mu, self.coarse_w.to(mu.dtype), self.coarse_b.to(mu.dtype)) * COARSE_GAIN  # (B, 3 s s)
+        return F.interpolate(img.view(-1, 3, s, s), size=size, mode="bilinear", align_corners=False)
 
     def to_imagenet(self, fake: torch.Tensor) -> torch.Tensor:
         """Map this G's output into ImageNet-normalised space (what D and the encoder take)."""

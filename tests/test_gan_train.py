@@ -1033,13 +1033,16 @@ def test_resume_g_loads_a_reference_state_dict_also_into_a_whitened_g(tmp_path):
     ref = Generator(cfg)
     path = tmp_path / "netG_reference.pth"  # the reference saves DataParallel's state dict
     save_checkpoint({f"module.{k}": v for k, v in ref.state_dict().items()}, path)
-    for whiten, post in ((0.0, False), (1e-4, False), (1e-4, True)):
-        G = Generator(GANConfig(**{**cfg.to_dict(), "input_whiten": whiten, "class_posterior": post}))
+    for whiten, post, coarse in ((0.0, False, 4), (0.0, False, 0), (1e-4, False, 0), (1e-4, True, 0)):
+        G = Generator(GANConfig(**{**cfg.to_dict(), "input_whiten": whiten, "class_posterior": post,
+                                   "coarse_rgb": coarse}))
         GAN_train.init_weights(G, str(path), "G")
         state = G.state_dict()
         assert all(torch.equal(state[k], v) for k, v in ref.state_dict().items())
         added = ({"in_mean", "in_w"} if whiten else set()) | ({"cls_means", "cls_mask", "cls_codes"} if post else set())
-        assert set(state) - set(ref.state_dict()) == added
+        assert set(state) - set(ref.state_dict()) == added | ({"coarse_w", "coarse_b"} if coarse else set())
+        if coarse:  # zeros: G draws as the reference G it was loaded from
+            assert not state["coarse_w"].any() and not state["coarse_b"].any()
     whitened = tmp_path / "G_whitened.pth"  # a whitened G into a plain one: refused, its input would differ
     save_checkpoint({"model": {k: v for k, v in G.state_dict().items() if not k.startswith("cls_")}}, whitened)
     with pytest.raises(InputError, match=r"^--resume_G .*G_whitened\.pth: architecture differs: [^\n]*in_mean[^\n]*$"):
@@ -1084,6 +1087,47 @@ def test_class_posterior_feeds_g_the_posterior_weighted_class_codes():
         GANConfig(input_whiten=1e-4, class_residual=0.1)
 
 
+def _bilinear_brute(img: np.ndarray, size: int) -> np.ndarray:
+    """Upsample ``(C, s, s)`` to ``(C, size, size)``, half-pixel centres, edges clamped (align_corners=False)."""
+    s = img.shape[-1]
+    src = np.clip((np.arange(size) + 0.5) * s / size - 0.5, 0, s - 1)
+    i0 = np.floor(src).astype(int)
+    i1, t = np.minimum(i0 + 1, s - 1), src - np.floor(src)
+    rows = img[:, i0, :] * (1 - t)[None, :, None] + img[:, i1, :] * t[None, :, None]  # (C, size, s)
+    return rows[:, :, i0] * (1 - t) + rows[:, :, i1] * t
+
+
+def test_coarse_rgb_adds_a_linear_image_of_mu_before_the_tanh():
+    from models.gan import COARSE_GAIN
+
+    cfg = GANConfig(z_dim=8, gf_dim=4, df_dim=4, ef_dim=6, r_num=1, emb_dim=16, num_classes=4)
+    torch.manual_seed(0)
+    plain = Generator(cfg)
+    torch.manual_seed(0)
+    coarse = Generator(GANConfig(**{**cfg.to_dict(), "coarse_rgb": 4}))
+    assert set(coarse.state_dict()) - set(plain.state_dict()) == {"coarse_w", "coarse_b"}
+    assert all(torch.equal(coarse.state_dict()[k], v) for k, v in plain.state_dict().items())  # no RNG draw
+    emb, z, eps = torch.randn(3, 16), torch.randn(3, 8), torch.randn(3, 6)
+    with torch.no_grad():
+        for mode in (True, False):  # at its zeros: G as without it, in train and eval mode
+            assert torch.equal(coarse.train(mode)(emb, z, eps=eps)[0], plain.train(mode)(emb, z, eps=eps)[0])
+        coarse.coarse_w.normal_()
+        coarse.coarse_b.normal_()
+        pre = {}
+        plain.img_net2.img[0].register_forward_hook(lambda m, i, o: pre.update(out=o))
+        _, mu, _ = plain(emb, z, eps=eps)
+        fake, mu2, _ = coarse(emb, z, eps=eps)
+    assert torch.equal(mu, mu2)
+    w, b = coarse.coarse_w.detach().double(), coarse.coarse_b.detach().double()
+    lin = COARSE_GAIN * (mu.double() @ w.T + b)  # from mu, not c
+    up = np.stack([_bilinear_brute(row.view(3, 4, 4).numpy(), 128) for row in lin])  # (3, 3, 128, 128)
+    expect = torch.tanh(pre["out"].double() + torch.from_numpy(up))
+    assert torch.allclose(fake.double(), expect, atol=1e-5)
+    assert (fake - plain(emb, z, eps=eps)[0]).abs().max() > 0.1
+    with pytest.raises(ValueError, match="coarse_rgb"):
+        GANConfig(coarse_rgb=-1)
+
+
 def test_whitened_class_means_against_brute_force():
     from models.gan_losses import CHUNK_ROWS, whitened_class_means
 
@@ -1110,9 +1154,11 @@ def test_class_posterior_run_stores_the_class_means_and_gan_test_uses_them(encod
     from utils.runs import find_encoder_files
 
     run = GAN_train.main([*GAN_TINY, "--encoder_dir", str(encoder_run), "--epochs", "1", "--G_whiten", "1e-3",
-                          "--G_class_posterior", "--G_class_residual", "0.1"])
+                          "--G_class_posterior", "--G_class_residual", "0.1", "--G_coarse_rgb", "4"])
     ckpt = load_checkpoint(run / "G_last.pth.tar")
     assert ckpt["gan"]["class_posterior"] is True and ckpt["gan"]["class_residual"] == 0.1
+    assert ckpt["gan"]["coarse_rgb"] == 4 and ckpt["model"]["coarse_w"].shape == (3 * 4 * 4, 8)  # (3 side^2, EMBEDDING_DIM)
+    assert ckpt["model"]["coarse_w"].any()  # trained away from its zeros
     files = find_encoder_files(encoder_run, "en")
     emb = load_partition_embeddings(files.embeddings["train"], indexed_set["data"], "train")
     classes = GANDataset(indexed_set["data"], indexed_set["img"], "train", emb, train=True).classes()
