@@ -72,6 +72,9 @@ COARSE_GAIN = 10.0
 CLASS_CODE_SEED = 7  # seeds the fixed code of each class (--G_class_posterior); saved in G anyway
 INPUT_BUFFERS = ("in_mean", "in_w", "cls_means", "cls_mask", "cls_codes")  # G's, computed from a run's data
 COARSE_PARAMS = ("coarse_w", "coarse_b")  # --G_coarse_rgb's weights; zeros: G as without them
+INT_FIELD_MIN = {"r_num": 0, "coarse_rgb": 0}  # GANConfig's integers that may be 0; the others start at 1
+INT_FIELD_FLAGS = {"z_dim": "--Z_DIM", "gf_dim": "--GF_DIM", "df_dim": "--DF_DIM", "ef_dim": "--EMBEDDING_DIM",
+                   "r_num": "--R_NUM", "emb_dim": "--embDim", "num_classes": "--numClasses", "coarse_rgb": "--G_coarse_rgb"}
 
 
 @dataclass
@@ -118,8 +121,9 @@ class GANConfig(PlainConfig):
             elif field.name == "class_residual":
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                     raise ValueError(f"GANConfig.class_residual (--G_class_residual) must be a number >= 0, got {value!r}")
-            elif not isinstance(value, int) or isinstance(value, bool) or value < (0 if field.name in ("r_num", "coarse_rgb") else 1):
-                raise ValueError(f"GANConfig.{field.name} must be a positive integer, got {value!r}")
+            elif not isinstance(value, int) or isinstance(value, bool) or value < (low := INT_FIELD_MIN.get(field.name, 1)):
+                raise ValueError(f"GANConfig.{field.name} ({INT_FIELD_FLAGS[field.name]}) must be an integer >= {low}, "
+                                 f"got {value!r}")
         if self.class_posterior and not self.input_whiten > 0:
             raise ValueError("--G_class_posterior reads the class means in G's whitened input space: give --G_whiten "
                              "too (e.g. --G_whiten 1e-4)")

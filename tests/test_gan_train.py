@@ -1124,7 +1124,7 @@ def test_coarse_rgb_adds_a_linear_image_of_mu_before_the_tanh():
     expect = torch.tanh(pre["out"].double() + torch.from_numpy(up))
     assert torch.allclose(fake.double(), expect, atol=1e-5)
     assert (fake - plain(emb, z, eps=eps)[0]).abs().max() > 0.1
-    with pytest.raises(ValueError, match="coarse_rgb"):
+    with pytest.raises(ValueError, match=r"coarse_rgb \(--G_coarse_rgb\) must be an integer >= 0, got -1"):
         GANConfig(coarse_rgb=-1)
 
 
