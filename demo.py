@@ -54,7 +54,8 @@ MODEL_FLAGS = ["--image_backbone", "resnet18", "--image_pretrained", "none", "--
 # unit codes scaled by --G_emb_scale 2*sqrt), because in a few hundred steps G cannot learn to read
 # the dish out of the embedding itself, and the dish sets the plate and the ground; and G's last layer
 # gets a 16 px image that is linear in its conditioning mean (--G_coarse_rgb 16), which the layout
-# term trains in one step, because through the convolutions a few hundred steps drew no plate.
+# term trains in one step, because through the convolutions a few hundred steps drew the plate in
+# few rows.
 GAN_FLAGS = ["--embDim", "128", "--Z_DIM", "32", "--GF_DIM", "16", "--DF_DIM", "16", "--EMBEDDING_DIM", "64",
              "--R_NUM", "1", "--G_whiten", "1e-4", "--G_class_posterior", "--G_class_residual", "0.1",
              "--G_emb_scale", "2*sqrt", "--G_output_space", "pixel", "--cycle_aug", "all",
